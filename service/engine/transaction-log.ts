@@ -1,0 +1,147 @@
+/**
+ * The per-transaction log, `<state>/logs/<id>.log`: every line a hook wrote
+ * and every event, never rate limited (GetLog reads it). Lines are
+ * `<ISO time> <hook or -> <text>`; newlines inside text are escaped so one
+ * record is always one line.
+ *
+ * Writes are batched in memory and flushed synchronously past a size bound
+ * or on a short timer: a chatty hook costs a few large write(2)s, memory
+ * stays bounded, and the file is at most 100 ms behind.
+ */
+import * as fs from 'node:fs';
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+
+const FLUSH_BYTES = 256 * 1024;
+const FLUSH_MS = 100;
+
+export class TransactionLog {
+  private fd: number | null = null;
+  private buf: string[] = [];
+  private bufBytes = 0;
+  private timer: NodeJS.Timeout | null = null;
+  private lastMs = 0;
+  private lastIso = '';
+  private failed = false;
+
+  constructor(readonly file: string, private readonly onError: (e: Error) => void = () => {}) {}
+
+  private ensureOpen(): number | null {
+    if (this.fd === null && !this.failed) {
+      try {
+        fs.mkdirSync(path.dirname(this.file), { recursive: true, mode: 0o700 });
+        this.fd = fs.openSync(this.file, 'a', 0o600);
+      } catch (e) {
+        this.failed = true;
+        this.onError(e as Error);
+      }
+    }
+    return this.fd;
+  }
+
+  private stamp(): string {
+    const now = Date.now();
+    if (now !== this.lastMs) {
+      this.lastMs = now;
+      this.lastIso = new Date(now).toISOString();
+    }
+    return this.lastIso;
+  }
+
+  /** Append one record. `hook` is '' for transaction-level events. */
+  write(hook: string, text: string): void {
+    const clean = text.includes('\n') || text.includes('\r')
+      ? text.replace(/\r/g, '\\r').replace(/\n/g, '\\n') : text;
+    const line = `${this.stamp()} ${hook || '-'} ${clean}\n`;
+    this.buf.push(line);
+    this.bufBytes += line.length;
+    if (this.bufBytes >= FLUSH_BYTES) this.flush();
+    else if (this.timer === null) {
+      this.timer = setTimeout(() => this.flush(), FLUSH_MS);
+      this.timer.unref();
+    }
+  }
+
+  flush(): void {
+    if (this.timer !== null) {
+      clearTimeout(this.timer);
+      this.timer = null;
+    }
+    if (this.buf.length === 0) return;
+    const data = this.buf.join('');
+    this.buf = [];
+    this.bufBytes = 0;
+    const fd = this.ensureOpen();
+    if (fd === null) return;
+    try {
+      fs.writeSync(fd, data);
+    } catch (e) {
+      this.onError(e as Error);
+    }
+  }
+
+  close(): void {
+    this.flush();
+    if (this.fd !== null) {
+      try { fs.closeSync(this.fd); } catch { /* already closed */ }
+      this.fd = null;
+    }
+  }
+
+  /**
+   * The last `maxLines` lines (optionally only those of `hook`), oldest
+   * first. Reads backwards in blocks so a 100 MB log costs what it returns.
+   */
+  async tail(maxLines: number, hook = ''): Promise<string[]> {
+    this.flush();
+    return readLogTail(this.file, maxLines, hook);
+  }
+}
+
+export async function readLogTail(file: string, maxLines: number, hook = ''): Promise<string[]> {
+  let fh: fsp.FileHandle;
+  try {
+    fh = await fsp.open(file, 'r');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw e;
+  }
+  try {
+    const size = (await fh.stat()).size;
+    const out: string[] = [];
+    const BLOCK = 256 * 1024;
+    let pos = size;
+    let rest = Buffer.alloc(0);
+    const marker = hook ? ` ${hook} ` : '';
+    const take = (line: string): boolean => {
+      if (line.length === 0) return false;
+      if (marker) {
+        // "<iso> <hook> <text>": the hook field starts after the first space.
+        const sp = line.indexOf(' ');
+        if (line.slice(sp, sp + marker.length) !== marker) return false;
+      }
+      out.push(line);
+      return out.length >= maxLines;
+    };
+    while (pos > 0 && out.length < maxLines) {
+      const len = Math.min(BLOCK, pos);
+      pos -= len;
+      const chunk = Buffer.alloc(len);
+      await fh.read(chunk, 0, len, pos);
+      let data = Buffer.concat([chunk, rest]);
+      let end = data.length;
+      for (let i = data.length - 1; i >= 0; i--) {
+        if (data[i] === 0x0a) {
+          if (take(data.subarray(i + 1, end).toString('utf8'))) return out.reverse();
+          end = i;
+        }
+      }
+      rest = data.subarray(0, end);
+      data = Buffer.alloc(0);
+    }
+    if (pos === 0 && rest.length > 0 && out.length < maxLines) take(rest.toString('utf8'));
+    return out.reverse();
+  } finally {
+    await fh.close();
+  }
+}
