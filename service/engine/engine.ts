@@ -788,6 +788,10 @@ export class Engine implements EngineApi {
           if (!rollback) tx.setHook(index, { status: text });
           tx.emit({ type: 'hook-progress', hook: h.name, percent: tx.snapshot().hooks[index]?.percent ?? 0, status: text });
         },
+        warning: (text) => {
+          tx.log.write(h.name, `[bootc-prestaged] ${text}`);
+          this.log.warn(text, fields);
+        },
         notifyIgnored: (line, reason) => {
           this.log.debug(`ignored notify line (${reason}): ${line.slice(0, 200)}`, fields);
         },
@@ -797,7 +801,7 @@ export class Engine implements EngineApi {
       step = {
         pid: 0, startTime: null, cancel() {},
         done: Promise.resolve<StepOutcome>({
-          result: 'failed', exitCode: null, signal: null, message: `could not start: ${err.message}`, durationMs: 0,
+          result: 'failed', exitCode: null, signal: null, message: `could not start: ${err.message}`, durationMs: 0, leftovers: 0,
         }),
       };
     }
