@@ -1,0 +1,310 @@
+/**
+ * The bus face of one transaction: org.containers.bootc.PreStage.Transaction
+ * at /org/containers/bootc/PreStage/Transaction/<id>. It turns the engine's
+ * TransactionHandle (a snapshot plus an event stream) into properties and
+ * signals, rate-limited so a chatty hook cannot flood the bus.
+ *
+ * Rate limits (rxjs; intervals configurable for tests):
+ * - HookProgress: grouped per hook, each group throttled (leading and
+ *   trailing) to one signal per 50 ms; the latest value is always sent.
+ * - PropertiesChanged: the same throttle for the whole object; each
+ *   emission carries only the properties that differ from what was last
+ *   sent, read from the live snapshot at that moment.
+ * - Message: at most 50 lines per second per transaction; lines over the
+ *   cap are counted per hook and reported as one
+ *   `Message(hook, "[N lines suppressed; see GetLog]")` when the window
+ *   rolls over or the hook finishes. The full output stays in the log.
+ * - HookStarted, HookFinished and Finished are never delayed or dropped.
+ *
+ * Ordering that must hold (clients rely on it):
+ * - a hook's pending HookProgress and the object's pending
+ *   PropertiesChanged go out before that hook's HookFinished;
+ * - every pending PropertiesChanged, carrying the final State, goes out
+ *   before Finished (and before the manager's TransactionFinished, which
+ *   calls flush()), so a client reacting to Finished by reading properties
+ *   sees the final state.
+ * Both hold because pending values live in plain "latest value" registers
+ * that the throttles only tick: a flush publishes the registers at once,
+ * and the throttle's later trailing tick then finds nothing left to send.
+ */
+import {
+  Subject, Subscription, asyncScheduler, groupBy, mergeMap, throttleTime, timer,
+} from 'rxjs';
+import type { TransactionHandle } from '../engine/api.js';
+import type { Logger } from '../engine/logger.js';
+import type { TransactionEvent, TransactionSnapshot } from '../engine/types.js';
+import { errorNameFor } from './error-names.js';
+import { toBusString, toPercent, toUint32, toUint64 } from './marshal.js';
+import {
+  TRANSACTION, findSignal, signatureOf, transactionPath, type SignalName,
+} from './members.js';
+import type { InterfaceImpl, ObjectRegistry } from './object-server.js';
+import { decodeLogOptions } from './options.js';
+
+export interface RateLimits {
+  /** Minimum spacing of HookProgress per hook, ms. Default 50 (20/s). */
+  progressIntervalMs: number;
+  /** Minimum spacing of PropertiesChanged per object, ms. Default 50. */
+  propertiesIntervalMs: number;
+  /** Message lines sent per window per transaction. Default 50. */
+  messagesPerWindow: number;
+  /** Message window, ms. Default 1000. */
+  messageWindowMs: number;
+}
+
+export const DEFAULT_RATE_LIMITS: Readonly<RateLimits> = Object.freeze({
+  progressIntervalMs: 50,
+  propertiesIntervalMs: 50,
+  messagesPerWindow: 50,
+  messageWindowMs: 1000,
+});
+
+/** Longest Message line or status text sent in a signal; GetLog has the rest. */
+const MAX_LINE_BYTES = 4096;
+/** GetLog's reply stays well below the bus's message size limit. */
+const MAX_LOG_REPLY_BYTES = 8 * 1024 * 1024;
+
+/** The property values of a transaction, as they go on the wire. */
+export interface TransactionProperties {
+  Id: string;
+  Deployment: string;
+  Phase: string;
+  State: string;
+  Progress: number;
+  CurrentHook: string;
+  Hooks: [string, string, number, string][];
+  Error: string;
+  ErrorMessage: string;
+  StartedUsec: bigint;
+  FinishedUsec: bigint;
+}
+
+/** A snapshot as property values: errors as D-Bus names, numbers made wire-safe. */
+export function transactionProperties(s: TransactionSnapshot): TransactionProperties {
+  return {
+    Id: s.id,
+    Deployment: toBusString(s.deployment),
+    Phase: s.phase,
+    State: s.state,
+    Progress: toPercent(s.progress),
+    CurrentHook: toBusString(s.currentHook),
+    Hooks: s.hooks.map((h) => [toBusString(h.name), h.result, toPercent(h.percent), toBusString(h.status, MAX_LINE_BYTES)]),
+    Error: errorNameFor(s.error),
+    ErrorMessage: toBusString(s.errorMessage),
+    StartedUsec: toUint64(s.startedUsec),
+    FinishedUsec: toUint64(s.finishedUsec),
+  };
+}
+
+function sameValue(a: unknown, b: unknown): boolean {
+  if (Array.isArray(a) || Array.isArray(b)) return JSON.stringify(a) === JSON.stringify(b);
+  return a === b;
+}
+
+/** Keep the newest lines whose total size fits `budget` bytes. */
+function fitLog(lines: string[], budget: number): string[] {
+  let total = 0;
+  let start = lines.length;
+  while (start > 0) {
+    const size = Buffer.byteLength(lines[start - 1]!, 'utf8') + 8;
+    if (total + size > budget) break;
+    total += size;
+    start -= 1;
+  }
+  const kept = lines.slice(start).map((l) => toBusString(l, 65536));
+  return start === 0 ? kept : [`[${start} earlier lines omitted: reply size limit; see the log file]`, ...kept];
+}
+
+export class TransactionObject {
+  readonly id: string;
+  readonly path: string;
+  private readonly limits: RateLimits;
+  private readonly subs = new Subscription();
+  private readonly propertyTick$ = new Subject<void>();
+  private readonly progressTick$ = new Subject<string>();
+  /** Progress not yet sent, per hook (the throttles only tick). */
+  private readonly pendingProgress = new Map<string, { percent: number; status: string }>();
+  /** Lines over the cap in the current window, per hook. */
+  private readonly suppressed = new Map<string, number>();
+  private windowSub: Subscription | null = null;
+  private windowCount = 0;
+  private published: TransactionProperties;
+  private exported = false;
+  private disposed = false;
+
+  constructor(
+    private readonly registry: ObjectRegistry,
+    private readonly handle: TransactionHandle,
+    private readonly log: Logger,
+    limits: Partial<RateLimits> = {},
+  ) {
+    this.id = handle.id;
+    this.path = transactionPath(handle.id);
+    this.limits = { ...DEFAULT_RATE_LIMITS, ...limits };
+    this.published = transactionProperties(handle.snapshot());
+  }
+
+  /** The interface as the object server dispatches it. */
+  private impl(): InterfaceImpl<typeof TRANSACTION> {
+    return {
+      spec: TRANSACTION,
+      methods: {
+        Cancel: () => {
+          this.handle.cancel();
+          this.log.info('cancel requested over D-Bus', { transaction: this.id });
+        },
+        GetLog: async (call) => {
+          const opts = decodeLogOptions(call.args[0]);
+          const lines = await this.handle.readLog(opts);
+          return [fitLog(lines, MAX_LOG_REPLY_BYTES)];
+        },
+      },
+      properties: () => transactionProperties(this.handle.snapshot()),
+    };
+  }
+
+  /**
+   * Export the object and start following the engine. The object answers
+   * Get/GetAll from the live snapshot at once; its signals start with the
+   * next change (the initial values are what a new object has).
+   */
+  export(): void {
+    if (this.exported || this.disposed) return;
+    this.registry.exportObject({ path: this.path, interfaces: [this.impl()] });
+    this.exported = true;
+    this.subs.add(this.propertyTick$.pipe(
+      throttleTime(this.limits.propertiesIntervalMs, asyncScheduler, { leading: true, trailing: true }),
+    ).subscribe(() => this.publishProperties()));
+
+    this.subs.add(this.progressTick$.pipe(
+      groupBy((hook) => hook),
+      mergeMap((group) => group.pipe(
+        throttleTime(this.limits.progressIntervalMs, asyncScheduler, { leading: true, trailing: true }),
+      )),
+    ).subscribe((hook) => this.publishProgress(hook)));
+
+    this.subs.add(this.handle.state$.subscribe({
+      next: () => this.propertyTick$.next(),
+      error: (e: unknown) => this.log.error(`state stream failed: ${(e as Error).message}`, { transaction: this.id }),
+    }));
+    this.subs.add(this.handle.events$.subscribe({
+      next: (ev) => this.onEvent(ev),
+      error: (e: unknown) => this.log.error(`event stream failed: ${(e as Error).message}`, { transaction: this.id }),
+    }));
+  }
+
+  /**
+   * Send everything pending now: every hook's progress, suppressed-line
+   * counts, and changed properties. The manager calls it before
+   * TransactionFinished.
+   */
+  flush(): void {
+    if (!this.exported || this.disposed) return;
+    for (const hook of [...this.pendingProgress.keys()]) this.publishProgress(hook);
+    for (const hook of [...this.suppressed.keys()]) this.publishSuppressed(hook);
+    this.publishProperties();
+  }
+
+  /** Flush, stop following the engine (no timer is left), and unexport. */
+  dispose(): void {
+    if (this.disposed) return;
+    this.flush();
+    this.disposed = true;
+    this.subs.unsubscribe();
+    this.windowSub = null;
+    this.propertyTick$.complete();
+    this.progressTick$.complete();
+    this.pendingProgress.clear();
+    this.suppressed.clear();
+    if (this.exported) this.registry.unexportObject(this.path);
+    this.exported = false;
+  }
+
+  private onEvent(ev: TransactionEvent): void {
+    if (this.disposed) return;
+    switch (ev.type) {
+      case 'phase-started':
+        this.publishProperties();
+        return;
+      case 'hook-started':
+        this.emit('HookStarted', [toBusString(ev.hook), toUint32(ev.index), toUint32(ev.count)]);
+        return;
+      case 'hook-progress':
+        this.pendingProgress.set(ev.hook, { percent: toPercent(ev.percent), status: toBusString(ev.status, MAX_LINE_BYTES) });
+        this.progressTick$.next(ev.hook);
+        return;
+      case 'message':
+        this.onMessage(ev.hook, ev.line);
+        return;
+      case 'hook-finished':
+        this.publishProgress(ev.hook);
+        this.publishSuppressed(ev.hook);
+        this.publishProperties();
+        this.emit('HookFinished', [toBusString(ev.hook), ev.result, toBusString(ev.message, MAX_LINE_BYTES)]);
+        return;
+      case 'finished':
+        this.flush();
+        this.emit('Finished', [ev.state, errorNameFor(ev.error), toBusString(ev.message, MAX_LINE_BYTES)]);
+        return;
+    }
+  }
+
+  private onMessage(hook: string, line: string): void {
+    if (this.windowSub === null) {
+      this.windowCount = 0;
+      const sub = timer(this.limits.messageWindowMs).subscribe(() => this.rollWindow(sub));
+      this.windowSub = sub;
+      this.subs.add(sub);
+    }
+    if (this.windowCount < this.limits.messagesPerWindow) {
+      this.windowCount += 1;
+      this.emit('Message', [toBusString(hook), toBusString(line, MAX_LINE_BYTES)]);
+    } else {
+      this.suppressed.set(hook, (this.suppressed.get(hook) ?? 0) + 1);
+    }
+  }
+
+  private rollWindow(sub: Subscription): void {
+    this.subs.remove(sub);
+    if (this.windowSub === sub) this.windowSub = null;
+    for (const hook of [...this.suppressed.keys()]) this.publishSuppressed(hook);
+  }
+
+  private publishSuppressed(hook: string): void {
+    const n = this.suppressed.get(hook);
+    if (n === undefined) return;
+    this.suppressed.delete(hook);
+    this.emit('Message', [toBusString(hook), `[${n} line${n === 1 ? '' : 's'} suppressed; see GetLog]`]);
+  }
+
+  private publishProgress(hook: string): void {
+    const p = this.pendingProgress.get(hook);
+    if (!p) return;
+    this.pendingProgress.delete(hook);
+    this.emit('HookProgress', [toBusString(hook), p.percent, p.status]);
+  }
+
+  private publishProperties(): void {
+    if (!this.exported || this.disposed) return;
+    let current: TransactionProperties;
+    try {
+      current = transactionProperties(this.handle.snapshot());
+    } catch (e) {
+      this.log.error(`cannot read the transaction snapshot: ${(e as Error).message}`, { transaction: this.id });
+      return;
+    }
+    const changed: Record<string, unknown> = {};
+    for (const key of Object.keys(current) as (keyof TransactionProperties)[]) {
+      if (!sameValue(current[key], this.published[key])) changed[key] = current[key];
+    }
+    this.published = current;
+    if (Object.keys(changed).length > 0) {
+      this.registry.emitPropertiesChanged(this.path, TRANSACTION.name, changed);
+    }
+  }
+
+  private emit(member: SignalName<typeof TRANSACTION>, body: unknown[]): void {
+    const spec = findSignal(TRANSACTION, member)!;
+    this.registry.emitSignal(this.path, TRANSACTION.name, member, signatureOf(spec.args), body);
+  }
+}
