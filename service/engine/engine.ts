@@ -36,7 +36,8 @@ import {
 } from './journal.js';
 import type { Logger } from './logger.js';
 import { orderHooks } from './plan.js';
-import { isSameProcess, killProcessesByEnv, terminateGroup } from './process-tree.js';
+import { isSameProcess, killProcessesByEnv, processStartTime, terminateGroup } from './process-tree.js';
+import { writeFileAtomic } from './fs-atomic.js';
 import { replayJournal } from './recovery.js';
 import { runStep, type RunningStep, type StepOutcome } from './step-runner.js';
 import { Transaction, phaseOrder } from './transaction.js';
@@ -153,12 +154,34 @@ export class Engine implements EngineApi {
   static async open(o: EngineOptions): Promise<Engine> {
     const e = new Engine(o);
     await fsp.mkdir(e.opts.stateDir, { recursive: true, mode: 0o700 });
+    await e.lockStateDir();
     await fsp.mkdir(e.logDir(), { recursive: true, mode: 0o700 });
     await fsp.mkdir(e.hookStateRoot(), { recursive: true, mode: 0o700 });
     await e.store.init();
     await e.load();
     return e;
   }
+
+  /**
+   * One daemon per state directory: a second one would recover (roll back)
+   * transactions the first is running. The lock names its holder by pid and
+   * start time, so a lock left by a killed daemon is taken over, never one
+   * held by a live daemon.
+   */
+  private async lockStateDir(): Promise<void> {
+    const file = path.join(this.opts.stateDir, 'daemon.lock');
+    const me = `${process.pid} ${processStartTime(process.pid) ?? ''}\n`;
+    const held = await fsp.readFile(file, 'utf8').catch(() => '');
+    const [pidText, start] = held.trim().split(' ');
+    const pid = Number(pidText);
+    if (pid > 0 && pid !== process.pid && isSameProcess(pid, start || null)) {
+      throw new PreStageError('Busy', `another bootc-prestaged (pid ${pid}) uses the state directory ${this.opts.stateDir}`);
+    }
+    await writeFileAtomic(file, me, 0o600);
+    this.lockFile = file;
+  }
+
+  private lockFile: string | null = null;
 
   // ---- paths ---------------------------------------------------------------
 
@@ -939,6 +962,7 @@ export class Engine implements EngineApi {
       await tx.journal?.close().catch(() => {});
       tx.log.close();
     }
+    if (this.lockFile) await fsp.rm(this.lockFile, { force: true }).catch(() => {});
   }
 }
 

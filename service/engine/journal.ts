@@ -17,6 +17,7 @@
 import { promises as fsp, constants as fsc } from 'node:fs';
 import * as path from 'node:path';
 import type { ErrorCode } from './errors.js';
+import { fsyncDir } from './fs-atomic.js';
 import type { HookDefinition, Phase, StepResult, TransactionState } from './types.js';
 
 export const JOURNAL_VERSION = 1;
@@ -182,14 +183,5 @@ export class JournalStore {
 
   async sync(): Promise<void> {
     await fsyncDir(this.dir);
-  }
-}
-
-export async function fsyncDir(dir: string): Promise<void> {
-  const fh = await fsp.open(dir, fsc.O_RDONLY | fsc.O_DIRECTORY);
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
   }
 }
