@@ -1,0 +1,428 @@
+/**
+ * Find the effective hooks for a deployment: read the three hook
+ * directories, apply precedence and masking, parse, check trust, order.
+ *
+ * Trust follows sudo and sshd: a hook file, the directory it is listed in,
+ * and every program its steps name must be owned by the trusted uid (root)
+ * and not writable by group or others. An untrusted hook stays in the set,
+ * marked `refused`, so callers can show it and fail or skip it; it never
+ * runs. Its After=/Before= are not used for ordering, so an untrusted file
+ * can neither reorder trusted hooks nor make a cycle.
+ */
+import { createHash } from 'node:crypto';
+import { constants as C, promises as fsp, type Stats } from 'node:fs';
+import * as nodePath from 'node:path';
+import { expandVariables } from './command-line.js';
+import { PreStageError } from './errors.js';
+import { environmentRecord, LIMITS, parseHookFile } from './hook-file.js';
+import { HOOK_FILE_SUFFIX, isValidHookName } from './hook-name.js';
+import { nullLogger, type Logger } from './logger.js';
+import { orderHooks } from './plan.js';
+import type { HookDefinition, HookOrigin, HookSet, Phase, ResolvedHook } from './types.js';
+
+/** Admin hooks; highest precedence. */
+export const ETC_HOOK_DIR = '/etc/bootc/pre-stage.d';
+/** Runtime hooks (lost at reboot). */
+export const RUN_HOOK_DIR = '/run/bootc/pre-stage.d';
+/** Hooks shipped by the image, inside the deployment. */
+export const DEPLOYMENT_HOOK_DIR = '/usr/lib/bootc/pre-stage.d';
+
+/** Files read at once while discovering; bounds open file descriptors. */
+const READ_CONCURRENCY = 32;
+
+export interface HookDirectory {
+  /** Absolute path on this host. */
+  dir: string;
+  origin: HookOrigin;
+  /** The root the directory's own symlinks are resolved in. */
+  root: string;
+  /** `dir` relative to `root`. */
+  relative: string;
+}
+
+/**
+ * The hook directories, highest precedence first: `<root>/etc/...`,
+ * `<root>/run/...`, then `<deployment>/usr/lib/...` when a deployment is
+ * given. `deployment` is an absolute host path, not under `root`.
+ */
+export function hookDirectories(root: string, deployment: string | null): { dir: string; origin: HookOrigin }[] {
+  return directories(root, deployment).map(({ dir, origin }) => ({ dir, origin }));
+}
+
+function directories(root: string, deployment: string | null): HookDirectory[] {
+  const r = nodePath.resolve(root);
+  const out: HookDirectory[] = [
+    { dir: nodePath.join(r, ETC_HOOK_DIR), origin: 'etc', root: r, relative: ETC_HOOK_DIR },
+    { dir: nodePath.join(r, RUN_HOOK_DIR), origin: 'run', root: r, relative: RUN_HOOK_DIR },
+  ];
+  if (deployment !== null && deployment !== '') {
+    const d = nodePath.resolve(deployment);
+    out.push({ dir: nodePath.join(d, DEPLOYMENT_HOOK_DIR), origin: 'deployment', root: d, relative: DEPLOYMENT_HOOK_DIR });
+  }
+  return out;
+}
+
+export interface DiscoverOptions {
+  /** Where /etc and /run are (like `systemctl --root`); '/' normally. */
+  root: string;
+  /** Absolute path of the deployment whose hooks to add; null or '' for host hooks only. */
+  deployment: string | null;
+  /** Owner that hook files, their directories and programs must have; default 0. */
+  trustedUid?: number;
+  logger?: Logger;
+}
+
+/** One directory entry that may take part in the set. */
+interface Candidate {
+  name: string;
+  /** `<dir>/<name>.hook` as listed: what messages and `source` show. */
+  source: string;
+  dir: HookDirectory;
+  dirStat: Stats;
+}
+
+type Entry =
+  | { kind: 'hook'; cand: Candidate; bytes: Buffer; fileStat: Stats; filePath: string }
+  | { kind: 'mask'; cand: Candidate; untrusted: string | null };
+
+/**
+ * Discover the effective hooks for `deployment` (see the module comment).
+ * Throws PreStageError('InvalidHook') for a file that cannot be read or
+ * parsed (naming file and line), a program that is not absolute after
+ * expansion, a hook directory that is not a directory, and an ordering
+ * cycle. When several files are bad, the first by name is reported.
+ */
+export async function discoverHooks(opts: DiscoverOptions): Promise<HookSet> {
+  const trustedUid = opts.trustedUid ?? 0;
+  const log = opts.logger ?? nullLogger;
+  const deployment = opts.deployment ?? '';
+
+  // Precedence: the first directory that has NAME.hook wins; lower ones are
+  // only used when the winner is an untrusted mask (ignored, see below).
+  const byName = new Map<string, Candidate[]>();
+  for (const dir of directories(opts.root, opts.deployment)) {
+    for (const cand of await listDirectory(dir, log)) {
+      let l = byName.get(cand.name);
+      if (!l) byName.set(cand.name, (l = []));
+      l.push(cand);
+    }
+  }
+
+  const names = [...byName.keys()].sort();
+  const programStats = new Map<string, Promise<Stats | null>>();
+  const results = await mapLimit(names, READ_CONCURRENCY, async (name) => {
+    try {
+      return { ok: true as const, value: await resolveName(name, byName.get(name)!, trustedUid, deployment, programStats, log) };
+    } catch (e) {
+      return { ok: false as const, error: e };
+    }
+  });
+  const failures = results.filter((r) => !r.ok);
+  if (failures.length > 0) {
+    const first = failures[0]!.error;
+    if (first instanceof PreStageError && failures.length > 1) {
+      throw new PreStageError(first.code, `${first.message} (and ${failures.length - 1} more bad hook files)`);
+    }
+    throw first;
+  }
+
+  const hooks: ResolvedHook[] = [];
+  const masked: { name: string; source: string }[] = [];
+  for (const r of results) {
+    if (!r.ok) continue;
+    if (r.value.hook) hooks.push(r.value.hook);
+    if (r.value.masked) masked.push(r.value.masked);
+  }
+
+  const ordered = orderHooks(hooks.map((h) => ({
+    name: h.name,
+    source: h.source,
+    after: h.refused === null ? h.definition.after : [],
+    before: h.refused === null ? h.definition.before : [],
+    hook: h,
+  }))).map((o) => o.hook);
+
+  return { hooks: ordered, masked, fingerprint: fingerprintOf(ordered, masked) };
+}
+
+/**
+ * sha256 over the ordered (name, source, digest, trusted) list and the
+ * masked (name, source) list; JSON keeps the encoding unambiguous.
+ */
+export function fingerprintOf(hooks: readonly ResolvedHook[], masked: readonly { name: string; source: string }[]): string {
+  const data = JSON.stringify({
+    v: 1,
+    hooks: hooks.map((h) => [h.name, h.source, h.digest, h.refused === null]),
+    masked: masked.map((m) => [m.name, m.source]),
+  });
+  return createHash('sha256').update(data).digest('hex');
+}
+
+async function listDirectory(dir: HookDirectory, log: Logger): Promise<Candidate[]> {
+  let real: string;
+  let dirStat: Stats;
+  let entries: string[];
+  try {
+    real = await resolveInRoot(dir.root, dir.relative);
+    dirStat = await fsp.stat(real);
+    if (!dirStat.isDirectory()) {
+      throw new PreStageError('InvalidHook', `hook directory ${dir.dir} is not a directory`);
+    }
+    entries = await fsp.readdir(real);
+  } catch (e) {
+    if (errnoOf(e) === 'ENOENT') return [];
+    if (errnoOf(e) === 'ENOTDIR') {
+      throw new PreStageError('InvalidHook', `hook directory ${dir.dir} is not a directory`);
+    }
+    if (e instanceof PreStageError) throw e;
+    throw new PreStageError('InvalidHook', `cannot read hook directory ${dir.dir}: ${(e as Error).message}`);
+  }
+  const out: Candidate[] = [];
+  for (const file of entries.sort()) {
+    // Hidden files are editor backups and our own temporary files.
+    if (file.startsWith('.')) continue;
+    const name = file.endsWith(HOOK_FILE_SUFFIX) ? file.slice(0, -HOOK_FILE_SUFFIX.length) : null;
+    if (name === null || !isValidHookName(name)) {
+      log.warn(
+        `ignoring ${nodePath.join(dir.dir, file)}: hook files are named NAME.hook, ` +
+        'NAME being 1-64 of A-Z a-z 0-9 _ . @ - starting with a letter or digit',
+        { path: nodePath.join(dir.dir, file) });
+      continue;
+    }
+    out.push({ name, source: nodePath.join(dir.dir, file), dir, dirStat });
+  }
+  return out;
+}
+
+/** The effective hook or mask for one name. */
+async function resolveName(
+  name: string, cands: Candidate[], trustedUid: number, deployment: string,
+  programStats: Map<string, Promise<Stats | null>>, log: Logger,
+): Promise<{ hook?: ResolvedHook; masked?: { name: string; source: string } }> {
+  const ignoredMasks: string[] = [];
+  for (const cand of cands) {
+    const entry = await readEntry(cand, trustedUid);
+    if (entry.kind === 'mask') {
+      if (entry.untrusted === null) return { masked: { name, source: cand.source } };
+      // Honouring a mask anyone could have written would let them switch
+      // off a hook such as a compatibility check; fall through instead.
+      const msg = `ignoring mask ${cand.source} of hook '${name}': ${entry.untrusted}`;
+      log.warn(msg, { hook: name });
+      ignoredMasks.push(msg);
+      continue;
+    }
+    const hook = await buildHook(entry, trustedUid, deployment, programStats, log);
+    hook.warnings.unshift(...ignoredMasks);
+    return { hook };
+  }
+  return {};
+}
+
+async function readEntry(cand: Candidate, trustedUid: number): Promise<Entry> {
+  const rel = nodePath.posix.join(cand.dir.relative, `${cand.name}${HOOK_FILE_SUFFIX}`);
+  const dirProblem = untrusted(cand.dirStat, trustedUid, `directory ${cand.dir.dir}`);
+  let filePath = cand.source;
+  let isLink = false;
+  let handle: fsp.FileHandle;
+  try {
+    isLink = (await fsp.lstat(cand.source)).isSymbolicLink();
+    if (isLink && (await fsp.readlink(cand.source)) === '/dev/null') {
+      // /dev/null is world-writable by nature: only the listing directory counts.
+      return { kind: 'mask', cand, untrusted: dirProblem };
+    }
+    // A link in a deployment means a path in that deployment, not on this host.
+    if (isLink) filePath = await resolveInRoot(cand.dir.root, rel);
+    // O_NONBLOCK: a FIFO planted here must not hang discovery.
+    handle = await fsp.open(filePath, C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK);
+  } catch (e) {
+    throw new PreStageError('InvalidHook', `cannot read hook file ${cand.source}: ${describeErrno(e, isLink)}`);
+  }
+  try {
+    const st = await handle.stat();
+    if (st.isCharacterDevice() && (await isDevNull(st))) {
+      return { kind: 'mask', cand, untrusted: dirProblem };
+    }
+    if (!st.isFile()) {
+      throw new PreStageError('InvalidHook', `hook file ${cand.source} is not a regular file`);
+    }
+    if (st.size > LIMITS.fileBytes) {
+      throw new PreStageError('InvalidHook', `${cand.source}: file is ${st.size} bytes; the limit is ${LIMITS.fileBytes}`);
+    }
+    const bytes = await readAtMost(handle, LIMITS.fileBytes + 1);
+    if (bytes.length > LIMITS.fileBytes) {
+      throw new PreStageError('InvalidHook', `${cand.source}: file is more than ${LIMITS.fileBytes} bytes`);
+    }
+    if (bytes.length === 0) {
+      const fileProblem = untrusted(st, trustedUid, `file ${filePath}`);
+      return { kind: 'mask', cand, untrusted: dirProblem ?? fileProblem };
+    }
+    return { kind: 'hook', cand, bytes, fileStat: st, filePath };
+  } catch (e) {
+    if (e instanceof PreStageError) throw e;
+    throw new PreStageError('InvalidHook', `cannot read hook file ${cand.source}: ${describeErrno(e, isLink)}`);
+  } finally {
+    await handle.close();
+  }
+}
+
+async function buildHook(
+  entry: Extract<Entry, { kind: 'hook' }>, trustedUid: number, deployment: string,
+  programStats: Map<string, Promise<Stats | null>>, log: Logger,
+): Promise<ResolvedHook> {
+  const { cand } = entry;
+  const { definition, warnings } = parseHookFile(entry.bytes, cand.source);
+  const digest = createHash('sha256').update(entry.bytes).digest('hex');
+
+  const problems: string[] = [];
+  const fileProblem = untrusted(entry.fileStat, trustedUid, `hook file ${entry.filePath}`);
+  if (fileProblem) problems.push(fileProblem);
+  const dirProblem = untrusted(cand.dirStat, trustedUid, `directory ${cand.dir.dir}`);
+  if (dirProblem) problems.push(dirProblem);
+  if (entry.filePath !== cand.source) {
+    // Whoever can write the link target's directory can replace the target.
+    const targetDir = nodePath.dirname(entry.filePath);
+    const st = await fsp.stat(targetDir).catch(() => null);
+    const problem = st && untrusted(st, trustedUid, `directory ${targetDir}`);
+    if (problem) problems.push(problem);
+  }
+  for (const { key, program } of programsOf(cand, definition, deployment)) {
+    let p = programStats.get(program);
+    if (!p) {
+      // A missing program is not refused here: the step fails when it runs.
+      p = fsp.stat(program).catch(() => null);
+      programStats.set(program, p);
+    }
+    const st = await p;
+    const problem = st && untrusted(st, trustedUid, `${key}= program ${program}`);
+    if (problem) problems.push(problem);
+  }
+  const refused = problems.length > 0 ? `not trusted: ${[...new Set(problems)].join('; ')}` : null;
+  for (const w of warnings) log.warn(w, { hook: cand.name });
+  if (refused) log.warn(`refusing hook '${cand.name}' (${cand.source}): ${refused}`, { hook: cand.name });
+
+  return {
+    name: cand.name, definition, source: cand.source, origin: cand.dir.origin,
+    digest, refused, warnings,
+  };
+}
+
+/**
+ * The program of each step after expanding `${VAR}` as the runner will (the
+ * hook's Environment= plus the BOOTC_PRESTAGE_* values known now; others
+ * expand to ''). Throws InvalidHook when one is not absolute.
+ */
+function programsOf(cand: Candidate, def: HookDefinition, deployment: string): { key: string; program: string }[] {
+  const out: { key: string; program: string }[] = [];
+  const steps: [string, Phase, string[] | null][] = [
+    ['Prepare', 'prepare', def.prepare], ['Commit', 'commit', def.commit], ['Abort', 'abort', def.abort],
+  ];
+  for (const [key, phase, argv] of steps) {
+    if (argv === null) continue;
+    const env = {
+      ...environmentRecord(def.environment),
+      BOOTC_PRESTAGE_DEPLOYMENT: deployment,
+      BOOTC_PRESTAGE_HOOK: cand.name,
+      BOOTC_PRESTAGE_PHASE: phase,
+    };
+    const program = expandVariables(argv[0]!, env);
+    if (!program.startsWith('/')) {
+      throw new PreStageError('InvalidHook',
+        `${cand.source}: ${key}= program '${argv[0]}' expands to '${program}', which is not an absolute path`);
+    }
+    out.push({ key, program: nodePath.normalize(program) });
+  }
+  return out;
+}
+
+/** Why `st` is not trusted, or null. */
+function untrusted(st: Stats, trustedUid: number, what: string): string | null {
+  if (st.uid !== trustedUid) return `${what} is owned by uid ${st.uid}, not ${trustedUid}`;
+  const w = st.mode & 0o022;
+  if (w !== 0) {
+    const by = w === 0o022 ? 'group and others' : w === 0o020 ? 'group' : 'others';
+    return `${what} is writable by ${by} (mode ${(st.mode & 0o7777).toString(8).padStart(4, '0')})`;
+  }
+  return null;
+}
+
+let devNullRdev: Promise<number | null> | null = null;
+async function isDevNull(st: Stats): Promise<boolean> {
+  devNullRdev ??= fsp.stat('/dev/null').then((s) => s.rdev, () => null);
+  return st.rdev === (await devNullRdev);
+}
+
+/**
+ * Resolve `rel` (an absolute path inside `root`) following symlinks as if
+ * `root` were `/` (like openat2's RESOLVE_IN_ROOT): absolute link targets
+ * and `..` never leave `root`. A missing component ends resolution early;
+ * opening the result then fails with ENOENT.
+ */
+export async function resolveInRoot(root: string, rel: string): Promise<string> {
+  const split = (p: string) => p.split('/').filter((c) => c !== '' && c !== '.');
+  let pending = split(rel);
+  const done: string[] = [];
+  let links = 0;
+  while (pending.length > 0) {
+    const c = pending.shift()!;
+    if (c === '..') {
+      done.pop();
+      continue;
+    }
+    const p = nodePath.join(root, ...done, c);
+    let st: Stats;
+    try {
+      st = await fsp.lstat(p);
+    } catch {
+      return nodePath.join(root, ...done, c, ...pending);
+    }
+    if (!st.isSymbolicLink()) {
+      done.push(c);
+      continue;
+    }
+    if (++links > 40) {
+      const err = new Error(`too many levels of symbolic links resolving ${rel} in ${root}`) as NodeJS.ErrnoException;
+      err.code = 'ELOOP';
+      throw err;
+    }
+    const target = await fsp.readlink(p);
+    if (target.startsWith('/')) done.length = 0;
+    pending = [...split(target), ...pending];
+  }
+  return nodePath.join(root, ...done);
+}
+
+async function readAtMost(handle: fsp.FileHandle, max: number): Promise<Buffer> {
+  const buf = Buffer.alloc(max);
+  let n = 0;
+  while (n < max) {
+    const { bytesRead } = await handle.read(buf, n, max - n, null);
+    if (bytesRead === 0) break;
+    n += bytesRead;
+  }
+  return buf.subarray(0, n);
+}
+
+/** Run `f` over `items` with at most `limit` at once; results in input order. */
+async function mapLimit<X, Y>(items: readonly X[], limit: number, f: (x: X) => Promise<Y>): Promise<Y[]> {
+  const out = new Array<Y>(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await f(items[i]!);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
+}
+
+function errnoOf(e: unknown): string | undefined {
+  return (e as NodeJS.ErrnoException | null)?.code;
+}
+
+function describeErrno(e: unknown, isLink: boolean): string {
+  const code = errnoOf(e);
+  if (code === 'ENOENT') return isLink ? 'it is a symbolic link to a missing file' : 'it disappeared while being read';
+  if (code === 'ELOOP') return 'too many levels of symbolic links';
+  return e instanceof Error ? e.message : String(e);
+}
