@@ -833,7 +833,9 @@ export class Engine implements EngineApi {
       tx.journal!.append({ t: 'pid', phase, hook: h.name, pid: step.pid, start: step.startTime }, false)
         .catch((e) => this.log.error(`journal write failed: ${(e as Error).message}`, fields));
     }
-    if (tx.cancelRequested || (run.deadlineHit && !rollback)) step.cancel();
+    // A cancel or deadline that came while the step was starting; rollback
+    // steps are never cancelled (they are what a cancel asks for).
+    if (!rollback && (tx.cancelRequested || run.deadlineHit)) step.cancel();
     const out = await step.done;
     run.current = null;
     // Stopping: leave the step without a `done` record so the next start recovers it.
