@@ -10,7 +10,9 @@ import { promises as fsp, statSync } from 'node:fs';
 import * as path from 'node:path';
 import { sessionBus, Message, NameFlag, type MessageBus } from 'dbus-next';
 import { runNodeAs } from '../helpers/as-user.js';
-import { busConfig, startBus, withBus, writeActivationFile, type TestBus } from '../helpers/bus.js';
+import {
+  busConfig, SHIPPED_SERVICE_FILE, startBus, withBus, writeActivationFile, type TestBus,
+} from '../helpers/bus.js';
 import {
   busctl, busctlCall, busctlCallJson, busctlMonitor, isAccessDenied, NOBODY, requestNameAs,
 } from '../helpers/busctl.js';
@@ -337,6 +339,16 @@ test('activation - the bus starts the service from the servicedir, and stop ends
   await bus.stop();
   stopped = true;
   t.false(await isAlive(running[0]!.pid));
+});
+
+test('activation - the shipped activation file, copied verbatim, is accepted by dbus-daemon', async (t) => {
+  const servicedir = await tmpDir(t, { mode: 0o755 });
+  await fsp.copyFile(SHIPPED_SERVICE_FILE, path.join(servicedir, path.basename(SHIPPED_SERVICE_FILE)));
+  const bus = await withBus(t, { servicedir });
+  const client = await withClient(t, bus.address);
+  const [names] = await client.call('org.freedesktop.DBus', '/org/freedesktop/DBus', 'org.freedesktop.DBus',
+    'ListActivatableNames');
+  t.true((names as string[]).includes(SERVICE));
 });
 
 test('processes - leftovers are found by a path in their environment and killed', async (t) => {
