@@ -10,7 +10,7 @@
  * can neither reorder trusted hooks nor make a cycle.
  */
 import { createHash } from 'node:crypto';
-import { constants as C, promises as fsp, type Stats } from 'node:fs';
+import { constants as C, promises as fsp, type Dirent, type Stats } from 'node:fs';
 import * as nodePath from 'node:path';
 import { expandVariables } from './command-line.js';
 import { PreStageError } from './errors.js';
@@ -77,6 +77,8 @@ interface Candidate {
   name: string;
   /** `<dir>/<name>.hook` as listed: what messages and `source` show. */
   source: string;
+  /** From the directory listing; null when the filesystem did not say. */
+  isLink: boolean | null;
   dir: HookDirectory;
   dirStat: Stats;
 }
@@ -161,14 +163,14 @@ export function fingerprintOf(hooks: readonly ResolvedHook[], masked: readonly {
 async function listDirectory(dir: HookDirectory, log: Logger): Promise<Candidate[]> {
   let real: string;
   let dirStat: Stats;
-  let entries: string[];
+  let entries: Dirent[];
   try {
     real = await resolveInRoot(dir.root, dir.relative);
     dirStat = await fsp.stat(real);
     if (!dirStat.isDirectory()) {
       throw new PreStageError('InvalidHook', `hook directory ${dir.dir} is not a directory`);
     }
-    entries = await fsp.readdir(real);
+    entries = await fsp.readdir(real, { withFileTypes: true });
   } catch (e) {
     if (errnoOf(e) === 'ENOENT') return [];
     if (errnoOf(e) === 'ENOTDIR') {
@@ -178,7 +180,9 @@ async function listDirectory(dir: HookDirectory, log: Logger): Promise<Candidate
     throw new PreStageError('InvalidHook', `cannot read hook directory ${dir.dir}: ${(e as Error).message}`);
   }
   const out: Candidate[] = [];
-  for (const file of entries.sort()) {
+  entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  for (const ent of entries) {
+    const file = ent.name;
     // Hidden files are editor backups and our own temporary files.
     if (file.startsWith('.')) continue;
     const name = file.endsWith(HOOK_FILE_SUFFIX) ? file.slice(0, -HOOK_FILE_SUFFIX.length) : null;
@@ -189,7 +193,9 @@ async function listDirectory(dir: HookDirectory, log: Logger): Promise<Candidate
         { path: nodePath.join(dir.dir, file) });
       continue;
     }
-    out.push({ name, source: nodePath.join(dir.dir, file), dir, dirStat });
+    const known = ent.isFile() || ent.isSymbolicLink() || ent.isDirectory() || ent.isFIFO()
+      || ent.isCharacterDevice() || ent.isBlockDevice() || ent.isSocket();
+    out.push({ name, source: nodePath.join(dir.dir, file), isLink: known ? ent.isSymbolicLink() : null, dir, dirStat });
   }
   return out;
 }
@@ -225,7 +231,8 @@ async function readEntry(cand: Candidate, trustedUid: number): Promise<Entry> {
   let isLink = false;
   let handle: fsp.FileHandle;
   try {
-    isLink = (await fsp.lstat(cand.source)).isSymbolicLink();
+    // Saves an lstat per file; a race with a replaced entry is caught by O_NOFOLLOW.
+    isLink = cand.isLink ?? (await fsp.lstat(cand.source)).isSymbolicLink();
     if (isLink && (await fsp.readlink(cand.source)) === '/dev/null') {
       // /dev/null is world-writable by nature: only the listing directory counts.
       return { kind: 'mask', cand, untrusted: dirProblem };
@@ -248,7 +255,7 @@ async function readEntry(cand: Candidate, trustedUid: number): Promise<Entry> {
     if (st.size > LIMITS.fileBytes) {
       throw new PreStageError('InvalidHook', `${cand.source}: file is ${st.size} bytes; the limit is ${LIMITS.fileBytes}`);
     }
-    const bytes = await readAtMost(handle, LIMITS.fileBytes + 1);
+    const bytes = await readAtMost(handle, st.size, LIMITS.fileBytes + 1);
     if (bytes.length > LIMITS.fileBytes) {
       throw new PreStageError('InvalidHook', `${cand.source}: file is more than ${LIMITS.fileBytes} bytes`);
     }
@@ -391,13 +398,25 @@ export async function resolveInRoot(root: string, rel: string): Promise<string> 
   return nodePath.join(root, ...done);
 }
 
-async function readAtMost(handle: fsp.FileHandle, max: number): Promise<Buffer> {
-  const buf = Buffer.alloc(max);
+/**
+ * Read to EOF, but at most `max` bytes. `sizeHint` (from fstat) sizes the
+ * buffer; a file that grows meanwhile is still read, up to `max`.
+ */
+async function readAtMost(handle: fsp.FileHandle, sizeHint: number, max: number): Promise<Buffer> {
+  let buf = Buffer.allocUnsafe(Math.min(Math.max(sizeHint + 1, 256), max));
   let n = 0;
-  while (n < max) {
-    const { bytesRead } = await handle.read(buf, n, max - n, null);
-    if (bytesRead === 0) break;
+  for (;;) {
+    if (n === buf.length) {
+      if (n >= max) break;
+      const bigger = Buffer.allocUnsafe(Math.min(buf.length * 2, max));
+      buf.copy(bigger, 0, 0, n);
+      buf = bigger;
+    }
+    const want = buf.length - n;
+    const { bytesRead } = await handle.read(buf, n, want, null);
     n += bytesRead;
+    // A short read of a regular file is its end; saves a read per file.
+    if (bytesRead < want) break;
   }
   return buf.subarray(0, n);
 }
