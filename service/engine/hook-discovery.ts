@@ -30,7 +30,7 @@ export const DEPLOYMENT_HOOK_DIR = '/usr/lib/bootc/pre-stage.d';
 /** Files read at once while discovering; bounds open file descriptors. */
 const READ_CONCURRENCY = 32;
 
-export interface HookDirectory {
+interface HookDirectory {
   /** Absolute path on this host. */
   dir: string;
   origin: HookOrigin;
