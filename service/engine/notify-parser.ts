@@ -109,7 +109,9 @@ export class NotifyParser {
       if (this.discarding) {
         // still dropping
       } else if (this.carryLen + end > this.max) {
-        this.startDiscarding(this.carry, 0, this.carryLen);
+        // Fill the carry first, so the report shows the line's head.
+        buf.copy(this.carry, this.carryLen, 0, this.max - this.carryLen);
+        this.startDiscarding(this.carry, 0, this.max);
         this.carryLen = 0;
       } else {
         buf.copy(this.carry, this.carryLen, 0, end);
@@ -232,7 +234,8 @@ export class NotifyParser {
   private startDiscarding(buf: Buffer, s: number, e: number): void {
     this.discarding = true;
     if (this.onIgnored !== undefined) {
-      const cut = Math.min(e, s + REPORT_BYTES);
+      // Never more than the carry can hold, so the report does not depend on chunking.
+      const cut = Math.min(e, s + REPORT_BYTES, s + this.max);
       this.discardHead = buf.toString('utf8', s, utf8Boundary(buf, s, cut));
     }
   }

@@ -217,7 +217,7 @@ test('runStep - a relative program or NUL bytes throw InvalidHook before anythin
     t.true(e instanceof PreStageError && e.code === 'InvalidHook', JSON.stringify(argv));
   }
   t.throws(() => runStep({ argv: [], env: {}, timeoutMs: null }, s), { instanceOf: PreStageError });
-  for (const env of [{ 'A=B': 'x' }, { '': 'x' }, { A: 'x\0y' }]) {
+  for (const env of [{ 'A=B': 'x' }, { '': 'x' }, { A: 'x\0y' }] as Record<string, string>[]) {
     const e = t.throws(() => runStep({ argv: ['/bin/true'], env, timeoutMs: null }, s));
     t.true(e instanceof PreStageError && e.code === 'InvalidHook', JSON.stringify(env));
   }

@@ -1,0 +1,168 @@
+/**
+ * LineSplitter: the same lines whatever the chunking, characters never
+ * broken, overlong lines in bounded pieces.
+ */
+import test from 'ava';
+import { LineSplitter, MAX_LINE_BYTES, utf8Boundary } from '../../service/engine/line-splitter.js';
+
+function splitChunks(chunks: Uint8Array[], max?: number): string[] {
+  const lines: string[] = [];
+  const s = new LineSplitter((l) => lines.push(l), max);
+  for (const c of chunks) s.push(c);
+  s.end();
+  return lines;
+}
+
+/** Reference: split the bytes on '\n', decode each line whole; a final '' (after a last '\n') is not a line. */
+function reference(bytes: Buffer): string[] {
+  const out: string[] = [];
+  let start = 0;
+  for (;;) {
+    const nl = bytes.indexOf(10, start);
+    if (nl === -1) break;
+    out.push(bytes.toString('utf8', start, nl));
+    start = nl + 1;
+  }
+  if (start < bytes.length) out.push(bytes.toString('utf8', start));
+  return out;
+}
+
+/** Deterministic pseudo-random bytes (xorshift), biased towards '\n' and UTF-8 lead bytes. */
+function randomBytes(n: number, seed: number): Buffer {
+  const b = Buffer.alloc(n);
+  let x = seed >>> 0 || 1;
+  const pick = [0x0a, 0x41, 0x62, 0xc3, 0xa9, 0xe2, 0x82, 0xac, 0xf0, 0x9f, 0x98, 0x80, 0x0d, 0xff, 0x00, 0x20];
+  for (let i = 0; i < n; i++) {
+    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+    b[i] = pick[x % pick.length]!;
+  }
+  return b;
+}
+
+const SAMPLE = Buffer.from('héllo wörld\n\n€ and 😀 emoji\r\nlast line, no newline — ünïcödé');
+const SAMPLE_LINES = ['héllo wörld', '', '€ and 😀 emoji\r', 'last line, no newline — ünïcödé'];
+
+test('LineSplitter - whole input in one chunk', (t) => {
+  t.deepEqual(splitChunks([SAMPLE]), SAMPLE_LINES);
+});
+
+test('LineSplitter - same lines for a cut at every byte position', (t) => {
+  for (let i = 0; i <= SAMPLE.length; i++) {
+    t.deepEqual(splitChunks([SAMPLE.subarray(0, i), SAMPLE.subarray(i)]), SAMPLE_LINES, `cut at ${i}`);
+  }
+});
+
+test('LineSplitter - same lines for every pair of cut positions', (t) => {
+  for (let i = 0; i <= SAMPLE.length; i++) {
+    for (let j = i; j <= SAMPLE.length; j++) {
+      const got = splitChunks([SAMPLE.subarray(0, i), SAMPLE.subarray(i, j), SAMPLE.subarray(j)]);
+      if (JSON.stringify(got) !== JSON.stringify(SAMPLE_LINES)) {
+        t.fail(`cuts at ${i}, ${j}: ${JSON.stringify(got)}`);
+        return;
+      }
+    }
+  }
+  t.pass();
+});
+
+test('LineSplitter - one byte at a time', (t) => {
+  const chunks = [...SAMPLE].map((b) => Uint8Array.of(b));
+  t.deepEqual(splitChunks(chunks), SAMPLE_LINES);
+});
+
+test('LineSplitter - random bytes (invalid UTF-8, NUL, CR) match whole-line decoding at every cut', (t) => {
+  for (let seed = 1; seed <= 20; seed++) {
+    const bytes = randomBytes(200, seed);
+    const want = reference(bytes);
+    for (let i = 0; i <= bytes.length; i++) {
+      const got = splitChunks([bytes.subarray(0, i), bytes.subarray(i)]);
+      if (JSON.stringify(got) !== JSON.stringify(want)) {
+        t.fail(`seed ${seed}, cut at ${i}`);
+        return;
+      }
+    }
+  }
+  t.pass();
+});
+
+test('LineSplitter - empty input gives no line; a lone newline gives one empty line', (t) => {
+  t.deepEqual(splitChunks([]), []);
+  t.deepEqual(splitChunks([Buffer.alloc(0)]), []);
+  t.deepEqual(splitChunks([Buffer.from('\n')]), ['']);
+  t.deepEqual(splitChunks([Buffer.from('\n\n')]), ['', '']);
+  t.deepEqual(splitChunks([Buffer.from('a\n')]), ['a']);
+});
+
+test('LineSplitter - a plain Uint8Array chunk is accepted', (t) => {
+  t.deepEqual(splitChunks([new Uint8Array(Buffer.from('x\ny'))]), ['x', 'y']);
+});
+
+test('LineSplitter - end() flushes once; push after end throws', (t) => {
+  const lines: string[] = [];
+  const s = new LineSplitter((l) => lines.push(l));
+  s.push(Buffer.from('abc'));
+  t.deepEqual(lines, []);
+  s.end();
+  s.end();
+  t.deepEqual(lines, ['abc']);
+  t.throws(() => s.push(Buffer.from('x')));
+});
+
+test('LineSplitter - a line of exactly the limit is one line; one byte more is two pieces', (t) => {
+  const max = 16;
+  t.deepEqual(splitChunks([Buffer.from(`${'a'.repeat(max)}\n`)], max), ['a'.repeat(max)]);
+  t.deepEqual(splitChunks([Buffer.from(`${'a'.repeat(max + 1)}\nb\n`)], max), ['a'.repeat(max), 'a', 'b']);
+  t.deepEqual(splitChunks([Buffer.from('a'.repeat(2 * max))], max), ['a'.repeat(max), 'a'.repeat(max)]);
+});
+
+test('LineSplitter - overlong lines: pieces within the limit, characters whole, at every cut', (t) => {
+  const max = 8;
+  // 3- and 4-byte characters do not fit evenly in 8-byte pieces.
+  const line = '€😀a€€😀bc€😀😀€d';
+  const input = Buffer.from(`${line}\nshort\n${line}`);
+  for (let i = 0; i <= input.length; i++) {
+    const got = splitChunks([input.subarray(0, i), input.subarray(i)], max);
+    const first: string[] = [];
+    let k = 0;
+    let acc = '';
+    while (acc !== line) { acc += got[k]!; first.push(got[k]!); k++; if (k > got.length) break; }
+    t.is(acc, line, `cut ${i}`);
+    t.is(got[k], 'short', `cut ${i}`);
+    t.is(got.slice(k + 1).join(''), line, `cut ${i}`);
+    for (const piece of got) {
+      t.true(Buffer.byteLength(piece) <= max, `cut ${i}: ${piece}`);
+      t.false(piece.includes('\uFFFD'), `cut ${i}: ${piece}`);
+    }
+  }
+});
+
+test('LineSplitter - default limit is 64 KiB: a 200 KB line arrives in pieces that join to it', (t) => {
+  t.is(MAX_LINE_BYTES, 65536);
+  const line = 'ab€'.repeat(40_000); // 200,000 bytes
+  const input = Buffer.from(`${line}\nnext\n`);
+  const chunks: Buffer[] = [];
+  for (let i = 0; i < input.length; i += 65536) chunks.push(input.subarray(i, i + 65536));
+  const got = splitChunks(chunks);
+  t.is(got.at(-1), 'next');
+  t.is(got.slice(0, -1).join(''), line);
+  t.true(got.length - 1 >= 4);
+  for (const piece of got) t.true(Buffer.byteLength(piece) <= MAX_LINE_BYTES);
+});
+
+test('LineSplitter - rejects a limit that cannot hold a character', (t) => {
+  t.throws(() => new LineSplitter(() => {}, 3), { instanceOf: RangeError });
+  t.throws(() => new LineSplitter(() => {}, 1.5), { instanceOf: RangeError });
+});
+
+test('utf8Boundary - moves a cut back to the start of an incomplete character only', (t) => {
+  const euro = Buffer.from('a€'); // 61 e2 82 ac
+  t.is(utf8Boundary(euro, 0, 4), 4);
+  t.is(utf8Boundary(euro, 0, 3), 1);
+  t.is(utf8Boundary(euro, 0, 2), 1);
+  t.is(utf8Boundary(euro, 0, 1), 1);
+  const emoji = Buffer.from('😀'); // f0 9f 98 80
+  for (let i = 1; i < 4; i++) t.is(utf8Boundary(emoji, 0, i), 0);
+  t.is(utf8Boundary(emoji, 0, 4), 4);
+  // Stray continuation bytes are not a character to protect.
+  t.is(utf8Boundary(Buffer.from([0x80, 0x80, 0x80, 0x80, 0x80]), 0, 5), 5);
+});
