@@ -156,7 +156,12 @@ export async function connectBus(spec: BusSpec, opts: ConnectOptions = {}): Prom
   });
 
   const conn = new DbusNextConnection(bus, raw);
-  await conn.watchNameOwners();
+  try {
+    await conn.watchNameOwners();
+  } catch (e) {
+    conn.close();
+    throw new Error(`cannot subscribe to NameOwnerChanged on ${address}: ${(e as Error).message}`);
+  }
   return conn;
 }
 

@@ -7,11 +7,14 @@
  * Contract kept here: a method that creates or rejoins a transaction
  * replies with the object path in the same callback in which the engine's
  * promise resolves. The engine starts work only after that (setImmediate),
- * so the reply is on the wire before any signal of the transaction.
+ * and property changes it makes during the call are published on a later
+ * turn (coalesce.ts), so the reply is on the wire before any signal of the
+ * transaction, PropertiesChanged included.
  */
-import { Subscription } from 'rxjs';
+import { Subject, Subscription } from 'rxjs';
 import type { EngineApi, EngineStatus, TransactionHandle } from '../engine/api.js';
 import type { Logger } from '../engine/logger.js';
+import { coalesceTicks } from './coalesce.js';
 import { errorNameFor } from './error-names.js';
 import { toBusString } from './marshal.js';
 import {
@@ -49,6 +52,7 @@ export function managerProperties(version: string, status: EngineStatus): Manage
 export class ManagerObject {
   readonly path = MANAGER_PATH;
   private readonly subs = new Subscription();
+  private readonly propertyTick$ = new Subject<void>();
   private published: ManagerProperties;
   private exported = false;
 
@@ -57,6 +61,8 @@ export class ManagerObject {
     private readonly engine: EngineApi,
     private readonly transactions: TransactionExports,
     private readonly log: Logger,
+    /** PropertiesChanged spacing, ms (coalesce.ts). */
+    private readonly propertiesIntervalMs = 50,
   ) {
     this.published = managerProperties(engine.version, engine.status());
   }
@@ -116,8 +122,10 @@ export class ManagerObject {
     const onError = (what: string) => (e: unknown) =>
       this.log.error(`engine ${what} stream failed: ${(e as Error).message}`);
 
+    this.subs.add(this.propertyTick$.pipe(coalesceTicks(this.propertiesIntervalMs))
+      .subscribe(() => this.publishProperties()));
     this.subs.add(this.engine.status$.subscribe({
-      next: () => this.publishProperties(),
+      next: () => this.propertyTick$.next(),
       error: onError('status'),
     }));
     this.subs.add(this.engine.phaseStarted$.subscribe({
@@ -144,6 +152,7 @@ export class ManagerObject {
 
   dispose(): void {
     this.subs.unsubscribe();
+    this.propertyTick$.complete();
     if (this.exported) this.registry.unexportObject(this.path);
     this.exported = false;
   }

@@ -76,7 +76,7 @@ export async function exportService(
 ): Promise<ServiceHandle> {
   const server = new ObjectServer(conn, logger, opts);
   const transactions = new TransactionObjects(server, logger, opts.rateLimits ?? {});
-  const manager = new ManagerObject(server, engine, transactions, logger);
+  const manager = new ManagerObject(server, engine, transactions, logger, opts.rateLimits?.propertiesIntervalMs);
   const subs = new Subscription();
   let closed = false;
 

@@ -7,9 +7,11 @@
  * Rate limits (rxjs; intervals configurable for tests):
  * - HookProgress: grouped per hook, each group throttled (leading and
  *   trailing) to one signal per 50 ms; the latest value is always sent.
- * - PropertiesChanged: the same throttle for the whole object; each
- *   emission carries only the properties that differ from what was last
- *   sent, read from the live snapshot at that moment.
+ * - PropertiesChanged: never in the turn of the event loop of the change
+ *   (so a method's reply goes first; see coalesce.ts), then the same
+ *   throttle for the whole object; each emission carries only the
+ *   properties that differ from what was last sent, read from the live
+ *   snapshot at that moment.
  * - Message: at most 50 lines per second per transaction; lines over the
  *   cap are counted per hook and reported as one
  *   `Message(hook, "[N lines suppressed; see GetLog]")` when the window
@@ -33,6 +35,7 @@ import {
 import type { TransactionHandle } from '../engine/api.js';
 import type { Logger } from '../engine/logger.js';
 import type { TransactionEvent, TransactionSnapshot } from '../engine/types.js';
+import { coalesceTicks } from './coalesce.js';
 import { errorNameFor } from './error-names.js';
 import { toBusString, toPercent, toUint32, toUint64 } from './marshal.js';
 import {
@@ -172,9 +175,8 @@ export class TransactionObject {
     if (this.exported || this.disposed) return;
     this.registry.exportObject({ path: this.path, interfaces: [this.impl()] });
     this.exported = true;
-    this.subs.add(this.propertyTick$.pipe(
-      throttleTime(this.limits.propertiesIntervalMs, asyncScheduler, { leading: true, trailing: true }),
-    ).subscribe(() => this.publishProperties()));
+    this.subs.add(this.propertyTick$.pipe(coalesceTicks(this.limits.propertiesIntervalMs))
+      .subscribe(() => this.publishProperties()));
 
     this.subs.add(this.progressTick$.pipe(
       groupBy((hook) => hook),

@@ -233,10 +233,22 @@ export class FakeEngine implements EngineApi {
     if (run) setImmediate(() => run(tx, method));
   }
 
+  /**
+   * Rejoins a preparing transaction of `deployment`; with `force`, reuses
+   * one at rest (reset to queued); otherwise creates one. Like the engine,
+   * it publishes the busy status and the reset snapshot *before* the
+   * promise resolves: the adapter must still reply before any signal.
+   */
   async start(deployment: string, opts: StartOptions): Promise<TransactionHandle> {
     this.enter('start', [deployment, opts]);
-    const existing = [...this.txs.values()].find((t) => t.deployment === deployment && t.snapshot().state === 'preparing');
-    const tx = existing ?? this.addTransaction(deployment);
+    const mine = [...this.txs.values()].filter((t) => t.deployment === deployment);
+    let tx = mine.find((t) => t.snapshot().state === 'preparing');
+    if (!tx && opts.force) {
+      tx = mine.reverse().find((t) => ['prepared', 'failed', 'cancelled'].includes(t.snapshot().state));
+      tx?.patch({ state: 'queued', error: '', errorMessage: '', finishedUsec: 0 });
+    }
+    tx ??= this.addTransaction(deployment);
+    this.setStatus({ state: 'busy', active: tx.id });
     this.later(tx, 'start');
     return tx;
   }

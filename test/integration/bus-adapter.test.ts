@@ -349,6 +349,26 @@ test('StartPreStage - reply first, then the signals in order; final properties b
   await rec.stop();
 });
 
+test('StartPreStage - property changes the engine makes before replying still follow the reply', async (t) => {
+  const { client, engine } = await serve(t);
+  const old = engine.addTransaction(DEPLOYMENT, 'old');
+  old.beginPhase('prepare');
+  old.finish('failed', 'HookFailed', 'x');
+  await sleep(100);
+  const rec = await client.collectSignals({ pathNamespace: MANAGER_PATH });
+  const all = recordAll(client);
+  // force on a failed transaction: the fake engine, like the real one,
+  // resets its snapshot and turns busy before start() resolves.
+  const [p] = await call(client, MANAGER_PATH, MANAGER.name, 'StartPreStage', 'sa{sv}', [DEPLOYMENT, { force: new Variant('b', true) }]);
+  t.is(p, transactionPath('old'));
+  await rec.waitFor((s) => s.member === 'PropertiesChanged' && s.path === p && (s.body[1] as Record<string, unknown>).State === 'queued');
+  await rec.waitFor((s) => s.member === 'PropertiesChanged' && s.path === MANAGER_PATH && (s.body[1] as Record<string, unknown>).State === 'busy');
+  const replyAt = all.findIndex((m) => m.type === MessageType.METHOD_RETURN && m.body[0] === p);
+  const firstSignal = all.findIndex((m) => m.type === MessageType.SIGNAL && m.path.startsWith(MANAGER_PATH));
+  t.true(replyAt >= 0 && replyAt < firstSignal, `reply at ${replyAt}, first signal at ${firstSignal}`);
+  await rec.stop();
+});
+
 test('HookProgress over the bus - 10,000 events: at most ~20 signals per second, the last value delivered', async (t) => {
   const { client, engine } = await serve(t);
   const tx = engine.addTransaction(DEPLOYMENT, 'tx_1');

@@ -223,7 +223,7 @@ test.serial('HookStarted, HookFinished and Finished are never delayed or dropped
 });
 
 test.serial('dispose - flushes, unexports, and leaves no timer behind', async (t) => {
-  const timers = () => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+  const timers = () => process.getActiveResourcesInfo().filter((r) => r === 'Timeout' || r === 'Immediate').length;
   const before = timers();
   const { tx, rec, obj } = setup();
   tx.hookStarted('alpha');
