@@ -115,6 +115,6 @@ export async function exportService(
     close();
     throw e;
   }
-  logger.info(`serving ${opts.busName ?? BUS_NAME} as ${conn.uniqueName}`);
+  logger.debug(`exported ${opts.busName ?? BUS_NAME} as ${conn.uniqueName}`);
   return { server, close };
 }
