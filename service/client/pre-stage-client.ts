@@ -1,0 +1,204 @@
+/**
+ * A typed client of org.containers.bootc.PreStage: one method per D-Bus
+ * method, property reads decoded into plain data, errors turned into
+ * ClientError. Used by the bootc-prestage command and by tests; anything
+ * else that speaks D-Bus (busctl, bootc over zbus, Cockpit) sees the same
+ * interface.
+ */
+import { Variant } from 'dbus-next';
+import { encodeHookDefinition } from '../bus/options.js';
+import {
+  BUS_NAME, MANAGER_INTERFACE, MANAGER_PATH, TRANSACTION_INTERFACE, transactionIdFromPath,
+} from '../bus/members.js';
+import type { HookDefinition } from '../engine/types.js';
+import {
+  BusConnection, resolveClientAddress, DEFAULT_CALL_TIMEOUT_MS, type Reply,
+} from './connection.js';
+import {
+  decodeHookEntry, decodeManagerProperties, decodeTransactionProperties, unwrapVariants,
+} from './decode.js';
+import { ClientError, toClientError } from './errors.js';
+import { ServiceWatch, type WatchScope } from './service-watch.js';
+import type { HookEntry, ManagerProperties, TransactionProperties } from './types.js';
+
+const PROPERTIES = 'org.freedesktop.DBus.Properties';
+
+export interface ClientOptions {
+  /** A D-Bus address; default $DBUS_SYSTEM_BUS_ADDRESS, else the system bus. */
+  address?: string | null;
+  env?: NodeJS.ProcessEnv;
+  /** Per-call timeout (default 25 s, like libdbus). */
+  callTimeoutMs?: number;
+}
+
+export interface StartOptions {
+  force?: boolean;
+  wait?: boolean;
+  dryRun?: boolean;
+  /** Deadline for the whole phase in seconds; 0 or absent: none. */
+  timeoutSec?: number;
+}
+
+export interface PhaseOptions {
+  wait?: boolean;
+  timeoutSec?: number;
+}
+
+export interface LogOptions {
+  maxLines?: number;
+  hook?: string;
+}
+
+/** A transaction id or object path as a path; throws usage for anything else. */
+export function transactionPathOf(idOrPath: string): string {
+  const prefix = `${MANAGER_PATH}/Transaction/`;
+  const p = idOrPath.startsWith('/') ? idOrPath : `${prefix}${idOrPath}`;
+  if (transactionIdFromPath(p) === null) {
+    throw new ClientError('usage',
+      `'${idOrPath}' is not a transaction id or path (expected an id such as 3 or ${prefix}<id>)`);
+  }
+  return p;
+}
+
+export class PreStageClient {
+  readonly conn: BusConnection;
+  private readonly timeoutMs: number;
+  /** Unique name of the daemon that answered last (the name's owner then). */
+  lastOwner = '';
+
+  private constructor(conn: BusConnection, timeoutMs: number) {
+    this.conn = conn;
+    this.timeoutMs = timeoutMs;
+  }
+
+  /** Connect to the bus (the daemon itself is started by the bus on the first call). */
+  static async connect(opts: ClientOptions = {}): Promise<PreStageClient> {
+    let address: string;
+    try {
+      address = resolveClientAddress(opts.address, opts.env);
+    } catch (e) {
+      throw new ClientError('usage', (e as Error).message);
+    }
+    try {
+      const conn = await BusConnection.connect(address, opts.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS);
+      return new PreStageClient(conn, opts.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS);
+    } catch (e) {
+      throw toClientError(e, 'connecting to the bus');
+    }
+  }
+
+  close(): void {
+    this.conn.close();
+  }
+
+  /** A raw call to the service; rejects with ClientError. */
+  async callService(
+    path: string, iface: string, member: string, signature = '', body: unknown[] = [], context = member,
+  ): Promise<Reply> {
+    try {
+      const reply = await this.conn.call(BUS_NAME, path, iface, member, signature, body, { timeoutMs: this.timeoutMs });
+      this.lastOwner = reply.sender;
+      return reply;
+    } catch (e) {
+      throw toClientError(e, context);
+    }
+  }
+
+  private manager(member: string, signature = '', body: unknown[] = []): Promise<Reply> {
+    return this.callService(MANAGER_PATH, MANAGER_INTERFACE, member, signature, body);
+  }
+
+  /** Subscribe to the service's signals (see ServiceWatch). */
+  async watch(scope: WatchScope = {}): Promise<ServiceWatch> {
+    try {
+      return await ServiceWatch.open(this.conn, scope);
+    } catch (e) {
+      throw toClientError(e, 'subscribing to signals');
+    }
+  }
+
+  /** StartPreStage: resolves with the transaction's object path. */
+  async startPreStage(deployment: string, o: StartOptions = {}): Promise<string> {
+    const opts: Record<string, Variant> = {};
+    if (o.force) opts['force'] = new Variant('b', true);
+    if (o.wait) opts['wait'] = new Variant('b', true);
+    if (o.dryRun) opts['dry-run'] = new Variant('b', true);
+    if (o.timeoutSec) opts['timeout-sec'] = new Variant('u', o.timeoutSec);
+    const r = await this.manager('StartPreStage', 'sa{sv}', [deployment, opts]);
+    return String(r.body[0]);
+  }
+
+  async commitPreStage(deployment: string, o: PhaseOptions = {}): Promise<string> {
+    const r = await this.manager('CommitPreStage', 'sa{sv}', [deployment, phaseOptions(o)]);
+    return String(r.body[0]);
+  }
+
+  async abortPreStage(deployment: string, o: PhaseOptions = {}): Promise<string> {
+    const r = await this.manager('AbortPreStage', 'sa{sv}', [deployment, phaseOptions(o)]);
+    return String(r.body[0]);
+  }
+
+  /** Reconcile: the transactions it queued work for. */
+  async reconcile(): Promise<string[]> {
+    const r = await this.manager('Reconcile', 'a{sv}', [{}]);
+    return (r.body[0] as string[]).map(String);
+  }
+
+  async registerHook(name: string, definition: HookDefinition, o: { runtime?: boolean } = {}): Promise<void> {
+    const opts: Record<string, Variant> = o.runtime ? { runtime: new Variant('b', true) } : {};
+    await this.manager('RegisterHook', 'sa{sv}a{sv}', [name, encodeHookDefinition(definition), opts]);
+  }
+
+  async unregisterHook(name: string): Promise<void> {
+    await this.manager('UnregisterHook', 's', [name]);
+  }
+
+  /** The effective hooks for `deployment` ('' = host hooks only), in run order. */
+  async listHooks(deployment: string): Promise<HookEntry[]> {
+    const r = await this.manager('ListHooks', 's', [deployment]);
+    return (r.body[0] as unknown[]).map(decodeHookEntry);
+  }
+
+  async listTransactions(): Promise<string[]> {
+    const r = await this.manager('ListTransactions');
+    return (r.body[0] as string[]).map(String);
+  }
+
+  async managerProperties(): Promise<ManagerProperties> {
+    const r = await this.callService(MANAGER_PATH, PROPERTIES, 'GetAll', 's', [MANAGER_INTERFACE], 'reading the service state');
+    return decodeManagerProperties(r.body[0]);
+  }
+
+  /** GetAll of a transaction, with the reply's arrival sequence number. */
+  async transactionPropertiesAt(path: string): Promise<{ tx: TransactionProperties; reply: Reply }> {
+    const id = transactionIdFromPath(path) ?? path;
+    const reply = await this.callService(path, PROPERTIES, 'GetAll', 's', [TRANSACTION_INTERFACE],
+      `reading transaction ${id}`);
+    return { tx: decodeTransactionProperties(path, reply.body[0]), reply };
+  }
+
+  async transactionProperties(path: string): Promise<TransactionProperties> {
+    return (await this.transactionPropertiesAt(path)).tx;
+  }
+
+  /** Transaction.Cancel. */
+  async cancel(path: string): Promise<void> {
+    await this.callService(path, TRANSACTION_INTERFACE, 'Cancel', '', [], 'Cancel');
+  }
+
+  /** Transaction.GetLog. */
+  async getLog(path: string, o: LogOptions = {}): Promise<string[]> {
+    const opts: Record<string, Variant> = {};
+    if (o.maxLines !== undefined) opts['max-lines'] = new Variant('u', o.maxLines);
+    if (o.hook) opts['hook'] = new Variant('s', o.hook);
+    const r = await this.callService(path, TRANSACTION_INTERFACE, 'GetLog', 'a{sv}', [opts], 'GetLog');
+    return (unwrapVariants(r.body[0]) as string[]).map(String);
+  }
+}
+
+function phaseOptions(o: PhaseOptions): Record<string, Variant> {
+  const opts: Record<string, Variant> = {};
+  if (o.wait) opts['wait'] = new Variant('b', true);
+  if (o.timeoutSec) opts['timeout-sec'] = new Variant('u', o.timeoutSec);
+  return opts;
+}
