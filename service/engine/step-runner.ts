@@ -19,6 +19,9 @@
  * - A process that keeps an output pipe open after the step's processes are
  *   gone (an escapee that changed its environment) cannot hold the step up
  *   for more than OUTPUT_DRAIN_MS.
+ *
+ * runStep() blocks the event loop while it forks (twice: mkfifo, then the
+ * step), a few milliseconds on real hardware; pid is known when it returns.
  */
 import { spawn, spawnSync, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { closeSync, constants as fsConstants, existsSync, mkdtempSync, openSync, rmSync } from 'node:fs';
@@ -57,7 +60,10 @@ export interface StepSpec {
   argv: string[];
   /** The complete environment (the caller builds it); nothing from process.env is added. */
   env: Record<string, string>;
-  /** Milliseconds; null = no timeout. 0 times out at once. */
+  /**
+   * Milliseconds; null = no timeout (EXTEND_TIMEOUT_USEC then has no effect).
+   * 0 times out at once.
+   */
   timeoutMs: number | null;
   /** SIGTERM -> SIGKILL delay, default DEFAULT_KILL_GRACE_MS. */
   killGraceMs?: number;
