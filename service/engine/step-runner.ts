@@ -540,7 +540,11 @@ class StepRun implements RunningStep {
       let message = this.killReason === 'timeout'
         ? `timed out after ${formatDuration(this.deadline! - this.t0)}`
         : 'cancelled';
-      if (this.sigkillSent) message += ` (killed with SIGKILL, still running ${formatDuration(this.graceMs)} after SIGTERM)`;
+      if (this.sigkillSent) {
+        message += this.graceMs === 0
+          ? ' (killed with SIGKILL)'
+          : ` (killed with SIGKILL, still running ${formatDuration(this.graceMs)} after SIGTERM)`;
+      }
       return { ...base, result: this.killReason, message };
     }
     if (signal !== null) return { ...base, result: 'failed', message: how };

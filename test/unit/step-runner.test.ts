@@ -155,6 +155,23 @@ test('runStep - channels: socket uses socket pairs (where /dev/stderr cannot be 
   t.is(r.outcome.result, 'success');
 });
 
+test('runStep - when pipes cannot be made, falls back to socket pairs and says so', async (t) => {
+  const s = sink();
+  const saved = process.env.TMPDIR;
+  // runStep makes its pipes synchronously: no other test runs in between.
+  process.env.TMPDIR = '/nonexistent/tmp';
+  let step: RunningStep;
+  try {
+    step = runStep({ argv: [fixture('inspect.sh')], env: BASE_ENV, timeoutMs: 30_000 }, s.sink);
+  } finally {
+    if (saved === undefined) delete process.env.TMPDIR; else process.env.TMPDIR = saved;
+  }
+  t.is((await step.done).result, 'success');
+  t.regex(kv(s.rec.stdout).get('fd1')!, /^socket:/);
+  t.true(s.rec.warnings.some((w) => w.startsWith('could not create output pipes (cannot create a directory in /nonexistent/tmp')),
+    JSON.stringify(s.rec.warnings));
+});
+
 // -- exit status -----------------------------------------------------------------
 
 const exitStatus = test.macro(async (t, code: number, result: StepOutcome['result'], message: string) => {
@@ -324,7 +341,7 @@ test('runStep - timeout: a step that ignores SIGTERM is killed with SIGKILL afte
 
 test('runStep - timeout 0 with no grace kills at once', async (t) => {
   const r = await run({ argv: [fixture('ignore-term.sh')], timeoutMs: 0, killGraceMs: 0 });
-  t.like(r.outcome, { result: 'timeout', signal: 'SIGKILL' });
+  t.like(r.outcome, { result: 'timeout', signal: 'SIGKILL', message: 'timed out after 0s (killed with SIGKILL)' });
 });
 
 test('runStep - no timeout (null) lets a step run past any short deadline', async (t) => {
