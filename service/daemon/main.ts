@@ -10,6 +10,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connectBus, type BusConnection } from '../bus/connection.js';
+import { BUS_NAME } from '../bus/members.js';
 import { exportService } from '../bus/service.js';
 import { Engine } from '../engine/engine.js';
 import type { Logger } from '../engine/logger.js';
@@ -18,7 +19,6 @@ import { ensureDemoSysroot } from './demo-sysroot.js';
 import { startEmbeddedBus, type EmbeddedBus } from './embedded-bus.js';
 import { createLogger } from './log.js';
 
-export const BUS_NAME = 'org.containers.bootc.PreStage';
 
 /** The project directory (holds package.json), from dist/ or from the sources. */
 export function projectDir(): string {

@@ -538,7 +538,8 @@ export class Engine implements EngineApi {
   private async finish(tx: Transaction, state: TransactionState, error: ErrorCode | '', message: string): Promise<void> {
     const usec = nowUsec();
     await tx.journal?.append({ t: 'state', state, error, message, usec }, true);
-    tx.patch({ state, error, errorMessage: message, currentHook: '', finishedUsec: usec });
+    // ErrorMessage explains an Error; a success's summary goes only to Finished and the log.
+    tx.patch({ state, error, errorMessage: error ? message : '', currentHook: '', finishedUsec: usec });
     tx.log.write('', `finished: ${state}${error ? ` (${error})` : ''}${message ? `: ${message}` : ''}`);
     tx.log.flush();
     const fields = { transaction: tx.id, deployment: tx.deployment, phase: tx.snapshot().phase };
@@ -625,7 +626,7 @@ export class Engine implements EngineApi {
       const usec = nowUsec();
       const message = `superseded by transaction ${tx.id}`;
       await old.journal?.append({ t: 'state', state: 'aborted', error: '', message, usec }, true);
-      old.patch({ state: 'aborted', errorMessage: message, finishedUsec: usec });
+      old.patch({ state: 'aborted', finishedUsec: usec });
       old.log.write('', message);
       old.log.flush();
       this.log.info(message, { transaction: old.id, deployment: old.deployment });
