@@ -1,0 +1,309 @@
+/**
+ * Benchmarks of a running phase: many trivial hooks, a progress flood, an
+ * output flood, and property reads under load. Each pairs a measurement of
+ * the daemon with a baseline measured right before or after it.
+ */
+import { spawn } from 'node:child_process';
+import { createReadStream } from 'node:fs';
+import * as path from 'node:path';
+import { createInterface } from 'node:readline';
+import {
+  REPO_ROOT, SERVICE, TX_IFACE, hookDir, hookFile, sleep, vmField, writeFile,
+} from './env.js';
+import { runPrepare, timeProgram, withDaemon, type Ctx, type Running } from './context.js';
+import { ratioText, type Row } from './result.js';
+import { describe, median, pairedRatios } from './stats.js';
+
+const TRIVIAL = '#!/bin/sh\nexit 0\n';
+
+// ---------------------------------------------------------------------------
+
+/** Prepare phase of N trivial hooks vs run-parts over the same N scripts. */
+export async function benchPrepare(ctx: Ctx): Promise<Row[]> {
+  const n = ctx.sizes.prepareHooks;
+  let scripts = '';
+  return withDaemon(ctx, 'prepare', async (dir, root) => {
+    scripts = path.join(dir, 'scripts');
+    for (let i = 0; i < n; i++) {
+      const name = `hook-${String(i).padStart(4, '0')}`;
+      await writeFile(path.join(scripts, name), TRIVIAL, 0o755);
+      await writeFile(path.join(hookDir(root), `${name}.hook`), hookFile(path.join(scripts, name)));
+    }
+  }, async (r) => {
+    // Warm-up, not counted: page cache, JIT, the first FIFOs.
+    await runPrepare(ctx, r);
+    await timeProgram(['run-parts', scripts]);
+    const base: number[] = [];
+    const subj: number[] = [];
+    for (let k = 0; k < ctx.sizes.reps; k++) {
+      base.push(await timeProgram(['run-parts', scripts]));
+      const run = await runPrepare(ctx, r);
+      if (run.state !== 'prepared') throw new Error(`prepare ended ${run.state}`);
+      subj.push(run.ms);
+      ctx.note(`prepare ${n}: run-parts ${base[k]!.toFixed(0)} ms, daemon ${run.ms.toFixed(0)} ms`);
+    }
+    const ratios = pairedRatios(subj, base);
+    return [{
+      benchmark: `prepare phase, ${n} trivial hooks (StartPreStage → Finished)`,
+      baseline: `run-parts: ${describe(base, 'ms')}`,
+      measured: describe(subj, 'ms'),
+      result: ratioText(ratios),
+      target: '≤ 1.5×',
+      met: median(ratios) <= 1.5,
+      numbers: { hooks: n, baselineMs: median(base), measuredMs: median(subj), ratio: median(ratios),
+        perHookMs: median(subj) / n, perScriptBaselineMs: median(base) / n },
+    }];
+  });
+}
+
+// ---------------------------------------------------------------------------
+
+/** Writes N PROGRESS lines to fd 3 as fast as awk can; the last value is 97. */
+const PROGRESS_SCRIPT = `#!/bin/sh
+exec awk -v n="$LINES" 'BEGIN { for (i = 1; i <= n; i++) printf "PROGRESS=%d\\n", int(i * 97 / n) }' >&3
+`;
+
+function rssSampler(pid: number): { stop(): number } {
+  let max = 0;
+  const sample = () => { try { max = Math.max(max, vmField(pid)); } catch { /* exited */ } };
+  sample();
+  const timer = setInterval(sample, 10);
+  return { stop() { clearInterval(timer); sample(); return max; } };
+}
+
+/** One hook flooding fd 3 with PROGRESS lines vs the same script writing them to /dev/null. */
+export async function benchProgress(ctx: Ctx): Promise<Row[]> {
+  const lines = ctx.sizes.progressLines;
+  let script = '';
+  return withDaemon(ctx, 'progress', async (dir, root) => {
+    script = path.join(dir, 'progress.sh');
+    await writeFile(script, PROGRESS_SCRIPT, 0o755);
+    await writeFile(path.join(hookDir(root), 'progress.hook'), hookFile(script, `Environment=LINES=${lines}\n`));
+  }, async (r) => {
+    const env = { PATH: '/usr/bin:/bin', LINES: String(lines) };
+    await runPrepare(ctx, r);
+    await timeProgram([script], env, true);
+    const base: number[] = [];
+    const subj: number[] = [];
+    const rates: number[] = [];
+    const growth: number[] = [];
+    let finalOk = true;
+    let lastValue = -1;
+    for (let k = 0; k < ctx.sizes.reps; k++) {
+      base.push(await timeProgram([script], env, true));
+      await sleep(200);
+      const rssBefore = vmField(r.daemon.pid);
+      const sampler = rssSampler(r.daemon.pid);
+      const run = await runPrepare(ctx, r);
+      const peak = sampler.stop();
+      subj.push(run.ms);
+      growth.push((peak - rssBefore) / 1024);
+      const mine = r.tx.signals.filter((s) => s.path === run.path);
+      const started = mine.find((s) => s.member === 'HookStarted')!;
+      const finished = mine.find((s) => s.member === 'HookFinished')!;
+      const progress = mine.filter((s) => s.member === 'HookProgress');
+      const seconds = (finished.at - started.at) / 1000;
+      rates.push(progress.length / Math.max(seconds, 1e-3));
+      lastValue = Number(progress[progress.length - 1]?.body[1] ?? -1);
+      if (lastValue !== 97) finalOk = false;
+      ctx.note(`progress ${lines}: /dev/null ${base[k]!.toFixed(0)} ms, daemon ${run.ms.toFixed(0)} ms, `
+        + `${progress.length} HookProgress in ${seconds.toFixed(2)} s, last ${lastValue}, RSS +${growth[k]!.toFixed(1)} MB`);
+    }
+    const ratios = pairedRatios(subj, base);
+    const name = `one hook, ${lines.toLocaleString('en')} PROGRESS= lines on fd 3`;
+    const rows: Row[] = [{
+      benchmark: `${name}: wall time`,
+      baseline: `same script, fd 3 on /dev/null: ${describe(base, 'ms')}`,
+      measured: describe(subj, 'ms'),
+      result: ratioText(ratios),
+      target: '≤ 1.2×',
+      met: median(ratios) <= 1.2,
+      numbers: { lines, baselineMs: median(base), measuredMs: median(subj), ratio: median(ratios) },
+    }, {
+      benchmark: `${name}: HookProgress signals`,
+      baseline: '—',
+      measured: `${describe(rates, '/s', 1)}; last value ${finalOk ? 'delivered' : `NOT delivered (${lastValue})`}`,
+      result: `${median(rates).toFixed(1)}/s`,
+      target: '≤ 20/s, final value delivered',
+      met: Math.max(...rates) <= 20 && finalOk,
+      numbers: { signalsPerSecond: median(rates), maxSignalsPerSecond: Math.max(...rates), finalDelivered: finalOk ? 1 : 0 },
+    }, {
+      benchmark: `${name}: daemon RSS growth`,
+      baseline: '—',
+      measured: describe(growth, 'MB', 1),
+      result: `${Math.max(...growth).toFixed(1)} MB (max)`,
+      target: '≤ 30 MB',
+      met: Math.max(...growth) <= 30,
+      numbers: { rssGrowthMb: median(growth), maxRssGrowthMb: Math.max(...growth) },
+    }];
+    return rows;
+  });
+}
+
+// ---------------------------------------------------------------------------
+
+/** LINES lines of exactly 100 bytes: "line 0000001 xxx...\n". */
+const OUTPUT_SCRIPT = `#!/bin/sh
+exec awk -v n="$LINES" 'BEGIN { pad = "x"; while (length(pad) < 86) pad = pad "x"; pad = substr(pad, 1, 86);
+  for (i = 1; i <= n; i++) printf "line %07d %s\\n", i, pad }'
+`;
+
+/** Count the hook's output lines in a transaction log, and the last line number seen. */
+async function countLogLines(file: string, hook: string): Promise<{ count: number; last: number }> {
+  const marker = ` ${hook} line `;
+  let count = 0;
+  let last = 0;
+  const rl = createInterface({ input: createReadStream(file), crlfDelay: Infinity });
+  for await (const line of rl) {
+    const sp = line.indexOf(' ');
+    if (line.startsWith(marker, sp)) {
+      count += 1;
+      last = Number(line.slice(sp + marker.length, sp + marker.length + 7));
+    }
+  }
+  return { count, last };
+}
+
+/** One hook writing 100 MB to stdout vs the same script writing to /dev/null. */
+export async function benchOutput(ctx: Ctx): Promise<Row[]> {
+  const lines = Math.round(ctx.sizes.outputBytes / 100);
+  let script = '';
+  return withDaemon(ctx, 'output', async (dir, root) => {
+    script = path.join(dir, 'output.sh');
+    await writeFile(script, OUTPUT_SCRIPT, 0o755);
+    await writeFile(path.join(hookDir(root), 'output.hook'), hookFile(script, `Environment=LINES=${lines}\n`));
+  }, async (r) => {
+    const env = { PATH: '/usr/bin:/bin', LINES: String(lines) };
+    const reps = Math.max(1, Math.min(ctx.sizes.reps, 3));
+    await timeProgram([script], env);
+    const base: number[] = [];
+    const subj: number[] = [];
+    const rates: number[] = [];
+    let complete = true;
+    let maxPerWindow = 0;
+    let logNote = '';
+    for (let k = 0; k < reps; k++) {
+      base.push(await timeProgram([script], env));
+      const run = await runPrepare(ctx, r);
+      subj.push(run.ms);
+      const mine = r.tx.signals.filter((s) => s.path === run.path);
+      const started = mine.find((s) => s.member === 'HookStarted')!;
+      const finished = mine.find((s) => s.member === 'HookFinished')!;
+      const messages = mine.filter((s) => s.member === 'Message');
+      const seconds = (finished.at - started.at) / 1000;
+      rates.push(messages.length / Math.max(seconds, 1e-3));
+      // The most Message signals in any one-second window of arrival.
+      for (let i = 0, j = 0; i < messages.length; i++) {
+        while (messages[i]!.at - messages[j]!.at >= 1000) j++;
+        maxPerWindow = Math.max(maxPerWindow, i - j + 1);
+      }
+      const log = await countLogLines(path.join(r.stateDir, 'logs', `${run.id}.log`), 'output');
+      if (log.count !== lines || log.last !== lines) complete = false;
+      logNote = `${log.count.toLocaleString('en')} of ${lines.toLocaleString('en')} lines in the log`;
+      ctx.note(`output ${ctx.sizes.outputBytes / 1e6} MB: /dev/null ${base[k]!.toFixed(0)} ms, daemon ${run.ms.toFixed(0)} ms, `
+        + `${messages.length} Message signals in ${seconds.toFixed(2)} s, ${logNote}`);
+    }
+    const ratios = pairedRatios(subj, base);
+    const name = `one hook, ${ctx.sizes.outputBytes / 1e6} MB on stdout (${lines.toLocaleString('en')} lines)`;
+    const rows: Row[] = [{
+      benchmark: `${name}: wall time`,
+      baseline: `same script to /dev/null: ${describe(base, 'ms')}`,
+      measured: describe(subj, 'ms'),
+      result: ratioText(ratios),
+      target: '≤ 1.5×',
+      met: median(ratios) <= 1.5,
+      numbers: { lines, baselineMs: median(base), measuredMs: median(subj), ratio: median(ratios) },
+    }, {
+      benchmark: `${name}: Message signals, log`,
+      baseline: '—',
+      measured: `${describe(rates, '/s', 1)}, ≤ ${maxPerWindow} in any 1 s; ${logNote}`,
+      result: complete ? 'capped, log complete' : 'LOG INCOMPLETE',
+      target: 'capped; log complete',
+      met: complete && maxPerWindow <= 60,
+      numbers: { messagesPerSecond: median(rates), maxMessagesInOneSecond: maxPerWindow, logComplete: complete ? 1 : 0 },
+    }];
+    return rows;
+  });
+}
+
+// ---------------------------------------------------------------------------
+
+/** Keeps a phase busy (output, progress, a fork per iteration) until $CONTROL is removed. */
+const BUSY_SCRIPT = `#!/bin/sh
+i=0
+while [ -e "$CONTROL" ]; do
+  i=$((i + 1))
+  echo "working $i"
+  echo "PROGRESS=$((i % 100))" >&3
+  sleep 0.01
+done
+`;
+
+interface LoadResult { calls: number; errors: number; p50: number; p99: number; max: number }
+
+function load(ctx: Ctx, objPath: string, dest: string, iface: string, member: string, sig = '', arg?: string): Promise<LoadResult> {
+  const entry = path.join(REPO_ROOT, 'dist', 'test', 'bench', 'load-client.js');
+  const args = [entry, ctx.bus.address, String(ctx.sizes.clients), String(ctx.sizes.loadMs), dest, objPath, iface, member,
+    ...(arg === undefined ? [] : [sig, arg])];
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+    child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+    child.once('exit', (code) => {
+      if (code !== 0) reject(new Error(`load-client exited ${code}: ${err}`));
+      else resolve(JSON.parse(out) as LoadResult);
+    });
+  });
+}
+
+/** 32 clients reading a running transaction's properties vs the bus daemon's GetId under the same load. */
+export async function benchProperties(ctx: Ctx): Promise<Row[]> {
+  let control = '';
+  return withDaemon(ctx, 'properties', async (dir, root) => {
+    const script = path.join(dir, 'busy.sh');
+    control = path.join(dir, 'running');
+    await writeFile(script, BUSY_SCRIPT, 0o755);
+    await writeFile(path.join(hookDir(root), 'busy.hook'), hookFile(script, `Environment=CONTROL=${control}\nTimeoutSec=infinity\n`));
+  }, async (r: Running) => {
+    await writeFile(control, '');
+    const { Variant } = await import('dbus-next');
+    const [txPath] = await r.client.call(SERVICE, '/org/containers/bootc/PreStage', SERVICE, 'StartPreStage', 'sa{sv}',
+      [ctx.sysroot.deployments[0]!, { force: new Variant('b', true) }]);
+    const p = String(txPath);
+    await r.tx.waitFor((s) => s.path === p && s.member === 'HookStarted');
+    const getId = () => load(ctx, '/org/freedesktop/DBus', 'org.freedesktop.DBus', 'org.freedesktop.DBus', 'GetId');
+    const getAll = () => load(ctx, p, SERVICE, 'org.freedesktop.DBus.Properties', 'GetAll', 's', TX_IFACE);
+    const base: LoadResult[] = [];
+    const subj: LoadResult[] = [];
+    try {
+      for (let k = 0; k < ctx.sizes.reps; k++) {
+        // Alternate the order so a drift of the machine's load hits both.
+        if (k % 2 === 0) { base.push(await getId()); subj.push(await getAll()); }
+        else { subj.push(await getAll()); base.push(await getId()); }
+        ctx.note(`properties: GetId p99 ${base[k]!.p99.toFixed(2)} ms (${base[k]!.calls} calls), `
+          + `GetAll p99 ${subj[k]!.p99.toFixed(2)} ms (${subj[k]!.calls} calls, ${subj[k]!.errors} errors)`);
+      }
+    } finally {
+      const { rm } = await import('node:fs/promises');
+      await rm(control, { force: true });
+      await r.tx.waitFor((s) => s.path === p && s.member === 'Finished', 60_000).catch(() => undefined);
+    }
+    const errors = subj.reduce((s, x) => s + x.errors, 0) + base.reduce((s, x) => s + x.errors, 0);
+    const ratios = pairedRatios(subj.map((x) => x.p99), base.map((x) => x.p99));
+    const p99s = (xs: LoadResult[]) => xs.map((x) => x.p99);
+    return [{
+      benchmark: `${ctx.sizes.clients} clients calling GetAll on a running transaction (p99 latency)`,
+      baseline: `bus daemon GetId, same load: ${describe(p99s(base), 'ms', 2)}`,
+      measured: `${describe(p99s(subj), 'ms', 2)}; p50 ${median(subj.map((x) => x.p50)).toFixed(2)} ms vs ${median(base.map((x) => x.p50)).toFixed(2)} ms`,
+      result: ratioText(ratios),
+      target: 'p99 ≤ 3×',
+      met: median(ratios) <= 3 && errors === 0,
+      numbers: {
+        clients: ctx.sizes.clients, baselineP99Ms: median(p99s(base)), measuredP99Ms: median(p99s(subj)), ratio: median(ratios),
+        calls: subj.reduce((s, x) => s + x.calls, 0), errors,
+      },
+    }];
+  });
+}

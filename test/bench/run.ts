@@ -1,0 +1,106 @@
+/**
+ * `npm run bench`: measure bootc-prestaged against its baselines and print
+ * one table (markdown), with the command that made it.
+ *
+ *   node dist/test/bench/run.js [--smoke] [--only NAME,...] [--reps N]
+ *                               [--json FILE] [--markdown FILE]
+ *
+ * --smoke runs every benchmark at a tiny size once (CI: the benchmarks
+ * cannot rot); it judges nothing. Every ratio is of runs paired in the
+ * same invocation, since absolute times on a shared machine mean little.
+ */
+import { writeFileSync } from 'node:fs';
+import * as os from 'node:os';
+import { parseArgs } from 'node:util';
+import { makeSysroot, startBus, type Bus, type Sysroot } from './env.js';
+import type { Ctx } from './context.js';
+import { benchOutput, benchPrepare, benchProgress, benchProperties } from './phase-benches.js';
+import { FULL, SMOKE, type Row } from './result.js';
+import { benchHistoryScaling, benchHookScaling, benchStartup } from './service-benches.js';
+
+const BENCHES: Record<string, (ctx: Ctx) => Promise<Row[]>> = {
+  prepare: benchPrepare,
+  progress: benchProgress,
+  output: benchOutput,
+  properties: benchProperties,
+  startup: benchStartup,
+  hooks: benchHookScaling,
+  history: benchHistoryScaling,
+};
+
+function table(rows: Row[]): string {
+  const esc = (s: string) => s.replace(/\|/g, '\\|');
+  const lines = [
+    '| benchmark | baseline | bootc-prestaged | result | target | met |',
+    '| --- | --- | --- | --- | --- | --- |',
+    ...rows.map((r) => `| ${[r.benchmark, r.baseline, r.measured, r.result, r.target,
+      r.met === null ? '—' : r.met ? 'yes' : '**no**'].map(esc).join(' | ')} |`),
+  ];
+  return lines.join('\n');
+}
+
+async function main(): Promise<number> {
+  const { values } = parseArgs({
+    options: {
+      smoke: { type: 'boolean' },
+      only: { type: 'string' },
+      reps: { type: 'string' },
+      json: { type: 'string' },
+      markdown: { type: 'string' },
+    },
+    strict: true,
+  });
+  const sizes = { ...(values.smoke ? SMOKE : FULL) };
+  if (values.reps) sizes.reps = sizes.startupReps = Math.max(1, Number(values.reps));
+  const names = values.only ? values.only.split(',') : Object.keys(BENCHES);
+  for (const n of names) if (!BENCHES[n]) throw new Error(`unknown benchmark '${n}'; known: ${Object.keys(BENCHES).join(', ')}`);
+
+  const command = ['npm run bench', ...(process.argv.length > 2 ? ['--', ...process.argv.slice(2)] : [])].join(' ');
+  const note = (t: string) => process.stderr.write(`  ${t}\n`);
+  let bus: Bus | null = null;
+  let sysroot: Sysroot | null = null;
+  const rows: Row[] = [];
+  const failures: string[] = [];
+  try {
+    bus = await startBus();
+    sysroot = await makeSysroot();
+    const ctx: Ctx = { bus, sysroot, sizes, note };
+    for (const n of names) {
+      process.stderr.write(`${n}...\n`);
+      const t0 = performance.now();
+      try {
+        rows.push(...await BENCHES[n]!(ctx));
+      } catch (e) {
+        failures.push(`${n}: ${e instanceof Error ? e.stack ?? e.message : String(e)}`);
+        process.stderr.write(`${n} FAILED: ${e instanceof Error ? e.stack : String(e)}\n`);
+      }
+      process.stderr.write(`${n} done in ${((performance.now() - t0) / 1000).toFixed(1)} s\n`);
+    }
+  } finally {
+    await sysroot?.remove();
+    await bus?.stop();
+  }
+
+  const machine = `${os.cpus().length} CPUs (${os.cpus()[0]?.model ?? 'unknown'}), Node.js ${process.version}, `
+    + `load average ${os.loadavg().map((x) => x.toFixed(1)).join(' ')} at the end`;
+  const md = [
+    `Made by \`${command}\` on ${new Date().toISOString().slice(0, 10)}: ${machine}.`,
+    'Ratios are medians of paired runs (each baseline run next to a daemon run); ranges are min–max.',
+    '',
+    table(rows),
+    '',
+  ].join('\n');
+  process.stdout.write(`\n${md}\n`);
+  if (values.markdown) writeFileSync(values.markdown, md);
+  if (values.json) writeFileSync(values.json, JSON.stringify({ command, smoke: sizes.smoke, rows, failures }, null, 2) + '\n');
+  if (failures.length > 0) {
+    process.stderr.write(`\n${failures.length} benchmark(s) failed to run:\n${failures.join('\n')}\n`);
+    return 1;
+  }
+  return 0;
+}
+
+main().then((code) => { process.exitCode = code; }, (e: unknown) => {
+  process.stderr.write(`bench: ${e instanceof Error ? e.stack : String(e)}\n`);
+  process.exitCode = 1;
+});
