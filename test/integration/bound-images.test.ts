@@ -16,9 +16,14 @@ import { existsSync, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
 import {
-  describeStep, HOOKS_DIR, installPrograms, runHookStep, startHookStep, type HookStepResult,
+  describeStep, hookFileWithEnv, HOOKS_DIR, installPrograms, LIBEXEC, PROGRAMS, runHookStep, startHookStep,
+  type HookStepResult,
 } from '../fixtures/images/hook-step.js';
-import { makeSysroot } from '../helpers/ostree.js';
+import { withDaemon, type DaemonContext } from '../helpers/daemon.js';
+import {
+  MANAGER_IFACE, MANAGER_PATH, SERVICE, TRANSACTION_IFACE, type SignalRecorder,
+} from '../helpers/dbus-client.js';
+import { makeSysroot, type Sysroot } from '../helpers/ostree.js';
 import { FIXTURES_DIR, makeTmpDir, removeDir } from '../helpers/tmp.js';
 import type { Phase } from '../../service/engine/types.js';
 
@@ -633,4 +638,102 @@ test.serial('commit - without any storage.conf, writes one from the distribution
   t.true(written.startsWith(await fsp.readFile(base, 'utf8')), written);
   t.is((await fsp.stat(w.storageConf)).mode & 0o777, 0o644);
   t.deepEqual(await readOnlyNames(w), [IMAGES.a], 'podman reading the written file sees the image');
+});
+
+// ---------------------------------------------------------------------------
+// Through the daemon: the same hooks, driven over D-Bus by bootc-prestaged
+// on a private bus, with a real ostree sysroot.
+
+interface ThroughDaemon {
+  ctx: DaemonContext;
+  sysroot: Sysroot;
+  staged: string;
+  finished: SignalRecorder;
+}
+
+/**
+ * A sysroot whose booted deployment has the package installed (programs
+ * and hook files), the administrator's overrides in /etc/bootc/pre-stage.d
+ * carrying the test's settings, a running daemon, and a staged deployment
+ * that binds images a and b.
+ */
+async function throughDaemon(t: ExecutionContext, w: World): Promise<ThroughDaemon> {
+  const programs: Record<string, { content: Buffer; mode: number }> = {};
+  for (const [name, mode] of Object.entries(PROGRAMS)) {
+    programs[`${LIBEXEC.slice(1)}/${name}`] = { content: await fsp.readFile(path.join(HOOKS_DIR, name)), mode };
+  }
+  const hooks: Record<string, string> = {};
+  for (const h of ['bound-images', 'compat-check']) hooks[`${h}.hook`] = await fsp.readFile(path.join(HOOKS_DIR, `${h}.hook`), 'utf8');
+  const sysroot = await makeSysroot({ files: programs, hooks });
+  const booted = sysroot.bootedRoot;
+  // /usr/libexec on the booted system is the booted deployment's: commit runs
+  // after the reboot (the deployment committed is then the booted one), and
+  // abort runs on the system that is still booted.
+  const boundImages = (await hookFileWithEnv('bound-images', w.env))
+    .replace(`Commit=${LIBEXEC}/bound-images commit`, `Commit=\${BOOTC_PRESTAGE_DEPLOYMENT}${LIBEXEC}/bound-images commit`)
+    .replace(`Abort=${LIBEXEC}/bound-images abort`, `Abort=${booted}${LIBEXEC}/bound-images abort`);
+  const compatCheck = await hookFileWithEnv('compat-check', { COMPAT_BOOTED_ROOT: booted, COMPAT_MIN_FREE_MB: '1' });
+  const ctx = await withDaemon(t, {
+    sysroot, etcHooks: { 'bound-images.hook': boundImages, 'compat-check.hook': compatCheck },
+  });
+  const units: Record<string, { content: Buffer; mode: number }> = {};
+  for (const [name, text] of Object.entries(twoImages())) {
+    units[`usr/share/containers/systemd/${name}`] = { content: Buffer.from(text), mode: 0o644 };
+  }
+  const staged = await sysroot.deploy({ files: { ...programs, ...units }, hooks, osRelease: { VERSION_ID: '2' } });
+  // The links go in after the deploy (the helper commits regular files only);
+  // directories inside a deployment are writable.
+  await fsp.mkdir(path.join(staged, 'usr/lib/bootc/bound-images.d'));
+  for (const name of Object.keys(twoImages())) {
+    await fsp.symlink(`/usr/share/containers/systemd/${name}`, path.join(staged, 'usr/lib/bootc/bound-images.d', name));
+  }
+  const finished = await ctx.client.collectSignals({ interface: MANAGER_IFACE, member: 'TransactionFinished' });
+  t.teardown(() => finished.stop());
+  return { ctx, sysroot, staged, finished };
+}
+
+async function transactionLog(d: ThroughDaemon, tx: string): Promise<string[]> {
+  const [lines] = await d.ctx.client.call(SERVICE, tx, TRANSACTION_IFACE, 'GetLog', 'a{sv}', [{}]).catch(() => [[]]);
+  return [...(lines as string[]), '--- daemon ---', ...d.ctx.daemon.logs().slice(-30)];
+}
+
+async function startPrepare(t: ExecutionContext, d: ThroughDaemon): Promise<string> {
+  const [tx] = await d.ctx.client.call(SERVICE, MANAGER_PATH, MANAGER_IFACE, 'StartPreStage', 'sa{sv}', [d.staged, {}]);
+  const done = await d.finished.waitFor((s) => s.body[0] === tx, 180_000);
+  t.deepEqual(done.body.slice(1), ['prepared', ''], `prepare ended ${JSON.stringify(done.body)}`);
+  const hooks = await d.ctx.client.getProperty(SERVICE, String(tx), TRANSACTION_IFACE, 'Hooks') as [string, string, number, string][];
+  t.deepEqual(hooks.map(([name, result, percent]) => [name, result, percent]),
+    [['compat-check', 'success', 100], ['bound-images', 'success', 100]], 'compat-check first (After=), both complete');
+  return String(tx);
+}
+
+// Known engine bug (reported): a prepared transaction the daemon loads at
+// start-up has no open journal, so the reconcile's commit fails with
+// Internal ("Cannot read properties of null (reading 'append')",
+// service/engine/engine.ts beginPhase). ava reports this test as passing
+// unexpectedly once that is fixed: then drop `.failing`.
+test.serial.failing('daemon - StartPreStage pulls the bound images; after the reboot, commit switches podman to them', async (t) => {
+  const w = await makeWorld(t);
+  const d = await throughDaemon(t, w);
+  const tx = await startPrepare(t, d);
+  t.deepEqual(await storeNames(storeOf(w, d.staged)), [IMAGES.a, IMAGES.b].sort());
+  t.deepEqual(await podmanImages(w), [], 'nothing is visible before the commit');
+  // "Reboot" into the staged deployment: the daemon's start-up reconcile commits.
+  await d.ctx.restart({ bootedRoot: d.staged });
+  const committed = await d.finished.waitFor((s) => s.body[0] === tx && s.body[1] !== 'prepared', 180_000);
+  t.deepEqual(committed.body.slice(1), ['committed', ''], (await transactionLog(d, tx)).join('\n'));
+  t.deepEqual(await readOnlyNames(w), [IMAGES.a, IMAGES.b].sort());
+});
+
+test.serial('daemon - Reconcile after ostree admin undeploy aborts the transaction and removes the store', async (t) => {
+  const w = await makeWorld(t);
+  const d = await throughDaemon(t, w);
+  const tx = await startPrepare(t, d);
+  t.true(existsSync(storeOf(w, d.staged)));
+  await d.sysroot.undeploy(0);
+  t.false(existsSync(d.staged));
+  await d.ctx.client.call(SERVICE, MANAGER_PATH, MANAGER_IFACE, 'Reconcile', 'a{sv}', [{}]);
+  const aborted = await d.finished.waitFor((s) => s.body[0] === tx && s.body[1] !== 'prepared', 180_000);
+  t.deepEqual(aborted.body.slice(1), ['aborted', '']);
+  t.deepEqual(await entries(w.storeRoot), [], 'the store is gone, and no trash is left');
 });
