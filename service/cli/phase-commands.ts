@@ -165,28 +165,49 @@ export async function reconcileCommand(ctx: CliContext, cmd: Extract<Command, { 
       'Commit and abort steps cannot be cancelled; waiting for them to finish '
       + '(press Ctrl-C again to stop waiting; the daemon carries on)\n'));
     const paths = await client.reconcile();
-    if (paths.length === 0) {
-      if (ctx.mode === 'json') ctx.out(jsonLine({ event: 'finished', transactions: [] }));
-      else ctx.out('Nothing to reconcile.\n');
-      return EXIT.OK;
-    }
     let worst: ExitCode = EXIT.OK;
-    for (const path of paths) {
+    const followed = new Set<string>();
+    const follow = async (path: string, goal: FollowGoal): Promise<ExitCode | null> => {
+      followed.add(path);
       const display = ctx.display();
       display.begin({ action: 'reconcile', path, deployment: '' });
       let outcome: FollowOutcome;
       try {
-        outcome = await followOn(client, path, display, { kind: 'phase' }, interrupts, { watch, shareWatch: true });
+        outcome = await followOn(client, path, display, goal, interrupts, { watch, shareWatch: true });
       } finally {
         display.close();
       }
       if (outcome.kind === 'interrupted') return reportOutcome(ctx, outcome, 'commit', '');
       const tx = outcome.tx;
-      const ok = tx.state === 'committed' || tx.state === 'aborted';
-      if (!ok) {
+      if (tx.state !== 'committed' && tx.state !== 'aborted') {
         ctx.error(failureText(`the ${tx.phase} phase of ${tx.deployment}`, tx));
         worst = EXIT.FAILED;
       }
+      return null;
+    };
+    for (const path of paths) {
+      const stop = await follow(path, { kind: 'phase' });
+      if (stop !== null) return stop;
+    }
+    // The daemon also reconciles when it starts, which our call may just
+    // have caused: work it queued that way is not in our reply. Follow the
+    // commit or abort phases running now too, so that when this command
+    // returns (at boot: when bootc-prestage-reconcile.service is done) the
+    // booted deployment's commit steps have run.
+    for (let i = 0; i < 64; i++) {
+      const m = await client.managerProperties();
+      if (m.state !== 'busy' || m.activeTransaction === '/') break;
+      if (followed.has(m.activeTransaction)) break;
+      const tx = await client.transactionProperties(m.activeTransaction);
+      // Someone's prepare phase (or its rollback): not reconcile's work.
+      if (tx.phase === 'prepare' && !isResting(tx.state)) break;
+      // Resting but active: its commit or abort job is just starting.
+      const stop = await follow(m.activeTransaction, isResting(tx.state) ? { kind: 'phase' } : { kind: 'rest' });
+      if (stop !== null) return stop;
+    }
+    if (followed.size === 0) {
+      if (ctx.mode === 'json') ctx.out(jsonLine({ event: 'finished', transactions: [] }));
+      else ctx.out('Nothing to reconcile.\n');
     }
     return worst;
   } finally {

@@ -7,6 +7,7 @@ import test from 'ava';
 import { existsSync, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { withDaemon } from '../helpers/daemon.js';
+import { MANAGER_IFACE, MANAGER_PATH, SERVICE } from '../helpers/dbus-client.js';
 import { tmpDir } from '../helpers/tmp.js';
 import { hookFile, jsonLines, runCli, spawnCli } from './cli-harness.js';
 
@@ -249,4 +250,40 @@ test('reconcile - aborts the transaction of a deployment that is gone; exit 0', 
   const none = await runCli(['reconcile'], { address: ctx.bus.address });
   t.is(none.code, 0);
   t.is(none.stdout, 'Nothing to reconcile.');
+});
+
+test('reconcile - also follows a commit phase another client queued, as the daemon\'s start-up reconcile does', async (t) => {
+  const dir = await tmpDir(t, { mode: 0o755 });
+  const ctx = await withDaemon(t, {
+    sysroot: { deployments: 2 },
+    etcHooks: { 'c.hook': hookFile({ prepare: 'true', commit: `sleep 2; echo ok > ${dir}/committed` }) },
+  });
+  const staged = (ctx.sysroot as { deployments: string[] }).deployments[0]!;
+  t.is((await runCli(['start', staged], { address: ctx.bus.address })).code, 0);
+  // Queued by another client: Reconcile's reply does not include it.
+  await ctx.client.call(SERVICE, MANAGER_PATH, MANAGER_IFACE, 'CommitPreStage', 'sa{sv}', [staged, {}]);
+  const r = await runCli(['reconcile'], { address: ctx.bus.address });
+  t.is(r.code, 0, `${r.stdout}\n${r.stderr}`);
+  t.regex(r.stdout, /: reconcile\n[\s\S]*Result: committed/);
+  t.is(await fsp.readFile(path.join(dir, 'committed'), 'utf8'), 'ok\n', 'the commit step had run when reconcile returned');
+});
+
+// KNOWN ENGINE BUG (reported): a transaction prepared before the daemon
+// restarted has no open journal, so its commit fails with "internal error:
+// Cannot read properties of null (reading 'append')" (engine.ts beginPhase).
+// This is the boot flow; remove `.failing` once the engine reopens the journal.
+test.failing('reconcile - at boot, also follows the commit the daemon queued by itself when it started', async (t) => {
+  const dir = await tmpDir(t, { mode: 0o755 });
+  const ctx = await withDaemon(t, {
+    sysroot: { deployments: 2 },
+    etcHooks: { 'c.hook': hookFile({ prepare: 'true', commit: `sleep 3; echo ok > ${dir}/committed` }) },
+  });
+  const staged = (ctx.sysroot as { deployments: string[] }).deployments[0]!;
+  t.is((await runCli(['start', staged], { address: ctx.bus.address })).code, 0);
+  // "Reboot" into the staged deployment: the new daemon commits it on its own at start-up.
+  await ctx.restart({ bootedRoot: staged });
+  const r = await runCli(['reconcile'], { address: ctx.bus.address });
+  t.is(r.code, 0, `${r.stdout}\n${r.stderr}`);
+  t.regex(r.stdout, /Result: committed/);
+  t.is(await fsp.readFile(path.join(dir, 'committed'), 'utf8'), 'ok\n', 'the commit step had run when reconcile returned');
 });
