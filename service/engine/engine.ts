@@ -480,6 +480,9 @@ export class Engine implements EngineApi {
   }
 
   private async runJob(job: Job): Promise<void> {
+    // Transactions loaded from disk at start-up keep no journal open until
+    // they have work again (a commit at boot, an abort after undeploy).
+    job.tx.journal ??= await this.store.reopen(job.tx.id);
     switch (job.kind) {
       case 'dry-run': return this.runDryRun(job.tx);
       case 'prepare': return this.runPrepare(job);
@@ -625,7 +628,8 @@ export class Engine implements EngineApi {
       if (old.state !== 'prepared') continue;
       const usec = nowUsec();
       const message = `superseded by transaction ${tx.id}`;
-      await old.journal?.append({ t: 'state', state: 'aborted', error: '', message, usec }, true);
+      old.journal ??= await this.store.reopen(old.id);
+      await old.journal.append({ t: 'state', state: 'aborted', error: '', message, usec }, true);
       old.patch({ state: 'aborted', finishedUsec: usec });
       old.log.write('', message);
       old.log.flush();

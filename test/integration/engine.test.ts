@@ -228,3 +228,25 @@ test('engine - a restart finds history and rolls back an interrupted prepare', a
   const rec = await env.recorded();
   t.deepEqual(rec.slice(-2), ['b abort ok', 'a abort ok']);
 });
+
+test('engine - a prepared transaction loaded at start-up can be committed, aborted or superseded', async (t) => {
+  const env = await withEngine(t);
+  await env.hook('a', { prepare: 'ok', commit: 'ok', abort: 'ok' });
+  const [newer, older] = env.sysroot.deployments as [string, string];
+  const t1 = await env.engine.start(newer, {});
+  await settled(t1);
+  const t2 = await env.engine.start(older, {});
+  await settled(t2);
+  const engine = await env.reopen();
+  // Commit one (a reboot into it), supersede the other with a forced re-run.
+  const c = await engine.commit(newer, {});
+  t.is((await settled(c, ['committed', 'failed'])).state, 'committed');
+  const f = await engine.start(older, { force: true, wait: true });
+  t.is((await settled(f)).state, 'prepared');
+  t.is(engine.transaction(t2.id)!.snapshot().state, 'aborted');
+  // And the journals say so after another restart.
+  const again = await env.reopen();
+  t.is(again.transaction(t1.id)!.snapshot().state, 'committed');
+  t.is(again.transaction(t2.id)!.snapshot().state, 'aborted');
+  t.is(again.transaction(f.id)!.snapshot().state, 'prepared');
+});
