@@ -707,12 +707,7 @@ async function startPrepare(t: ExecutionContext, d: ThroughDaemon): Promise<stri
   return String(tx);
 }
 
-// Known engine bug (reported): a prepared transaction the daemon loads at
-// start-up has no open journal, so the reconcile's commit fails with
-// Internal ("Cannot read properties of null (reading 'append')",
-// service/engine/engine.ts beginPhase). ava reports this test as passing
-// unexpectedly once that is fixed: then drop `.failing`.
-test.serial.failing('daemon - StartPreStage pulls the bound images; after the reboot, commit switches podman to them', async (t) => {
+test.serial('daemon - StartPreStage pulls the bound images; after the reboot, commit switches podman to them', async (t) => {
   const w = await makeWorld(t);
   const d = await throughDaemon(t, w);
   const tx = await startPrepare(t, d);
