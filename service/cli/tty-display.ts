@@ -179,6 +179,9 @@ export class TtyDisplay implements FollowDisplay {
         break;
       case 'finished': {
         this.tx = ev.transaction;
+        // The final rows are the final phase's, even when it had ended
+        // before we looked (already prepared, already committed).
+        this.phaseActive = true;
         this.catchUp(ev.transaction.hooks);
         const good = ev.error === '' && ev.state !== 'failed' && ev.state !== 'cancelled';
         const mark = good ? this.paint('32', this.g.ok) : this.paint('31', this.g.bad);
