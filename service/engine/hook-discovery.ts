@@ -292,7 +292,7 @@ async function buildHook(
     const problem = st && untrusted(st, trustedUid, `directory ${targetDir}`);
     if (problem) problems.push(problem);
   }
-  for (const { key, program } of programsOf(cand, definition, deployment)) {
+  for (const { key, program } of programsOf(cand.name, cand.source, definition, deployment)) {
     let p = programStats.get(program);
     if (!p) {
       // A missing program is not refused here: the step fails when it runs.
@@ -316,9 +316,13 @@ async function buildHook(
 /**
  * The program of each step after expanding `${VAR}` as the runner will (the
  * hook's Environment= plus the BOOTC_PRESTAGE_* values known now; others
- * expand to ''). Throws InvalidHook when one is not absolute.
+ * expand to ''). Throws InvalidHook naming `source` when one is not
+ * absolute. The hook store calls it (deployment '') before writing a hook,
+ * so a registered hook can never make discovery fail.
  */
-function programsOf(cand: Candidate, def: HookDefinition, deployment: string): { key: string; program: string }[] {
+export function programsOf(
+  name: string, source: string, def: HookDefinition, deployment: string,
+): { key: string; program: string }[] {
   const out: { key: string; program: string }[] = [];
   const steps: [string, Phase, string[] | null][] = [
     ['Prepare', 'prepare', def.prepare], ['Commit', 'commit', def.commit], ['Abort', 'abort', def.abort],
@@ -328,13 +332,13 @@ function programsOf(cand: Candidate, def: HookDefinition, deployment: string): {
     const env = {
       ...environmentRecord(def.environment),
       BOOTC_PRESTAGE_DEPLOYMENT: deployment,
-      BOOTC_PRESTAGE_HOOK: cand.name,
+      BOOTC_PRESTAGE_HOOK: name,
       BOOTC_PRESTAGE_PHASE: phase,
     };
     const program = expandVariables(argv[0]!, env);
     if (!program.startsWith('/')) {
       throw new PreStageError('InvalidHook',
-        `${cand.source}: ${key}= program '${argv[0]}' expands to '${program}', which is not an absolute path`);
+        `${source}: ${key}= program '${argv[0]}' expands to '${program}', which is not an absolute path`);
     }
     out.push({ key, program: nodePath.normalize(program) });
   }

@@ -7,7 +7,7 @@ import { isDeepStrictEqual } from 'node:util';
 import * as nodePath from 'node:path';
 import { PreStageError } from './errors.js';
 import { mkdirDurable, unlinkDurable, writeFileAtomic } from './fs-atomic.js';
-import { ETC_HOOK_DIR, RUN_HOOK_DIR } from './hook-discovery.js';
+import { ETC_HOOK_DIR, RUN_HOOK_DIR, programsOf } from './hook-discovery.js';
 import { parseHookFile, serializeHookFile, validateDefinition } from './hook-file.js';
 import { HOOK_FILE_SUFFIX, isValidHookName } from './hook-name.js';
 import type { HookDefinition } from './types.js';
@@ -39,6 +39,9 @@ export async function registerHookFile(
 ): Promise<string> {
   checkName(name);
   validateDefinition(def, `definition of hook '${name}'`);
+  // A program that expands to a relative path would make every later
+  // discovery (ListHooks, StartPreStage) fail on this file: refuse it now.
+  programsOf(name, `definition of hook '${name}'`, def, '');
   const dir = hookWriteDir(root, runtime);
   const path = nodePath.join(dir, `${name}${HOOK_FILE_SUFFIX}`);
   const text = serializeHookFile(def);
