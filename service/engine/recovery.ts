@@ -73,6 +73,12 @@ export function replayJournal(j: ReadJournal): ReplayResult {
         message = '';
         order = phaseOrder(begin.hooks, r.phase).map((h) => h.name);
         hooks = order.map((name) => ({ name, result: 'pending', percent: 0, status: '' }));
+        // A commit or abort that has started is running from its `phase`
+        // record on, even if the daemon died before its state record: it
+        // was asked for (and answered), so recovery must run it, not leave
+        // the transaction `prepared` (or `failed`) in that phase. A prepare
+        // stays `queued` until `preparing`: nothing of it has run.
+        if (r.phase !== 'prepare') state = r.phase === 'commit' ? 'committing' : 'aborting';
         break;
       case 'state':
         state = r.state;
