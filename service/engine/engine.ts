@@ -940,6 +940,13 @@ export class Engine implements EngineApi {
     }
     if (v.phase === 'prepare') {
       const cancelled = v.state === 'cancelling' || v.error === 'Cancelled';
+      // The step that was running was killed above and those after it will
+      // never run: a finished transaction must not show them running or
+      // pending (a live failure marks them the same way).
+      tx.snapshot().hooks.forEach((h, i) => {
+        if (h.result === 'running') tx.setHook(i, { result: 'cancelled', status: 'interrupted: the daemon stopped while it ran' });
+        else if (h.result === 'pending') tx.setHook(i, { result: 'cancelled', status: 'not run' });
+      });
       tx.patch({ state: 'rolling-back' });
       this.enqueue({
         tx, kind: 'rollback', timeoutSec: 0, rollbackState: cancelled ? 'cancelled' : 'failed',
