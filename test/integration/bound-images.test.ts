@@ -508,6 +508,29 @@ test.serial('prepare - a reference pinned by digest is verified against the stor
   t.false((await storeNames(storeOf(w, bad))).some((n) => n.includes(fixtures.images.a.digest)), 'no image stored under the wrong digest');
 });
 
+test.serial('prepare - a reference pinned to a manifest list (image index) digest is verified whole', async (t) => {
+  const w = await makeWorld(t);
+  // An OCI archive whose top level is an image index, as multi-arch
+  // registry images are, made offline with podman manifest.
+  const build = path.join(w.dir, 'build');
+  const podman = (...args: string[]) => sh('podman', ['--root', `${build}/root`, '--runroot', `${build}/run`, '--storage-driver', 'vfs', ...args]);
+  await podman('pull', '-q', `oci-archive:${fixtures.images.a.archive}`);
+  await podman('manifest', 'create', 'localhost/multi:1');
+  await podman('manifest', 'add', 'localhost/multi:1', `containers-storage:${IMAGES.a}`);
+  const archive = path.join(w.dir, 'multi.tar');
+  await podman('manifest', 'push', '-q', '--all', 'localhost/multi:1', `oci-archive:${archive}`);
+  const index = (await exec('skopeo', ['inspect', '--raw', `oci-archive:${archive}`], { encoding: 'buffer' })).stdout;
+  t.regex(index.toString(), /application\/vnd\.oci\.image\.index\.v1\+json/);
+  const pinned = `quay.io/example/multi@sha256:${createHash('sha256').update(index).digest('hex')}`;
+  await writeSources(w, { [pinned]: `oci-archive:${archive}` });
+  const d = await makeDeployment(w, { bound: { 'multi.image': unit('image', pinned) } });
+  const r = await step(w, d, 'prepare');
+  ok(t, r);
+  t.true(r.stdout.some((l) => l.endsWith(`pulled (${pinned.split('@')[1]})`)), r.stdout.join('\n'));
+  ok(t, await step(w, d, 'commit'));
+  await sh('podman', ['image', 'exists', pinned], { CONTAINERS_STORAGE_CONF: w.storageConf });
+});
+
 test.serial('prepare - reads the forms quadlet files come in', async (t) => {
   const w = await makeWorld(t);
   const d = await makeDeployment(w, {
