@@ -383,7 +383,9 @@ export class Engine implements EngineApi {
   async listHooks(deployment: string): Promise<HookSet> {
     this.assertOpen();
     const dep = deployment === '' ? null : (await this.sysroot.resolve(deployment, { mustExist: true })).path;
-    return this.resolveHooks(dep);
+    // Refused hooks are listed, marked, even required ones (which make
+    // StartPreStage fail): ListHooks is where an admin sees why.
+    return discoverHooks({ root: this.opts.root, deployment: dep, trustedUid: this.opts.trustedUid, logger: this.log });
   }
 
   private async resolveHooks(deployment: string | null): Promise<HookSet> {
