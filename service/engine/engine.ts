@@ -654,7 +654,10 @@ export class Engine implements EngineApi {
    */
   private async rollback(tx: Transaction, endState: 'failed' | 'cancelled'): Promise<string[]> {
     const usec = nowUsec();
-    await tx.journal!.append({ t: 'state', state: 'rolling-back', error: '', message: '', usec }, true);
+    // The record says why it rolls back: recovery after a crash in the
+    // rollback must still end a cancel `cancelled`, not `failed`.
+    const why = endState === 'cancelled' ? { error: 'Cancelled' as const, message: 'cancelled' } : { error: '' as const, message: '' };
+    await tx.journal!.append({ t: 'state', state: 'rolling-back', ...why, usec }, true);
     tx.patch({ state: 'rolling-back', currentHook: '' });
     tx.log.write('', `rolling back (${tx.preparedStarted.size} hook(s) to undo) before ending ${endState}`);
     this.log.info('rolling back', { transaction: tx.id, deployment: tx.deployment });
