@@ -18,7 +18,7 @@
  * - Every "wait until gone" is bounded: a process stuck in uninterruptible
  *   sleep survives SIGKILL, and the caller must not hang on it forever.
  */
-import { readFileSync, readdirSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, readdirSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 
@@ -79,13 +79,34 @@ export function parseProcStat(text: string): ProcStat | null {
 /** /proc/<pid>/stat parsed, or null when the process does not exist (or vanished). */
 export function readProcStat(pid: number): ProcStat | null {
   if (!Number.isInteger(pid) || pid <= 0) return null;
-  let text: string;
+  const text = readSmallProcFile(`/proc/${pid}/stat`);
+  return text === null ? null : parseProcStat(text);
+}
+
+/**
+ * One reused buffer for stat files: readFileSync would fstat, find size 0
+ * (procfs does not know it), and allocate as it reads; a clean-up scan
+ * reads many of them. A stat line is far below 4 KiB (comm is at most 64
+ * bytes).
+ */
+const statBuf = Buffer.allocUnsafe(4096);
+
+/** The text of a /proc file shorter than 4 KiB (latin1), or null when it cannot be read. */
+function readSmallProcFile(file: string): string | null {
+  let fd: number;
   try {
-    text = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    fd = openSync(file, 'r');
   } catch {
     return null;
   }
-  return parseProcStat(text);
+  try {
+    const n = readSync(fd, statBuf, 0, statBuf.length, null);
+    return statBuf.toString('latin1', 0, n);
+  } catch {
+    return null;
+  } finally {
+    closeSync(fd);
+  }
 }
 
 /**
@@ -121,6 +142,107 @@ export function listProcesses(): ProcStat[] {
     if (stat !== null) out.push(stat);
   }
   return out;
+}
+
+/**
+ * The pid most recently allocated in our pid namespace
+ * (/proc/sys/kernel/ns_last_pid), or null where the kernel does not say.
+ */
+export function lastAllocatedPid(): number | null {
+  try {
+    const n = Number(readFileSync('/proc/sys/kernel/ns_last_pid', 'latin1').trim());
+    return Number.isInteger(n) && n > 0 ? n : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Clock ticks as a number, for comparing start times (they fit: 2^53 ticks is 2.8 million years at 100 Hz). */
+function ticks(startTime: string): number {
+  return Number(startTime);
+}
+
+/**
+ * Every live process created no earlier than `leader` (by start time, which
+ * exec never changes), leader included if alive. Every descendant of a
+ * process, and every process that inherited an environment entry first
+ * given to it, is such a process, so this is what a step's clean-up must
+ * look at; older processes cannot be its leftovers.
+ *
+ * With `pidWindow`, only the pids allocated since the leader's are read:
+ * pids are handed out cyclically (wrapping at pid_max), so a process created
+ * after the leader has a pid in (leader, ns_last_pid], or, after a wrap,
+ * above the leader's or at most ns_last_pid. That is exact unless the pid
+ * space went round a full cycle meanwhile (at least pid_max - 300 = 32,468
+ * process and thread creations), so callers pass it only for a short
+ * interval; without it, or when ns_last_pid cannot be read, every process's
+ * stat is read (a few milliseconds per few hundred processes).
+ */
+export function processesSince(leader: ProcessRef, opts: { pidWindow?: boolean } = {}): ProcStat[] {
+  const since = ticks(leader.startTime);
+  const last = opts.pidWindow ? lastAllocatedPid() : null;
+  const out: ProcStat[] = [];
+  const take = (pid: number, probed: boolean) => {
+    const stat = readProcStat(pid);
+    if (stat === null || isDead(stat) || ticks(stat.startTime) < since) return;
+    // A probe of /proc/<tid> also answers for a thread (readdir lists
+    // only processes): count each process once, by its main thread.
+    if (probed && !isThreadGroupLeader(pid)) return;
+    out.push(stat);
+  };
+  if (last !== null && last >= leader.pid && last - leader.pid <= MAX_WINDOW_PROBES) {
+    // Probing the few pids allocated since is cheaper than listing /proc,
+    // which walks every task of the machine.
+    for (let pid = leader.pid; pid <= last; pid++) take(pid, true);
+    return out;
+  }
+  const inWindow = last === null
+    ? () => true
+    : last >= leader.pid
+      ? (pid: number) => pid >= leader.pid && pid <= last
+      : (pid: number) => pid >= leader.pid || pid <= last;
+  for (const name of readdirSync('/proc')) {
+    const c = name.charCodeAt(0);
+    if (c < 48 || c > 57) continue;
+    const pid = Number(name);
+    if (inWindow(pid)) take(pid, false);
+  }
+  return out;
+}
+
+/** processesSince probes pids one by one up to this many, then lists /proc. */
+const MAX_WINDOW_PROBES = 256;
+
+/** True unless `pid` names a thread other than its process's main one. */
+function isThreadGroupLeader(pid: number): boolean {
+  try {
+    const m = /^Tgid:\s+(\d+)$/m.exec(readFileSync(`/proc/${pid}/status`, 'latin1'));
+    return m === null || Number(m[1]) === pid;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Those of `candidates` (still the same processes) whose environment holds
+ * every KEY=VALUE of `entries`; this process is skipped. Throws RangeError
+ * for an empty or malformed `entries`.
+ */
+export async function filterByEnv(candidates: readonly ProcessRef[], entries: Record<string, string>): Promise<ProcessRef[]> {
+  const needles = entryNeedles(entries);
+  const found: ProcessRef[] = [];
+  await Promise.all(candidates.map(async (ref) => {
+    if (ref.pid === process.pid) return;
+    let environ: Buffer;
+    try {
+      environ = await readFile(`/proc/${ref.pid}/environ`);
+    } catch {
+      return; // vanished, or a process we may not inspect
+    }
+    // Read after environ: a recycled pid shows another start time.
+    if (isSameProcess(ref.pid, ref.startTime) && needles.every((n) => hasEntry(environ, n))) found.push(ref);
+  }));
+  return found.sort((a, b) => a.pid - b.pid);
 }
 
 function checkId(id: number, what: string): void {

@@ -20,11 +20,13 @@
  *   gone (an escapee that changed its environment) cannot hold the step up
  *   for more than OUTPUT_DRAIN_MS.
  *
- * runStep() blocks the event loop while it forks (twice: mkfifo, then the
- * step), a few milliseconds on real hardware; pid is known when it returns.
+ * runStep() blocks the event loop while it forks the step (and, when the
+ * pipe pool is empty, mkfifo first), a few milliseconds on real hardware;
+ * pid is known when it returns.
  */
 import { spawn, spawnSync, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { closeSync, constants as fsConstants, existsSync, mkdtempSync, openSync, rmSync } from 'node:fs';
+import { mkdtemp } from 'node:fs/promises';
 import { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { isAbsolute, join } from 'node:path';
@@ -34,8 +36,7 @@ import { PreStageError } from './errors.js';
 import { LineSplitter } from './line-splitter.js';
 import { NotifyParser, type NotifyUpdate } from './notify-parser.js';
 import {
-  findProcessRefsByEnv, listProcesses, processStartTime, readProcStat,
-  terminateGroup, terminateProcesses, type ProcessRef,
+  filterByEnv, processStartTime, processesSince, readProcStat, terminateGroup, terminateProcesses, type ProcessRef,
 } from './process-tree.js';
 import type { StepResult } from './types.js';
 
@@ -188,27 +189,26 @@ interface PipePair { read: number; write: number }
 
 const MKFIFO = ['/usr/bin/mkfifo', '/bin/mkfifo'];
 
+/** Pipes made per mkfifo run: enough for PIPE_BATCH / 3 steps. */
+export const PIPE_BATCH = 24;
+/** Below this many pooled pipes a refill starts in the background. */
+const PIPE_LOW_WATER = 12;
+/** Pooled pipes are closed after this long without a step (an idle daemon holds no spare fds). */
+const PIPE_IDLE_MS = 30_000;
+
+function mkfifoBinary(): string | undefined {
+  return MKFIFO.find((p) => existsSync(p));
+}
+
 /**
- * `n` anonymous pipes, made as FIFOs in a private directory that is removed
- * before returning (Node cannot call pipe(2)). The read ends are
- * non-blocking for libuv; the write ends, which the step inherits, are
- * blocking, as a program expects its stdout to be. Returns the reason on
- * failure.
+ * Open the FIFOs at `paths` as pipes and unlink them. The read ends are
+ * non-blocking for libuv; the write ends, which a step inherits, are
+ * blocking, as a program expects its stdout to be. Every fd is close-on-exec
+ * (libuv opens so), so a pooled pipe never leaks into another step.
  */
-function openPipes(n: number): PipePair[] | string {
-  const bin = MKFIFO.find((p) => existsSync(p));
-  if (bin === undefined) return 'mkfifo not found';
-  let dir: string;
-  try {
-    dir = mkdtempSync(join(tmpdir(), 'bootc-prestage-step-'));
-  } catch (e) {
-    return `cannot create a directory in ${tmpdir()}: ${describeErrno(e)}`;
-  }
+function openFifos(paths: string[]): PipePair[] {
   const pairs: PipePair[] = [];
   try {
-    const paths = Array.from({ length: n }, (_, i) => join(dir, String(i)));
-    const r = spawnSync(bin, ['-m', '600', '--', ...paths], { stdio: 'ignore', env: {}, timeout: 10_000 });
-    if (r.status !== 0) return `mkfifo failed (${r.error ? describeErrno(r.error) : `status ${r.status}`})`;
     for (const p of paths) {
       const read = openSync(p, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
       pairs.push({ read, write: -1 });
@@ -218,11 +218,115 @@ function openPipes(n: number): PipePair[] | string {
     return pairs;
   } catch (e) {
     closePipes(pairs);
+    throw e;
+  }
+}
+
+/**
+ * `n` anonymous pipes, made as FIFOs in a private directory of `base` that
+ * is removed before returning (Node cannot call pipe(2)). Blocks on one
+ * mkfifo run. Returns the reason on failure.
+ */
+function makePipesSync(n: number, base: string): PipePair[] | string {
+  const bin = mkfifoBinary();
+  if (bin === undefined) return 'mkfifo not found';
+  let dir: string;
+  try {
+    dir = mkdtempSync(join(base, 'bootc-prestage-step-'));
+  } catch (e) {
+    return `cannot create a directory in ${base}: ${describeErrno(e)}`;
+  }
+  try {
+    const paths = Array.from({ length: n }, (_, i) => join(dir, String(i)));
+    const r = spawnSync(bin, ['-m', '600', '--', ...paths], { stdio: 'ignore', env: {}, timeout: 10_000 });
+    if (r.status !== 0) return `mkfifo failed (${r.error ? describeErrno(r.error) : `status ${r.status}`})`;
+    return openFifos(paths);
+  } catch (e) {
     return `cannot open pipes: ${describeErrno(e)}`;
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 }
+
+/** makePipesSync without blocking the event loop; rejects on failure. */
+async function makePipes(n: number, base: string): Promise<PipePair[]> {
+  const bin = mkfifoBinary();
+  if (bin === undefined) throw new Error('mkfifo not found');
+  const dir = await mkdtemp(join(base, 'bootc-prestage-step-'));
+  try {
+    const paths = Array.from({ length: n }, (_, i) => join(dir, String(i)));
+    await new Promise<void>((resolve, reject) => {
+      const child = spawn(bin, ['-m', '600', '--', ...paths], { stdio: 'ignore', env: {} });
+      child.once('error', reject);
+      child.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`mkfifo exited with ${code}`))));
+    });
+    return openFifos(paths);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Pipes made ahead of need. Forking mkfifo for every step cost more than
+ * the step itself (tens of milliseconds on a loaded machine); the pool makes
+ * PIPE_BATCH at a time, synchronously only when it is empty, otherwise in
+ * the background once it runs low, so a run of steps forks nothing but the
+ * steps. Pipes have no state before use, so a pooled pair is as good as a
+ * fresh one. The pool follows the temporary directory: when TMPDIR changes,
+ * the pipes made in the old one are dropped and the new one is used (and a
+ * directory that cannot be used makes runStep fall back, as before).
+ */
+class PipePool {
+  private pairs: PipePair[] = [];
+  private base: string | null = null;
+  private refilling = false;
+  private idleTimer: NodeJS.Timeout | null = null;
+
+  take(n: number): PipePair[] | string {
+    const base = tmpdir();
+    if (base !== this.base) {
+      this.drop();
+      this.base = base;
+    }
+    if (this.pairs.length < n) {
+      const made = makePipesSync(Math.max(n, PIPE_BATCH), base);
+      if (typeof made === 'string') return made;
+      this.pairs.push(...made);
+    }
+    const out = this.pairs.splice(0, n);
+    if (this.pairs.length < PIPE_LOW_WATER) this.refill(base);
+    this.armIdle();
+    return out;
+  }
+
+  private refill(base: string): void {
+    if (this.refilling) return;
+    this.refilling = true;
+    makePipes(PIPE_BATCH, base).then((made) => {
+      if (base === this.base) {
+        this.pairs.push(...made);
+        this.armIdle();
+      } else {
+        closePipes(made);
+      }
+    }, () => {
+      // The next take() makes pipes synchronously and reports why it cannot.
+    }).finally(() => { this.refilling = false; });
+  }
+
+  private armIdle(): void {
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.idleTimer = setTimeout(() => { this.idleTimer = null; this.drop(); }, PIPE_IDLE_MS);
+    this.idleTimer.unref();
+  }
+
+  private drop(): void {
+    closePipes(this.pairs);
+    this.pairs = [];
+  }
+}
+
+const pipePool = new PipePool();
 
 function closeFd(fd: number): void {
   if (fd < 0) return;
@@ -237,6 +341,17 @@ function closePipes(pairs: PipePair[]): void {
 
 type StreamName = 'stdout' | 'stderr' | 'notify';
 const STREAMS: readonly StreamName[] = ['stdout', 'stderr', 'notify'];
+
+/**
+ * A step that ended within this long is cleaned up by looking only at the
+ * pids allocated since its own (see processesSince): going round the whole
+ * pid space in that time takes over 32,000 process creations.
+ */
+const PID_WINDOW_MAX_MS = 1000;
+
+function readComm(pid: number): string {
+  return readProcStat(pid)?.comm ?? '?';
+}
 
 /** The largest delay setTimeout honours; longer ones fire at once. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -287,7 +402,7 @@ class StepRun implements RunningStep {
 
     let pipes: PipePair[] | null = null;
     if (spec.channels !== 'socket') {
-      const p = openPipes(STREAMS.length);
+      const p = pipePool.take(STREAMS.length);
       if (typeof p === 'string') this.warn(`could not create output pipes (${p}); using socket pairs, so the step cannot reopen /dev/stdout or /dev/stderr`);
       else pipes = p;
     }
@@ -454,28 +569,32 @@ class StepRun implements RunningStep {
     const track = this.spec.trackEnv === undefined ? defaultTrackEnv(this.spec.env) : this.spec.trackEnv;
     const trackEnv = track !== null && Object.keys(track).length > 0 ? track : null;
 
+    // Only processes created since the leader can be the step's; a step
+    // that lasted under PID_WINDOW_MAX_MS lets the scan skip older pids.
+    const leader: ProcessRef = { pid: sid, startTime: this.startTime ?? '0' };
     const seen = new Set<number>();
     for (let round = 0; round < 2; round++) {
+      const pidWindow = this.startTime !== null && performance.now() - this.t0 < PID_WINDOW_MAX_MS;
       // One pass over /proc: the group, and the session (members that moved
       // to another group, e.g. jobs of a shell with `set -m`).
       let inGroup = false;
       const stray: ProcessRef[] = [];
+      const others: ProcessRef[] = [];
       const names = new Map<number, string>();
-      for (const p of listProcesses()) {
-        if (p.state === 'Z' || p.state === 'X' || p.state === 'x') continue;
+      for (const p of processesSince(leader, { pidWindow })) {
         if (p.pgrp === sid) inGroup = true;
         else if (p.session === sid) stray.push({ pid: p.pid, startTime: p.startTime });
-        else continue;
+        else {
+          if (p.pid !== process.pid) others.push({ pid: p.pid, startTime: p.startTime });
+          continue;
+        }
         names.set(p.pid, p.comm);
       }
-      if (trackEnv !== null) {
+      if (trackEnv !== null && others.length > 0) {
         // Escaped with setsid: only the environment still tells.
-        for (const r of await findProcessRefsByEnv(trackEnv)) {
-          if (names.has(r.pid)) continue;
-          const st = readProcStat(r.pid);
-          if (st === null || st.pgrp === sid) continue;
+        for (const r of await filterByEnv(others, trackEnv)) {
           stray.push(r);
-          names.set(r.pid, st.comm);
+          names.set(r.pid, readComm(r.pid));
         }
       }
       const fresh = [...names.keys()].filter((p) => !seen.has(p));

@@ -13,6 +13,8 @@ export interface Ctx {
   bus: Bus;
   sysroot: Sysroot;
   sizes: Sizes;
+  /** The daemon's entry point (another build, to compare before and after a change). */
+  daemonEntry: string;
   /** Progress lines for the person running the benchmark (stderr). */
   note(text: string): void;
 }
@@ -46,7 +48,7 @@ export async function withDaemon<T>(
   try {
     await setup(dir, root);
     daemon = await startDaemon({
-      bus: ctx.bus, sysroot: ctx.sysroot, stateDir, root, args, logFile: path.join(dir, 'daemon.log'),
+      bus: ctx.bus, sysroot: ctx.sysroot, stateDir, root, args, logFile: path.join(dir, 'daemon.log'), entry: ctx.daemonEntry,
     });
     client = await Client.connect(ctx.bus.address);
     const tx = await client.record(`type='signal',sender='${SERVICE}',interface='${TX_IFACE}'`);
@@ -54,7 +56,8 @@ export async function withDaemon<T>(
   } finally {
     client?.close();
     await daemon?.stop();
-    await removeTree(dir);
+    if (process.env['BENCH_KEEP'] === '1') ctx.note(`kept ${dir}`);
+    else await removeTree(dir);
   }
 }
 

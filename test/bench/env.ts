@@ -290,6 +290,8 @@ export interface DaemonOptions {
   args?: string[];
   /** Where the daemon's stdout (its log) goes; default /dev/null. */
   logFile?: string;
+  /** The daemon's entry point; default this tree's build (DAEMON_ENTRY). */
+  entry?: string;
 }
 
 /**
@@ -327,7 +329,7 @@ export async function spawnOwner(address: string, name: string, argv: string[], 
 
 export async function startDaemon(o: DaemonOptions): Promise<Daemon> {
   const argv = [
-    DAEMON_ENTRY, '--bus', o.bus.address, '--state-dir', o.stateDir, '--root', o.root,
+    o.entry ?? DAEMON_ENTRY, '--bus', o.bus.address, '--state-dir', o.stateDir, '--root', o.root,
     '--sysroot', o.sysroot.path, '--booted-root', o.sysroot.bootedRoot, ...(o.args ?? []),
   ];
   const { child, startMs } = await spawnOwner(o.bus.address, SERVICE, argv, o.logFile);

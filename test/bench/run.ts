@@ -3,7 +3,10 @@
  * one table (markdown), with the command that made it.
  *
  *   node dist/test/bench/run.js [--smoke] [--only NAME,...] [--reps N]
- *                               [--json FILE] [--markdown FILE]
+ *                               [--json FILE] [--markdown FILE] [--daemon FILE]
+ *
+ * --daemon runs another build of bootc-prestaged.js (a worktree of an
+ * older commit, say), to measure a change before and after.
  *
  * --smoke runs every benchmark at a tiny size once (CI: the benchmarks
  * cannot rot); it judges nothing. Every ratio is of runs paired in the
@@ -12,7 +15,8 @@
 import { writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import { parseArgs } from 'node:util';
-import { makeSysroot, startBus, type Bus, type Sysroot } from './env.js';
+import * as path from 'node:path';
+import { DAEMON_ENTRY, makeSysroot, startBus, type Bus, type Sysroot } from './env.js';
 import type { Ctx } from './context.js';
 import { benchOutput, benchPrepare, benchProgress, benchProperties } from './phase-benches.js';
 import { FULL, SMOKE, type Row } from './result.js';
@@ -47,6 +51,7 @@ async function main(): Promise<number> {
       reps: { type: 'string' },
       json: { type: 'string' },
       markdown: { type: 'string' },
+      daemon: { type: 'string' },
     },
     strict: true,
   });
@@ -64,7 +69,7 @@ async function main(): Promise<number> {
   try {
     bus = await startBus();
     sysroot = await makeSysroot();
-    const ctx: Ctx = { bus, sysroot, sizes, note };
+    const ctx: Ctx = { bus, sysroot, sizes, note, daemonEntry: path.resolve(values.daemon ?? DAEMON_ENTRY) };
     for (const n of names) {
       process.stderr.write(`${n}...\n`);
       const t0 = performance.now();

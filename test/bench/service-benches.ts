@@ -31,7 +31,7 @@ export async function benchStartup(ctx: Ctx): Promise<Row[]> {
     const dir = await makeDir('startup');
     try {
       const d = await startDaemon({
-        bus: ctx.bus, sysroot: ctx.sysroot, stateDir: path.join(dir, 'state'), root: path.join(dir, 'root'),
+        bus: ctx.bus, sysroot: ctx.sysroot, stateDir: path.join(dir, 'state'), root: path.join(dir, 'root'), entry: ctx.daemonEntry,
       });
       await sleep(SETTLE_MS);
       const dRss = vmField(d.pid) / 1024;
@@ -183,6 +183,7 @@ export async function benchHistoryScaling(ctx: Ctx): Promise<Row[]> {
       await writeHistory(stateDir, ctx.sysroot.deployments[1]!, n);
       const d = await startDaemon({
         bus: ctx.bus, sysroot: ctx.sysroot, stateDir, root: path.join(dir, 'root'), args: ['--history', String(n)],
+        entry: ctx.daemonEntry,
       });
       try {
         const client = await Client.connect(ctx.bus.address);
