@@ -451,9 +451,11 @@ export class Engine implements EngineApi {
   }
 
   private async pump(): Promise<void> {
-    if (this.running || this.closing) return;
-    // Dry runs execute nothing; they never wait behind real work.
+    if (this.closing) return;
+    // Dry runs execute nothing; they never wait behind real work, and run
+    // beside it (they touch neither `running` nor `runState`).
     const dry = this.queue.findIndex((j) => j.kind === 'dry-run');
+    if (this.running && dry < 0) return;
     const idx = dry >= 0 ? dry : 0;
     const job = this.queue.splice(idx, 1)[0];
     if (!job) {
@@ -471,8 +473,10 @@ export class Engine implements EngineApi {
         await this.finish(job.tx, 'failed', 'Internal', `internal error: ${err.message}`).catch(() => {});
       }
     } finally {
-      if (this.running === job) this.running = null;
-      this.runState = null;
+      if (this.running === job) {
+        this.running = null;
+        this.runState = null;
+      }
       this.publishStatus();
       if (!this.closing) {
         await this.prune().catch((e) => this.log.warn(`pruning history failed: ${(e as Error).message}`));
