@@ -187,3 +187,36 @@ test('crash - a torn record after a finished prepare leaves it prepared, and it 
     t.false((await rig.journal(p.id)).torn);
   });
 });
+
+/**
+ * Killed again while recovery runs: the first crash while h2's step of
+ * the phase runs, the second while recovery's `second` step waits; the
+ * third start must finish what both left.
+ */
+const duringRecovery = test.macro({
+  async exec(t, phase: Phase, second: string) {
+    await slot(async () => {
+      const rig = await CrashRig.create(t);
+      await setUp(rig, phase);
+      await rig.block('h2', phase);
+      const reply = rig.request(phase, rig.staged);
+      const first = await rig.waitForRecord((r) => r.hook === 'h2' && r.phase === phase && r.event === 'blocked');
+      await rig.crash(first.tx, phase);
+      await reply;
+      const recoveryPhase: Phase = phase === 'prepare' ? 'abort' : phase;
+      await rig.clearBlocks();
+      await rig.block(second, recoveryPhase);
+      await rig.restart({ keepBlocks: true });
+      const blocked = await rig.waitForRecord((r) => r.tx === first.tx && r.hook === second && r.phase === recoveryPhase && r.event === 'blocked');
+      const snap = await rig.crash(first.tx, phase);
+      t.true(snap.alive.some((p) => p.pid === blocked.pid), 'the recovery\'s step outlived the second daemon');
+      await recoverAndCheck(t, rig, snap);
+    });
+  },
+  title: (_given, phase: Phase, second: string) =>
+    `crash - ${phase}: SIGKILL again while recovery runs the ${second} ${phase === 'prepare' ? 'abort' : phase} step`,
+});
+
+test(duringRecovery, 'prepare', 'h1');
+test(duringRecovery, 'commit', 'h3');
+test(duringRecovery, 'abort', 'h1');
