@@ -8,10 +8,13 @@
  * - HookProgress: grouped per hook, each group throttled (leading and
  *   trailing) to one signal per 50 ms; the latest value is always sent.
  * - PropertiesChanged: never in the turn of the event loop of the change
- *   (so a method's reply goes first; see coalesce.ts), then the same
- *   throttle for the whole object; each emission carries only the
- *   properties that differ from what was last sent, read from the live
- *   snapshot at that moment.
+ *   (so a method's reply goes first; see coalesce.ts), then at most one
+ *   per 50 ms for the whole object, counting the emissions that the
+ *   ordering rules below force (so a phase of many short hooks sends about
+ *   one per hook, not two: each carries the whole Hooks array, and
+ *   marshalling 200 of them costs milliseconds); each emission carries
+ *   only the properties that differ from what was last sent, read from the
+ *   live snapshot at that moment.
  * - Message: at most 50 lines per second per transaction; lines over the
  *   cap are counted per hook and reported as one
  *   `Message(hook, "[N lines suppressed; see GetLog]")` when the window
@@ -35,7 +38,6 @@ import {
 import type { TransactionHandle } from '../engine/api.js';
 import type { Logger } from '../engine/logger.js';
 import type { TransactionEvent, TransactionSnapshot } from '../engine/types.js';
-import { coalesceTicks } from './coalesce.js';
 import { errorNameFor } from './error-names.js';
 import { toBusString, toPercent, toUint32, toUint64 } from './marshal.js';
 import {
@@ -123,7 +125,10 @@ export class TransactionObject {
   readonly path: string;
   private readonly limits: RateLimits;
   private readonly subs = new Subscription();
-  private readonly propertyTick$ = new Subject<void>();
+  /** performance.now() of the last PropertiesChanged sent. */
+  private lastPropertiesAt = -Infinity;
+  private propertiesTimer: NodeJS.Timeout | null = null;
+  private propertiesImmediate: NodeJS.Immediate | null = null;
   private readonly progressTick$ = new Subject<string>();
   /** Progress not yet sent, per hook (the throttles only tick). */
   private readonly pendingProgress = new Map<string, { percent: number; status: string }>();
@@ -175,8 +180,6 @@ export class TransactionObject {
     if (this.exported || this.disposed) return;
     this.registry.exportObject({ path: this.path, interfaces: [this.impl()] });
     this.exported = true;
-    this.subs.add(this.propertyTick$.pipe(coalesceTicks(this.limits.propertiesIntervalMs))
-      .subscribe(() => this.publishProperties()));
 
     this.subs.add(this.progressTick$.pipe(
       groupBy((hook) => hook),
@@ -186,7 +189,7 @@ export class TransactionObject {
     ).subscribe((hook) => this.publishProgress(hook)));
 
     this.subs.add(this.handle.state$.subscribe({
-      next: () => this.propertyTick$.next(),
+      next: () => this.scheduleProperties(),
       error: (e: unknown) => this.log.error(`state stream failed: ${(e as Error).message}`, { transaction: this.id }),
     }));
     this.subs.add(this.handle.events$.subscribe({
@@ -214,7 +217,7 @@ export class TransactionObject {
     this.disposed = true;
     this.subs.unsubscribe();
     this.windowSub = null;
-    this.propertyTick$.complete();
+    this.clearPropertiesSchedule();
     this.progressTick$.complete();
     this.pendingProgress.clear();
     this.suppressed.clear();
@@ -286,6 +289,34 @@ export class TransactionObject {
     this.emit('HookProgress', [toBusString(hook), p.percent, p.status]);
   }
 
+  /**
+   * A PropertiesChanged is owed: on the next turn if the last one is at
+   * least an interval old, else when it will be (the same rule as
+   * coalesce.ts's coalesceTicks, with forced emissions counted).
+   */
+  private scheduleProperties(): void {
+    if (this.disposed || this.propertiesTimer !== null || this.propertiesImmediate !== null) return;
+    const wait = this.lastPropertiesAt + this.limits.propertiesIntervalMs - performance.now();
+    if (wait <= 0) {
+      this.propertiesImmediate = setImmediate(() => {
+        this.propertiesImmediate = null;
+        this.publishProperties();
+      });
+    } else {
+      this.propertiesTimer = setTimeout(() => {
+        this.propertiesTimer = null;
+        this.publishProperties();
+      }, Math.ceil(wait));
+    }
+  }
+
+  private clearPropertiesSchedule(): void {
+    if (this.propertiesTimer !== null) clearTimeout(this.propertiesTimer);
+    if (this.propertiesImmediate !== null) clearImmediate(this.propertiesImmediate);
+    this.propertiesTimer = null;
+    this.propertiesImmediate = null;
+  }
+
   private publishProperties(): void {
     if (!this.exported || this.disposed) return;
     let current: TransactionProperties;
@@ -301,6 +332,7 @@ export class TransactionObject {
     }
     this.published = current;
     if (Object.keys(changed).length > 0) {
+      this.lastPropertiesAt = performance.now();
       this.registry.emitPropertiesChanged(this.path, TRANSACTION.name, changed);
     }
   }

@@ -7,6 +7,12 @@
  * Writes are batched in memory and flushed synchronously past a size bound
  * or on a short timer: a chatty hook costs a few large write(2)s, memory
  * stays bounded, and the file is at most 100 ms behind.
+ *
+ * The batch is encoded into one buffer as records arrive (joining an array
+ * of a million small strings cost more than the hook that wrote them). The
+ * buffer exists only while records are pending at a high rate: a flush by
+ * the timer releases it, so thousands of idle transactions in history hold
+ * none.
  */
 import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
@@ -17,7 +23,8 @@ const FLUSH_MS = 100;
 
 export class TransactionLog {
   private fd: number | null = null;
-  private buf: string[] = [];
+  /** Encoded records not yet written; null when there are none and none came recently. */
+  private buf: Buffer | null = null;
   private bufBytes = 0;
   private timer: NodeJS.Timeout | null = null;
   private lastMs = 0;
@@ -53,28 +60,42 @@ export class TransactionLog {
     const clean = text.includes('\n') || text.includes('\r')
       ? text.replace(/\r/g, '\\r').replace(/\n/g, '\\n') : text;
     const line = `${this.stamp()} ${hook || '-'} ${clean}\n`;
-    this.buf.push(line);
-    this.bufBytes += line.length;
-    if (this.bufBytes >= FLUSH_BYTES) this.flush();
-    else if (this.timer === null) {
+    // A UTF-16 code unit is at most 3 bytes of UTF-8.
+    if (this.bufBytes + line.length * 3 > FLUSH_BYTES) {
+      this.flush(true);
+      if (line.length * 3 > FLUSH_BYTES) {
+        this.writeOut(line);
+        return;
+      }
+    }
+    this.buf ??= Buffer.allocUnsafe(FLUSH_BYTES);
+    this.bufBytes += this.buf.write(line, this.bufBytes, 'utf8');
+    if (this.timer === null) {
       this.timer = setTimeout(() => this.flush(), FLUSH_MS);
       this.timer.unref();
     }
   }
 
-  flush(): void {
+  /** Write what is pending. `keep`: more is coming at once; keep the buffer. */
+  flush(keep = false): void {
     if (this.timer !== null) {
       clearTimeout(this.timer);
       this.timer = null;
     }
-    if (this.buf.length === 0) return;
-    const data = this.buf.join('');
-    this.buf = [];
+    const buf = this.buf;
+    const n = this.bufBytes;
     this.bufBytes = 0;
+    if (!keep) this.buf = null;
+    if (buf === null || n === 0) return;
+    this.writeOut(buf.subarray(0, n));
+  }
+
+  private writeOut(data: string | Buffer): void {
     const fd = this.ensureOpen();
     if (fd === null) return;
     try {
-      fs.writeSync(fd, data);
+      if (typeof data === 'string') fs.writeSync(fd, data);
+      else fs.writeSync(fd, data);
     } catch (e) {
       this.onError(e as Error);
     }
