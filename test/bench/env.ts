@@ -345,4 +345,12 @@ export function vmField(pid: number, field = 'VmRSS'): number {
   return m ? Number(m[1]) : NaN;
 }
 
+/** CPU time (user + system) a process has used, in ms (clock ticks of 10 ms). */
+export function cpuMs(pid: number): number {
+  const text = readFileSync(`/proc/${pid}/stat`, 'latin1');
+  const f = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  // Fields 14 and 15 (utime, stime) are f[11] and f[12].
+  return (Number(f[11]) + Number(f[12])) * 10;
+}
+
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
