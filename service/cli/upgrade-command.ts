@@ -52,9 +52,10 @@ async function bootc(ctx: CliContext, args: string[], progressFd: number | null)
 
 export async function upgradeCommand(ctx: CliContext, cmd: UpgradeCommand): Promise<ExitCode> {
   checkProgressFd(cmd.progressFd, 'upgrade');
-  // Reach the daemon first: failing after bootc staged would leave a stage
-  // nobody prepares (harmless, it stays locked, but pointless work).
-  await ctx.connect();
+  // Reach the daemon first (this activates it): failing only after bootc
+  // has downloaded and staged would waste the download (harmless: the
+  // stage stays locked and is discarded at reboot).
+  await (await ctx.connect()).managerProperties();
 
   if (!await bootc(ctx, ['upgrade', '--download-only'], cmd.progressFd)) return EXIT.FAILED;
 

@@ -141,23 +141,38 @@ export function followTransaction(client: PreStageClient, path: string, opts: Fo
       succeed(tx);
     };
 
-    /** The Finished signal: re-read the properties (changes may be coalesced after it), then end. */
+    /**
+     * The transaction's Finished signal, which carries the result message
+     * (ErrorMessage only explains errors); kept even when the manager's
+     * TransactionFinished came first and started the ending.
+     */
+    let finishedSignal: FinishedInfo | null = null;
+
+    /**
+     * Finished or TransactionFinished: re-read the properties (changes may
+     * be coalesced after the signal), then end. The Finished signal, if it
+     * was sent, has arrived by the time the re-read answers (one sender,
+     * one connection: order is kept).
+     */
     const onFinishedSignal = (ev: FinishedInfo) => {
+      if (ev.message !== undefined) finishedSignal = ev;
       if (finishing) return;
       finishing = true;
       client.transactionProperties(path).then((tx) => {
         if (finished) return;
         state = tx;
         queue.push({ type: 'state', transaction: tx });
-        finishWith(tx, ev);
+        finishWith(tx, finishedSignal ?? ev);
       }, () => {
         // Pruned already, or the daemon went away right after: what the
-        // signal said is final.
+        // signals said is final.
         if (finished || !state) return;
+        const info = finishedSignal ?? ev;
         const tx = {
-          ...state, state: ev.state as TransactionState, error: ev.error, errorMessage: ev.message ?? state.errorMessage,
+          ...state, state: info.state as TransactionState, error: info.error,
+          errorMessage: info.error ? (info.message ?? state.errorMessage) : state.errorMessage,
         };
-        finishWith(tx, ev);
+        finishWith(tx, info);
       });
     };
 
@@ -194,7 +209,9 @@ export function followTransaction(client: PreStageClient, path: string, opts: Fo
         if (before || !state || finishing) return;
         state = applyTransactionChanges(state, changed);
         queue.push({ type: 'state', transaction: state });
-        if (isDone(state)) finishWith(state);
+        // The daemon sends the last property changes just before Finished;
+        // ending through a re-read picks up Finished and its message.
+        if (isDone(state)) onFinishedSignal({ state: state.state, error: state.error });
         return;
       }
       if (s.interface !== TRANSACTION_INTERFACE) return;

@@ -15,7 +15,7 @@ import { withSysroot } from '../helpers/ostree.js';
 import { tmpDir, writeFiles } from '../helpers/tmp.js';
 import { hookFile, runCli } from './cli-harness.js';
 
-test('activation - the first call starts the daemon, which exits when idle and is started again', async (t) => {
+test.serial('activation - the first call starts the daemon, which exits when idle and is started again', async (t) => {
   const dir = await tmpDir(t, { mode: 0o755 });
   const sysroot = await withSysroot(t, { deployments: 2 });
   const root = path.join(dir, 'root');

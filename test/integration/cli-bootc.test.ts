@@ -59,7 +59,7 @@ function staged(ctx: DaemonContext): Sysroot {
   return ctx.sysroot as Sysroot;
 }
 
-test('start --staged - prepares the deployment bootc reports as staged', async (t) => {
+test.serial('start --staged - prepares the deployment bootc reports as staged', async (t) => {
   const dir = await tmpDir(t, { mode: 0o755 });
   const ctx = await withDaemon(t, {
     sysroot: { deployments: 2, hooks: { 'mark.hook': hookFile({ prepare: `touch ${dir}/prepared` }) } },
@@ -74,7 +74,7 @@ test('start --staged - prepares the deployment bootc reports as staged', async (
   t.deepEqual(await bootc.calls(), [['status', '--format=json']]);
 });
 
-test('start --staged - a bootc without ostree.stateroot (older versions): the deployment is found on disk', async (t) => {
+test.serial('start --staged - a bootc without ostree.stateroot (older versions): the deployment is found on disk', async (t) => {
   const ctx = await withDaemon(t, { sysroot: { deployments: 2 } });
   const sysroot = staged(ctx);
   const bootc = await standIn(t, sysroot, { BOOTC_STANDIN_NO_STATEROOT: '1' });
@@ -83,7 +83,7 @@ test('start --staged - a bootc without ostree.stateroot (older versions): the de
   t.is(jsonLines(r.stdout)[0]!['deployment'], sysroot.deployments[0]);
 });
 
-test('start --staged - nothing staged exits 4 and says what to run', async (t) => {
+test.serial('start --staged - nothing staged exits 4 and says what to run', async (t) => {
   const ctx = await withDaemon(t, { sysroot: { deployments: 2 } });
   const sysroot = staged(ctx);
   // Booted into the newest deployment: nothing newer is staged.
@@ -93,7 +93,7 @@ test('start --staged - nothing staged exits 4 and says what to run', async (t) =
   t.is(r.stderr, "bootc-prestage: bootc has no staged deployment: run 'bootc upgrade --download-only' first (or use 'bootc-prestage upgrade')");
 });
 
-test('start --staged - no bootc on PATH exits 1 with the reason', async (t) => {
+test.serial('start --staged - no bootc on PATH exits 1 with the reason', async (t) => {
   const ctx = await withDaemon(t, { sysroot: { deployments: 2 } });
   // A PATH with setpriv (the harness runs the command through it) and no bootc.
   const bin = await tmpDir(t, { mode: 0o755 });
@@ -119,7 +119,7 @@ async function readAll(stream: Readable | null | undefined): Promise<string> {
   return s;
 }
 
-test('upgrade - download-only, the prepare phase, then from-downloaded; --progress-fd speaks bootc\'s format', async (t) => {
+test.serial('upgrade - download-only, the prepare phase, then from-downloaded; --progress-fd speaks bootc\'s format', async (t) => {
   const dir = await tmpDir(t, { mode: 0o755 });
   const ctx = await withDaemon(t, { sysroot: { deployments: 1 } });
   const sysroot = staged(ctx);
@@ -159,7 +159,7 @@ test('upgrade - download-only, the prepare phase, then from-downloaded; --progre
   ]);
 });
 
-test('upgrade - a failed prepare phase stops before unlocking: exit 1, the stage stays locked', async (t) => {
+test.serial('upgrade - a failed prepare phase stops before unlocking: exit 1, the stage stays locked', async (t) => {
   const ctx = await withDaemon(t, { sysroot: { deployments: 1 } });
   const sysroot = staged(ctx);
   await publishImage(t, sysroot, {
@@ -172,7 +172,7 @@ test('upgrade - a failed prepare phase stops before unlocking: exit 1, the stage
   t.deepEqual((await bootc.calls()).map((c) => c.slice(0, 2)), [['upgrade', '--download-only'], ['status', '--format=json']]);
 });
 
-test('upgrade - bootc --download-only failing stops at once with exit 1', async (t) => {
+test.serial('upgrade - bootc --download-only failing stops at once with exit 1', async (t) => {
   const ctx = await withDaemon(t, { sysroot: { deployments: 1 } });
   const sysroot = staged(ctx);
   const bootc = await standIn(t, sysroot, { BOOTC_STANDIN_FAIL: 'download-only' });
@@ -182,7 +182,7 @@ test('upgrade - bootc --download-only failing stops at once with exit 1', async 
   t.deepEqual(await bootc.calls(), [['upgrade', '--download-only']]);
 });
 
-test('upgrade - no update available: bootc stages nothing, exit 0 with nothing run', async (t) => {
+test.serial('upgrade - no update available: bootc stages nothing, exit 0 with nothing run', async (t) => {
   const ctx = await withDaemon(t, { sysroot: { deployments: 1 } });
   const sysroot = staged(ctx);
   const bootc = await standIn(t, sysroot);

@@ -31,7 +31,7 @@ const usageCases: [string, string[], RegExp][] = [
 ];
 
 for (const [what, args, re] of usageCases) {
-  test(`usage - ${what} exits 2 with a one-line reason`, async (t) => {
+  test.serial(`usage - ${what} exits 2 with a one-line reason`, async (t) => {
     // No bus at all: a usage error is found before connecting.
     const r = await runCli(args, { address: 'unix:path=/nonexistent/bus' });
     t.is(r.code, 2, `${r.stdout}\n${r.stderr}`);
@@ -41,7 +41,7 @@ for (const [what, args, re] of usageCases) {
   });
 }
 
-test('help - --help of every command, and help COMMAND, document the exit statuses', async (t) => {
+test.serial('help - --help of every command, and help COMMAND, document the exit statuses', async (t) => {
   const overview = await runCli(['--help'], { address: null });
   t.is(overview.code, 0);
   t.regex(overview.stdout, /^Usage: bootc-prestage/);
@@ -57,13 +57,13 @@ test('help - --help of every command, and help COMMAND, document the exit status
   t.regex((await runCli(['--version'], { address: null })).stdout, /^bootc-prestage \d+\.\d+\.\d+/);
 });
 
-test('unreachable - no bus at the address exits 5 with the reason', async (t) => {
+test.serial('unreachable - no bus at the address exits 5 with the reason', async (t) => {
   const r = await runCli(['status'], { address: 'unix:path=/nonexistent/bus' });
   t.is(r.code, 5);
   t.regex(r.stderr, /^bootc-prestage: .*cannot connect to the bus at unix:path=\/nonexistent\/bus: no bus socket there/);
 });
 
-test('unreachable - a bus where the daemon is not running and cannot be activated exits 5', async (t) => {
+test.serial('unreachable - a bus where the daemon is not running and cannot be activated exits 5', async (t) => {
   const bus = await startBus();
   t.teardown(() => bus.stop());
   const r = await runCli(['status'], { address: bus.address });
@@ -71,14 +71,14 @@ test('unreachable - a bus where the daemon is not running and cannot be activate
   t.regex(r.stderr, /bootc-prestaged is not running and could not be started by the bus/);
 });
 
-test('unreachable - DBUS_SYSTEM_BUS_ADDRESS picks the bus when --address is absent', async (t) => {
+test.serial('unreachable - DBUS_SYSTEM_BUS_ADDRESS picks the bus when --address is absent', async (t) => {
   const ctx = await withDaemon(t, { sysroot: { deployments: 1 } });
   const r = await runCli(['status'], { address: null, env: { DBUS_SYSTEM_BUS_ADDRESS: ctx.bus.address } });
   t.is(r.code, 0, r.stderr);
   t.regex(r.stdout, /^State: idle/);
 });
 
-test('denied - a mutating command as an unprivileged user exits 5; reading works', async (t) => {
+test.serial('denied - a mutating command as an unprivileged user exits 5; reading works', async (t) => {
   const ctx = await withDaemon(t, { sysroot: { deployments: 2 } });
   const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
   const r = await runCli(['start', staged!], { address: ctx.bus.address, uid: NOBODY, env: { HOME: '/' } });
@@ -90,7 +90,7 @@ test('denied - a mutating command as an unprivileged user exits 5; reading works
   t.is(h.code, 0, h.stderr);
 });
 
-test('register, hooks, unregister - a hook from options round-trips; unknown names exit 4', async (t) => {
+test.serial('register, hooks, unregister - a hook from options round-trips; unknown names exit 4', async (t) => {
   const ctx = await withDaemon(t, { sysroot: { deployments: 2 } });
   const a = ctx.bus.address;
   const reg = await runCli(['register', 'pull-images', '--prepare', '/usr/bin/echo "two words" ${HOME}',
@@ -122,7 +122,7 @@ test('register, hooks, unregister - a hook from options round-trips; unknown nam
   t.regex(gone.stderr, /no hook 'pull-images'/);
 });
 
-test('register --file - takes the definition from a hook file, --runtime puts it in /run; a bad file exits 4', async (t) => {
+test.serial('register --file - takes the definition from a hook file, --runtime puts it in /run; a bad file exits 4', async (t) => {
   const ctx = await withDaemon(t, { sysroot: { deployments: 2 } });
   const dir = await tmpDir(t);
   const good = path.join(dir, 'check.hook');
@@ -143,7 +143,7 @@ test('register --file - takes the definition from a hook file, --runtime puts it
   t.regex(missing.stderr, /cannot read .*nope\.hook/);
 });
 
-test('hooks DEPLOYMENT - includes the hooks the image ships, in run order', async (t) => {
+test.serial('hooks DEPLOYMENT - includes the hooks the image ships, in run order', async (t) => {
   const ctx = await withDaemon(t, {
     sysroot: { deployments: 2, hooks: { 'image.hook': hookFile({ prepare: 'true' }) } },
     etcHooks: { 'host.hook': hookFile({ prepare: 'true', after: 'image' }) },
@@ -156,7 +156,7 @@ test('hooks DEPLOYMENT - includes the hooks the image ships, in run order', asyn
   t.true((hooks[0]!['source'] as string).startsWith(staged!));
 });
 
-test('status - the state, the active transaction and every transaction; --json is one object', async (t) => {
+test.serial('status - the state, the active transaction and every transaction; --json is one object', async (t) => {
   const ctx = await withDaemon(t, {
     sysroot: { deployments: 2 },
     etcHooks: { 'f.hook': hookFile({ prepare: 'exit 1' }) },
@@ -175,7 +175,7 @@ test('status - the state, the active transaction and every transaction; --json i
   t.like(j[0]!['transactions'][0], { phase: 'prepare', state: 'failed', deployment: staged });
 });
 
-test('log - a transaction\'s log by id or path, filtered by hook, last N lines; unknown exits 4', async (t) => {
+test.serial('log - a transaction\'s log by id or path, filtered by hook, last N lines; unknown exits 4', async (t) => {
   const ctx = await withDaemon(t, {
     sysroot: { deployments: 2 },
     etcHooks: {
@@ -202,7 +202,7 @@ test('log - a transaction\'s log by id or path, filtered by hook, last N lines; 
   t.is(unknown.code, 4, unknown.stderr);
 });
 
-test('monitor - prints every signal of a transaction until Ctrl-C, then exits 0', async (t) => {
+test.serial('monitor - prints every signal of a transaction until Ctrl-C, then exits 0', async (t) => {
   const ctx = await withDaemon(t, {
     sysroot: { deployments: 2 },
     etcHooks: { 'm.hook': hookFile({ prepare: 'echo monitored-line' }) },

@@ -73,11 +73,13 @@ export function spawnCli(args: string[], opts: CliOptions): RunningCli {
   });
   const out = lineCollector(child.stdout);
   const err = lineCollector(child.stderr);
-  const done = exited(child).then(async (info: ExitInfo) => {
-    // Let the pipes drain: 'exit' can come before the last 'data'.
-    await new Promise((r) => setImmediate(r));
-    return { code: info.code, signal: info.signal, stdout: out.lines.join('\n'), stderr: err.lines.join('\n') };
+  // 'close', not 'exit': 'exit' can come before the last output is read
+  // (under load, by a long way); 'close' comes after every stdio stream ended.
+  const closed = new Promise<ExitInfo>((resolve) => {
+    child.once('close', (code: number | null, signal: NodeJS.Signals | null) => resolve({ code, signal }));
   });
+  const done = Promise.all([exited(child), closed]).then(([info]) => (
+    { code: info.code, signal: info.signal, stdout: out.lines.join('\n'), stderr: err.lines.join('\n') }));
   return {
     child,
     stdout: out.lines,

@@ -28,7 +28,7 @@ async function waitForState(
   }
 }
 
-test('start - Ctrl-C cancels the transaction, waits for the rollback, and exits 1', async (t) => {
+test.serial('start - Ctrl-C cancels the transaction, waits for the rollback, and exits 1', async (t) => {
   const dir = await tmpDir(t, { mode: 0o755 });
   const ctx = await withDaemon(t, {
     sysroot: { deployments: 2 },
@@ -49,7 +49,7 @@ test('start - Ctrl-C cancels the transaction, waits for the rollback, and exits 
   t.is(await ctx.client.getProperty(SERVICE, txPath, TRANSACTION_IFACE, 'State'), 'cancelled');
 });
 
-test('start - a second Ctrl-C exits at once (130) while the daemon finishes the rollback', async (t) => {
+test.serial('start - a second Ctrl-C exits at once (130) while the daemon finishes the rollback', async (t) => {
   const dir = await tmpDir(t, { mode: 0o755 });
   const ctx = await withDaemon(t, {
     sysroot: { deployments: 2 },
@@ -74,7 +74,7 @@ test('start - a second Ctrl-C exits at once (130) while the daemon finishes the 
   t.true(existsSync(path.join(dir, 'aborted')));
 });
 
-test('commit - Ctrl-C says commit steps cannot be cancelled and keeps waiting for them (exit 0)', async (t) => {
+test.serial('commit - Ctrl-C says commit steps cannot be cancelled and keeps waiting for them (exit 0)', async (t) => {
   const dir = await tmpDir(t, { mode: 0o755 });
   const ctx = await withDaemon(t, {
     sysroot: { deployments: 2 },
@@ -92,7 +92,7 @@ test('commit - Ctrl-C says commit steps cannot be cancelled and keeps waiting fo
   t.true(existsSync(path.join(dir, 'committed')));
 });
 
-test('start - the daemon dying mid-phase ends the follow with exit 5 and a clear reason', async (t) => {
+test.serial('start - the daemon dying mid-phase ends the follow with exit 5 and a clear reason', async (t) => {
   const ctx = await withDaemon(t, {
     sysroot: { deployments: 2 },
     etcHooks: { 'long.hook': hookFile({ prepare: LONG }) },

@@ -74,7 +74,7 @@ async function installedRoot(dir: string, mutate?: (unit: string, text: string) 
   return root;
 }
 
-test('packaging - systemd-analyze verify accepts both units on an installed layout, without a warning', async (t) => {
+test.serial('packaging - systemd-analyze verify accepts both units on an installed layout, without a warning', async (t) => {
   const root = await installedRoot(await tmpDir(t));
   const r = await run('systemd-analyze', ['verify', `--root=${root}`, ...UNITS]);
   t.is(r.code, 0, r.stderr);
@@ -88,7 +88,7 @@ test('packaging - systemd-analyze verify accepts both units on an installed layo
   t.regex(b.stderr, /ProtectSystem|nowhere/);
 });
 
-test('packaging - units, activation file, wrappers and spec name the same programs and bus name', async (t) => {
+test.serial('packaging - units, activation file, wrappers and spec name the same programs and bus name', async (t) => {
   const daemonUnit = await iniSection(path.join(PKG, 'systemd/bootc-prestaged.service'), 'Service');
   const activation = await iniSection(path.join(REPO_ROOT, 'dbus/org.containers.bootc.PreStage.service'), 'D-BUS Service');
   t.is(one(daemonUnit, 'Type'), 'dbus');
@@ -145,7 +145,7 @@ function expand(s: string): string {
   return out;
 }
 
-test('packaging - the spec installs only files the repository has, and lists everything it installs', async (t) => {
+test.serial('packaging - the spec installs only files the repository has, and lists everything it installs', async (t) => {
   const spec = await fsp.readFile(path.join(PKG, 'bootc-prestage.spec'), 'utf8');
   const section = (name: string) => {
     const start = spec.indexOf(`\n%${name}\n`);
@@ -172,7 +172,7 @@ test('packaging - the spec installs only files the repository has, and lists eve
   t.regex(spec, /install -D -m 0644 dbus\/org\.containers\.bootc\.PreStage\.service %\{buildroot\}%\{_datadir\}\/dbus-1\/system-services\//);
 });
 
-test('packaging - tmpfiles.d makes the state directory root-only and the hook directories 0755', async (t) => {
+test.serial('packaging - tmpfiles.d makes the state directory root-only and the hook directories 0755', async (t) => {
   const root = await tmpDir(t);
   const r = await run('systemd-tmpfiles', [`--root=${root}`, '--create', path.join(PKG, 'tmpfiles.d/bootc-prestage.conf')]);
   t.is(r.code, 0, r.stderr);
@@ -183,7 +183,7 @@ test('packaging - tmpfiles.d makes the state directory root-only and the hook di
   t.is(statSync(path.join(root, 'var/lib/bootc-prestage')).uid, 0);
 });
 
-const rpmbuild = existsSync('/usr/bin/rpmbuild') ? test : test.skip;
+const rpmbuild = existsSync('/usr/bin/rpmbuild') ? test.serial : test.skip;
 
 rpmbuild('packaging - the RPM builds from a source tarball and contains the installed layout, without dev dependencies', async (t) => {
   t.timeout(300_000);
@@ -223,7 +223,7 @@ rpmbuild('packaging - the RPM builds from a source tarball and contains the inst
   t.false(list.some((f) => f.startsWith('/usr/lib/bootc-prestage/dist/') && f.endsWith('.map')), 'no source maps of ours');
 });
 
-test('packaging - the example image\'s hook parses, its program migrates through the real daemon', async (t) => {
+test.serial('packaging - the example image\'s hook parses, its program migrates through the real daemon', async (t) => {
   const ex = path.join(PKG, 'examples');
   const containerfile = await fsp.readFile(path.join(ex, 'Containerfile'), 'utf8');
   for (const m of containerfile.matchAll(/^COPY (?:--chmod=\d+ )?(\S+) (\S+)$/gm)) {

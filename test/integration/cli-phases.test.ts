@@ -13,7 +13,7 @@ import { hookFile, jsonLines, runCli, spawnCli } from './cli-harness.js';
 
 const SLOW = hookFile({ prepare: 'i=0; while [ $i -lt 100 ]; do echo PROGRESS=$i >&3; i=$((i+1)); sleep 0.2; done', abort: 'echo slow-abort' });
 
-test('start - pipe mode prints one line per event and exits 0 when prepared', async (t) => {
+test.serial('start - pipe mode prints one line per event and exits 0 when prepared', async (t) => {
   const ctx = await withDaemon(t, {
     sysroot: { deployments: 2, hooks: { 'image-check.hook': hookFile({ prepare: 'echo checking the image; echo STATUS=looked >&3' }) } },
     etcHooks: { 'host-step.hook': hookFile({ prepare: 'echo host step ran', after: 'image-check' }) },
@@ -35,7 +35,7 @@ test('start - pipe mode prints one line per event and exits 0 when prepared', as
     < lines.indexOf('[2/2] host-step: started'));
 });
 
-test('start --json - one JSON object per line, from begin to finished, with numbers for 64-bit times', async (t) => {
+test.serial('start --json - one JSON object per line, from begin to finished, with numbers for 64-bit times', async (t) => {
   const ctx = await withDaemon(t, {
     sysroot: { deployments: 2 },
     etcHooks: { 'one.hook': hookFile({ prepare: 'echo PROGRESS=40 >&3; echo STATUS=working >&3; echo out-line' }) },
@@ -62,7 +62,7 @@ test('start --json - one JSON object per line, from begin to finished, with numb
   t.deepEqual(last['transaction']['hooks'], [{ name: 'one', result: 'success', percent: 100, status: 'working' }]);
 });
 
-test('start - a deployment already prepared with the same hooks returns at once with exit 0', async (t) => {
+test.serial('start - a deployment already prepared with the same hooks returns at once with exit 0', async (t) => {
   const dir = await tmpDir(t, { mode: 0o755 });
   const ctx = await withDaemon(t, {
     sysroot: { deployments: 2 },
@@ -80,7 +80,7 @@ test('start - a deployment already prepared with the same hooks returns at once 
   t.is(await fsp.readFile(path.join(dir, 'runs'), 'utf8'), 'x\nx\n');
 });
 
-test('start - a failing required hook exits 1 with a one-line reason, after rolling back', async (t) => {
+test.serial('start - a failing required hook exits 1 with a one-line reason, after rolling back', async (t) => {
   const dir = await tmpDir(t, { mode: 0o755 });
   const ctx = await withDaemon(t, {
     sysroot: { deployments: 2 },
@@ -100,7 +100,7 @@ test('start - a failing required hook exits 1 with a one-line reason, after roll
   t.true(existsSync(path.join(dir, 'first-aborted')), 'the abort step of the hook that ran was run');
 });
 
-test('start --json - a failure still ends with a finished object; exit 1', async (t) => {
+test.serial('start --json - a failure still ends with a finished object; exit 1', async (t) => {
   const ctx = await withDaemon(t, {
     sysroot: { deployments: 2 },
     etcHooks: { 'bad.hook': hookFile({ prepare: 'exit 9' }) },
@@ -113,7 +113,7 @@ test('start --json - a failure still ends with a finished object; exit 1', async
   t.regex(r.stderr, /failed \[HookFailed\]/);
 });
 
-test('start - busy exits 3; --wait queues behind the running transaction instead', async (t) => {
+test.serial('start - busy exits 3; --wait queues behind the running transaction instead', async (t) => {
   const ctx = await withDaemon(t, {
     sysroot: { deployments: 3 },
     etcHooks: { 'slow.hook': SLOW },
@@ -144,7 +144,7 @@ test('start - busy exits 3; --wait queues behind the running transaction instead
   t.regex(res.stderr, /was cancelled/);
 });
 
-test('commit - runs the commit steps of a prepared deployment; exit 0', async (t) => {
+test.serial('commit - runs the commit steps of a prepared deployment; exit 0', async (t) => {
   const dir = await tmpDir(t, { mode: 0o755 });
   const ctx = await withDaemon(t, {
     sysroot: { deployments: 2 },
@@ -164,7 +164,7 @@ test('commit - runs the commit steps of a prepared deployment; exit 0', async (t
   t.like(jsonLines(again.stdout).pop(), { event: 'finished', state: 'committed' });
 });
 
-test('abort - runs the abort steps in reverse order; exit 0', async (t) => {
+test.serial('abort - runs the abort steps in reverse order; exit 0', async (t) => {
   const dir = await tmpDir(t, { mode: 0o755 });
   const ctx = await withDaemon(t, {
     sysroot: { deployments: 2 },
@@ -183,7 +183,7 @@ test('abort - runs the abort steps in reverse order; exit 0', async (t) => {
   t.is(await fsp.readFile(path.join(dir, 'order'), 'utf8'), 'b\na\n');
 });
 
-test('commit - of a deployment never prepared exits 4 (not found)', async (t) => {
+test.serial('commit - of a deployment never prepared exits 4 (not found)', async (t) => {
   const ctx = await withDaemon(t, { sysroot: { deployments: 2 } });
   const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
   const r = await runCli(['commit', staged!], { address: ctx.bus.address });
@@ -191,7 +191,7 @@ test('commit - of a deployment never prepared exits 4 (not found)', async (t) =>
   t.regex(r.stderr, /^bootc-prestage: no pre-stage transaction exists for /);
 });
 
-test('start - a path that is not a deployment exits 4', async (t) => {
+test.serial('start - a path that is not a deployment exits 4', async (t) => {
   const ctx = await withDaemon(t, { sysroot: { deployments: 1 } });
   const r = await runCli(['start', '/usr'], { address: ctx.bus.address });
   t.is(r.code, 4);
@@ -199,7 +199,7 @@ test('start - a path that is not a deployment exits 4', async (t) => {
   t.is(r.stderr.trim().split('\n').length, 1);
 });
 
-test('start --dry-run - lists what would run, runs nothing; exit 0', async (t) => {
+test.serial('start --dry-run - lists what would run, runs nothing; exit 0', async (t) => {
   const dir = await tmpDir(t, { mode: 0o755 });
   const ctx = await withDaemon(t, {
     sysroot: { deployments: 2 },
@@ -213,7 +213,7 @@ test('start --dry-run - lists what would run, runs nothing; exit 0', async (t) =
   t.false(existsSync(path.join(dir, 'ran')));
 });
 
-test('cancel - of a running prepare ends it cancelled; exit 0; of a finished one exits 1', async (t) => {
+test.serial('cancel - of a running prepare ends it cancelled; exit 0; of a finished one exits 1', async (t) => {
   const ctx = await withDaemon(t, { sysroot: { deployments: 2 }, etcHooks: { 'slow.hook': SLOW } });
   const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
   const started = await runCli(['start', '--no-follow', staged!], { address: ctx.bus.address });
@@ -233,7 +233,7 @@ test('cancel - of a running prepare ends it cancelled; exit 0; of a finished one
   t.regex(late.stderr, /already aborted; there is nothing to cancel/);
 });
 
-test('reconcile - aborts the transaction of a deployment that is gone; exit 0', async (t) => {
+test.serial('reconcile - aborts the transaction of a deployment that is gone; exit 0', async (t) => {
   const dir = await tmpDir(t, { mode: 0o755 });
   const ctx = await withDaemon(t, {
     sysroot: { deployments: 2 },
@@ -252,7 +252,7 @@ test('reconcile - aborts the transaction of a deployment that is gone; exit 0', 
   t.is(none.stdout, 'Nothing to reconcile.');
 });
 
-test('reconcile - also follows a commit phase another client queued, as the daemon\'s start-up reconcile does', async (t) => {
+test.serial('reconcile - also follows a commit phase another client queued, as the daemon\'s start-up reconcile does', async (t) => {
   const dir = await tmpDir(t, { mode: 0o755 });
   const ctx = await withDaemon(t, {
     sysroot: { deployments: 2 },
@@ -268,11 +268,9 @@ test('reconcile - also follows a commit phase another client queued, as the daem
   t.is(await fsp.readFile(path.join(dir, 'committed'), 'utf8'), 'ok\n', 'the commit step had run when reconcile returned');
 });
 
-// KNOWN ENGINE BUG (reported): a transaction prepared before the daemon
-// restarted has no open journal, so its commit fails with "internal error:
-// Cannot read properties of null (reading 'append')" (engine.ts beginPhase).
-// This is the boot flow; remove `.failing` once the engine reopens the journal.
-test.failing('reconcile - at boot, also follows the commit the daemon queued by itself when it started', async (t) => {
+// The boot flow: prepared, "rebooted" into the deployment, committed by the
+// daemon's own start-up reconcile while the boot unit's `reconcile` waits.
+test.serial('reconcile - at boot, also follows the commit the daemon queued by itself when it started', async (t) => {
   const dir = await tmpDir(t, { mode: 0o755 });
   const ctx = await withDaemon(t, {
     sysroot: { deployments: 2 },

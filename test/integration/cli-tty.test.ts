@@ -67,7 +67,7 @@ async function inTerminal(t: ExecutionContext, args: string[], env: Record<strin
 /** Lines of the live progress line: "[" bar "]" then a percentage. */
 const BAR_LINE = /^\[[█░#-]+\] +\d+%/;
 
-test('tty - the live display redraws one progress line in place and ends with a clean summary', async (t) => {
+test.serial('tty - the live display redraws one progress line in place and ends with a clean summary', async (t) => {
   const ctx = await withDaemon(t, {
     sysroot: { deployments: 2 },
     etcHooks: {
@@ -98,7 +98,7 @@ test('tty - the live display redraws one progress line in place and ends with a 
   t.false(lines.some((l) => BAR_LINE.test(l)), 'no progress line is left behind');
 });
 
-test('tty - a failure ends with the reason on the screen and exit 1', async (t) => {
+test.serial('tty - a failure ends with the reason on the screen and exit 1', async (t) => {
   const ctx = await withDaemon(t, {
     sysroot: { deployments: 2 },
     etcHooks: { 'broken.hook': hookFile({ prepare: 'echo cannot reach registry >&2; exit 4' }) },
@@ -115,7 +115,7 @@ test('tty - a failure ends with the reason on the screen and exit 1', async (t) 
   t.false(lines.some((l) => BAR_LINE.test(l)));
 });
 
-test('tty - Ctrl-C typed in the terminal cancels, shows the rollback, and leaves a clean screen', async (t) => {
+test.serial('tty - Ctrl-C typed in the terminal cancels, shows the rollback, and leaves a clean screen', async (t) => {
   const ctx = await withDaemon(t, {
     sysroot: { deployments: 2 },
     etcHooks: { 'long.hook': hookFile({ prepare: 'echo STATUS=working >&3; sleep 30', abort: 'echo undoing' }) },
@@ -134,7 +134,7 @@ test('tty - Ctrl-C typed in the terminal cancels, shows the rollback, and leaves
   t.false(lines.some((l) => BAR_LINE.test(l)));
 });
 
-test('tty - without a UTF-8 locale the display draws in ASCII', async (t) => {
+test.serial('tty - without a UTF-8 locale the display draws in ASCII', async (t) => {
   const ctx = await withDaemon(t, {
     sysroot: { deployments: 2 },
     etcHooks: { 'a.hook': hookFile({ prepare: 'echo STATUS=halfway >&3; echo PROGRESS=50 >&3; sleep 1.5' }) },

@@ -40,7 +40,7 @@ class Script {
   lost: ((e: Error) => void) | null = null;
   snapshot = deferred<TransactionProperties>();
   snapshotSeq = 0;
-  rereads: (TransactionProperties | Error)[] = [];
+  rereads: (TransactionProperties | Error | Promise<TransactionProperties>)[] = [];
 
   readonly watch = {
     consume: (l: (i: WatchItem) => void) => {
@@ -61,7 +61,7 @@ class Script {
     transactionProperties: async () => {
       const next = this.rereads.shift();
       if (!next || next instanceof Error) throw next ?? new Error('gone');
-      return next;
+      return await next;
     },
     conn: { onLost: (cb: (e: Error) => void) => { this.lost = cb; return () => { this.lost = null; }; } },
   } as unknown as PreStageClient;
@@ -236,4 +236,21 @@ test('signals of other transactions are ignored', async (t) => {
   const evs = await events;
   t.false(evs.some((e) => e.type === 'message'));
   t.like(evs[evs.length - 1], { type: 'finished', state: 'cancelled' });
+});
+
+test('rest reached through property changes: the Finished signal that follows gives the result message', async (t) => {
+  const s = new Script();
+  const f = start(s, { kind: 'rest' });
+  s.answer(tx());
+  await tick();
+  const reread = deferred<TransactionProperties>();
+  s.rereads.push(reread.promise);
+  s.changed({ State: ['s', 'prepared'], Progress: ['u', 100] });
+  // Sent by the daemon right after the last property change, before the re-read's reply.
+  s.signal(PATH, IFACE, 'Finished', ['prepared', '', '2 hook(s) prepared']);
+  s.signal(MANAGER, 'org.containers.bootc.PreStage', 'TransactionFinished', [PATH, 'prepared', '']);
+  reread.resolve(tx({ state: 'prepared', progress: 100 }));
+  const evs = await collect(f);
+  t.like(evs[evs.length - 1], { type: 'finished', state: 'prepared', message: '2 hook(s) prepared' });
+  t.is(evs.filter((e) => e.type === 'finished').length, 1);
 });
