@@ -17,6 +17,10 @@ HOOK_NAME=${HOOK_NAME:-${0##*/}}
 # shellcheck disable=SC2034 # used by the programs that source this file
 EXIT_SKIPPED=77
 
+_HL_NL='
+'
+_HL_CR=$(printf '\r')
+
 # Globbing stays off: every expansion below is data, never a pattern. The
 # few places that list a directory turn it on for one line.
 set -f
@@ -43,7 +47,10 @@ notify() {
 	'' | *[!0-9]*) return 0 ;;
 	esac
 	# A status is one line: newlines would become separate (ignored) lines.
-	_n_line=$(printf '%s' "$*" | tr '\n\r' '  ')
+	_n_line=$*
+	case $_n_line in
+	*"$_HL_NL"* | *"$_HL_CR"*) _n_line=$(printf '%s' "$_n_line" | tr '\n\r' '  ') ;;
+	esac
 	# shellcheck disable=SC2039,SC3021 # fd in a variable: POSIX expands the word after >&
 	{ printf '%s\n' "$_n_line" >&"$BOOTC_PRESTAGE_NOTIFY_FD"; } 2>/dev/null || :
 }
