@@ -15,7 +15,7 @@ import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { MANAGER_IFACE, MANAGER_PATH, SERVICE, TRANSACTION_IFACE, type TestClient } from './dbus-client.js';
-import { processesMentioning, sleep } from './processes.js';
+import { sleep } from './processes.js';
 
 /** Hook directories under --root, as DESIGN.md names them. */
 export const HOOK_DIRS = ['etc/bootc/pre-stage.d', 'run/bootc/pre-stage.d'] as const;
@@ -31,8 +31,8 @@ export interface StateSnapshot {
   watched: Record<string, string>;
   /** ListTransactions, sorted; null when no client was given. */
   transactions: string[] | null;
-  /** State of each listed transaction, by path. */
-  transactionStates: Record<string, string>;
+  /** State of each listed transaction, by path; null when not read. */
+  transactionStates: Record<string, string> | null;
   /** The manager's State and ActiveTransaction; null when no client was given. */
   manager: { State: string; ActiveTransaction: string } | null;
   /** Hook processes: "pid cmdline", sorted; null when not captured. */
@@ -50,8 +50,31 @@ export interface CaptureOptions {
   watch?: readonly string[];
   /** Scan /proc for hook processes (default true; it costs a full /proc walk). */
   processes?: boolean;
+  /**
+   * Read each transaction's State (default true; one call per transaction).
+   * A state change is also a journal record, so the files alone catch it.
+   */
+  transactionStates?: boolean;
   /** Per-call timeout for the bus queries (default 10 s). */
   timeoutMs?: number;
+}
+
+/**
+ * Digests by path, reused while inode, size, mtime and ctime (nanoseconds)
+ * are all the same: any write changes mtime and ctime, so a file is only
+ * read again when it may have changed. Captures taken after every call of
+ * a fuzz run would otherwise re-read every journal and log each time.
+ */
+const digestCache = new Map<string, { stamp: string; digest: string }>();
+
+async function fileDigest(p: string, st: import('node:fs').BigIntStats): Promise<string> {
+  const stamp = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+  const hit = digestCache.get(p);
+  if (hit && hit.stamp === stamp) return hit.digest;
+  const digest = createHash('sha256').update(await fsp.readFile(p)).digest('hex');
+  if (digestCache.size > 10_000) digestCache.clear();
+  digestCache.set(p, { stamp, digest });
+  return digest;
 }
 
 /**
@@ -59,15 +82,12 @@ export interface CaptureOptions {
  * `dir <mode> <uid>:<gid>`, `link -> <target>`, or `other <mode>`.
  */
 async function describeEntry(p: string): Promise<string> {
-  const st = await fsp.lstat(p);
-  const mode = (st.mode & 0o7777).toString(8).padStart(4, '0');
+  const st = await fsp.lstat(p, { bigint: true });
+  const mode = (Number(st.mode) & 0o7777).toString(8).padStart(4, '0');
   const owner = `${st.uid}:${st.gid}`;
   if (st.isSymbolicLink()) return `link -> ${await fsp.readlink(p)}`;
   if (st.isDirectory()) return `dir ${mode} ${owner}`;
-  if (st.isFile()) {
-    const digest = createHash('sha256').update(await fsp.readFile(p)).digest('hex');
-    return `file ${mode} ${owner} ${digest}`;
-  }
+  if (st.isFile()) return `file ${mode} ${owner} ${await fileDigest(p, st)}`;
   return `other ${mode} ${owner}`;
 }
 
@@ -101,24 +121,43 @@ async function listTree(dir: string, prefix: string, out: Record<string, string>
   }
 }
 
-/** Hook processes of the daemon using `stateDir` ("pid cmdline", sorted). */
+/**
+ * Hook processes of the daemon using `stateDir` ("pid cmdline", sorted):
+ * every step has BOOTC_PRESTAGE_STATE_DIRECTORY=<state>/hooks/... in its
+ * environment, which survives setsid and double forks. One read of
+ * /proc/PID/environ per process (a zombie's is empty, so it does not count).
+ */
 export async function hookProcesses(stateDir: string): Promise<string[]> {
-  const marker = `BOOTC_PRESTAGE_STATE_DIRECTORY=${path.join(stateDir, 'hooks')}/`;
-  const found = await processesMentioning(marker);
-  return found.map((p) => `${p.pid} ${p.cmdline}`).sort();
+  const marker = Buffer.from(`\0BOOTC_PRESTAGE_STATE_DIRECTORY=${path.join(stateDir, 'hooks')}/`);
+  const out: string[] = [];
+  for (const name of await fsp.readdir('/proc')) {
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
+    let environ: Buffer;
+    try {
+      environ = Buffer.concat([Buffer.from([0]), await fsp.readFile(`/proc/${name}/environ`)]);
+    } catch {
+      continue; // gone, or a kernel thread
+    }
+    if (!environ.includes(marker)) continue;
+    const cmdline = await fsp.readFile(`/proc/${name}/cmdline`, 'utf8').catch(() => '');
+    out.push(`${name} ${cmdline.split('\0').filter(Boolean).join(' ')}`);
+  }
+  return out.sort();
 }
 
-async function busState(client: TestClient, timeoutMs: number): Promise<Pick<StateSnapshot, 'transactions' | 'transactionStates' | 'manager'>> {
+async function busState(
+  client: TestClient, timeoutMs: number, states: boolean,
+): Promise<Pick<StateSnapshot, 'transactions' | 'transactionStates' | 'manager'>> {
   const opts = { timeoutMs };
   const [paths] = await client.call(SERVICE, MANAGER_PATH, MANAGER_IFACE, 'ListTransactions', '', [], opts);
   const transactions = [...(paths as string[])].sort();
-  const transactionStates: Record<string, string> = {};
-  for (const p of transactions) {
+  const transactionStates: Record<string, string> | null = states ? {} : null;
+  for (const p of transactionStates ? transactions : []) {
     try {
-      transactionStates[p] = String(await client.getProperty(SERVICE, p, TRANSACTION_IFACE, 'State', opts));
+      transactionStates![p] = String(await client.getProperty(SERVICE, p, TRANSACTION_IFACE, 'State', opts));
     } catch (e) {
       // Pruned between the two calls: that is a change, shown as such.
-      transactionStates[p] = `unreadable: ${(e as Error).message}`;
+      transactionStates![p] = `unreadable: ${(e as Error).message}`;
     }
   }
   const props = await client.getAllProperties(SERVICE, MANAGER_PATH, MANAGER_IFACE, opts);
@@ -138,8 +177,8 @@ export async function captureState(opts: CaptureOptions): Promise<StateSnapshot>
   const watched: Record<string, string> = {};
   for (const d of opts.watch ?? []) await listTree(d, d, watched);
   const bus = opts.client
-    ? await busState(opts.client, opts.timeoutMs ?? 10_000)
-    : { transactions: null, transactionStates: {}, manager: null };
+    ? await busState(opts.client, opts.timeoutMs ?? 10_000, opts.transactionStates !== false)
+    : { transactions: null, transactionStates: null, manager: null };
   const processes = opts.processes === false ? null : await hookProcesses(opts.stateDir);
   return { hookFiles, stateFiles, watched, ...bus, processes };
 }
@@ -169,7 +208,7 @@ export function diffStates(before: StateSnapshot, after: StateSnapshot): string[
   diffRecord('state directory', before.stateFiles, after.stateFiles, out);
   diffRecord('watched', before.watched, after.watched, out);
   diffList('transactions', before.transactions, after.transactions, out);
-  if (before.transactions !== null && after.transactions !== null) {
+  if (before.transactionStates && after.transactionStates) {
     diffRecord('transaction State', before.transactionStates, after.transactionStates, out);
   }
   if (before.manager && after.manager) {
@@ -196,7 +235,7 @@ export interface QuietOptions {
 export async function waitForQuietState(opts: CaptureOptions, q: QuietOptions = {}): Promise<StateSnapshot> {
   const deadline = Date.now() + (q.timeoutMs ?? 30_000);
   const stableMs = q.stableMs ?? 250;
-  const capture = () => captureState({ ...opts, processes: true });
+  const capture = () => captureState({ ...opts, processes: true, transactionStates: true });
   let last = await capture();
   for (;;) {
     await sleep(stableMs);
