@@ -8,8 +8,8 @@
  * daemon,dbus-client}.ts, which import ava's types and carry test-only
  * machinery the benchmarks do not need.
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, openSync, promises as fsp, readFileSync } from 'node:fs';
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, existsSync, openSync, promises as fsp, readFileSync, readdirSync, rmSync } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -34,6 +34,41 @@ export const TX_PREFIX = '/org/containers/bootc/PreStage/Transaction';
 const DBUS = 'org.freedesktop.DBus';
 const DBUS_PATH = '/org/freedesktop/DBus';
 
+/** What an interrupted run must not leave behind: live children and temporary directories. */
+const liveChildren = new Set<ChildProcess>();
+const liveDirs = new Set<string>();
+
+/** Remember a child so an interrupted run kills it (cleanUpOnSignal). */
+export function track(child: ChildProcess): ChildProcess {
+  liveChildren.add(child);
+  child.once('exit', () => liveChildren.delete(child));
+  return child;
+}
+
+/**
+ * On SIGINT or SIGTERM: kill every daemon, bus and load process this run
+ * started, remove its directories, and exit 130.
+ */
+export function cleanUpOnSignal(): void {
+  const handler = () => {
+    for (const c of liveChildren) c.kill('SIGKILL');
+    for (const dir of liveDirs) {
+      try {
+        const base = path.join(dir, 'ostree', 'deploy');
+        const roots = existsSync(base) ? readdirSync(base).flatMap((os) => {
+          const d = path.join(base, os, 'deploy');
+          return existsSync(d) ? readdirSync(d).filter((n) => /^[0-9a-f]{64}\.\d+$/.test(n)).map((n) => path.join(d, n)) : [];
+        }) : [];
+        if (roots.length > 0) execFileSync('chattr', ['-i', ...roots], { stdio: 'ignore' });
+      } catch { /* best effort */ }
+      rmSync(dir, { recursive: true, force: true });
+    }
+    process.exit(130);
+  };
+  process.once('SIGINT', handler);
+  process.once('SIGTERM', handler);
+}
+
 export function run(cmd: string, args: string[]): Promise<string> {
   return new Promise((resolve, reject) => {
     execFile(cmd, args, { maxBuffer: 64 * 1024 * 1024, env: { ...process.env, LANG: 'C.UTF-8' } }, (err, out, errOut) => {
@@ -46,6 +81,7 @@ export function run(cmd: string, args: string[]): Promise<string> {
 /** A fresh directory under the system temporary directory (canonical path). */
 export async function makeDir(prefix: string, mode = 0o755): Promise<string> {
   const dir = await fsp.mkdtemp(path.join(await fsp.realpath(os.tmpdir()), `bootc-prestage-bench-${prefix}-`));
+  liveDirs.add(dir);
   await fsp.chmod(dir, mode);
   return dir;
 }
@@ -61,6 +97,7 @@ export async function removeTree(dir: string): Promise<void> {
   }
   if (roots.length > 0) await run('chattr', ['-i', ...roots]).catch(() => undefined);
   await fsp.rm(dir, { recursive: true, force: true, maxRetries: 3 });
+  liveDirs.delete(dir);
 }
 
 // ---------------------------------------------------------------------------
@@ -113,8 +150,8 @@ export async function startBus(): Promise<Bus> {
     `  <include>${path.join(REPO_ROOT, 'dbus', 'org.containers.bootc.PreStage.conf')}</include>`,
     '</busconfig>', '',
   ].join('\n'));
-  const child = spawn('dbus-daemon', [`--config-file=${config}`, '--nofork', '--print-address=1', '--nopidfile', '--nosyslog'],
-    { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = track(spawn('dbus-daemon', [`--config-file=${config}`, '--nofork', '--print-address=1', '--nopidfile', '--nosyslog'],
+    { stdio: ['ignore', 'pipe', 'inherit'] }));
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('dbus-daemon printed no address in 10 s')), 10_000);
     child.stdout!.once('data', () => { clearTimeout(timer); resolve(); });
@@ -306,7 +343,7 @@ export async function spawnOwner(address: string, name: string, argv: string[], 
     const rec = await watcher.record(`type='signal',sender='${DBUS}',member='NameOwnerChanged',arg0='${name}'`);
     const out = logFile ? openSync(logFile, 'a') : 'ignore';
     const t0 = performance.now();
-    const child = spawn(process.execPath, argv, { stdio: ['ignore', out, 'pipe'], env: { ...process.env, DBUS_SYSTEM_BUS_ADDRESS: address } });
+    const child = track(spawn(process.execPath, argv, { stdio: ['ignore', out, 'pipe'], env: { ...process.env, DBUS_SYSTEM_BUS_ADDRESS: address } }));
     if (typeof out === 'number') closeSync(out);
     let stderr = '';
     child.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });

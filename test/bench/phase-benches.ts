@@ -8,7 +8,7 @@ import { createReadStream } from 'node:fs';
 import * as path from 'node:path';
 import { createInterface } from 'node:readline';
 import {
-  REPO_ROOT, SERVICE, TX_IFACE, cpuMs, hookDir, hookFile, sleep, vmField, writeFile,
+  REPO_ROOT, SERVICE, TX_IFACE, cpuMs, hookDir, hookFile, sleep, track, vmField, writeFile,
 } from './env.js';
 import { runPrepare, timeProgram, withDaemon, type Ctx, type Running } from './context.js';
 import { ratioText, type Row } from './result.js';
@@ -255,11 +255,11 @@ function load(ctx: Ctx, objPath: string, dest: string, iface: string, member: st
   const args = [entry, ctx.bus.address, String(ctx.sizes.clients), String(ctx.sizes.loadMs), dest, objPath, iface, member,
     ...(arg === undefined ? [] : [sig, arg])];
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = track(spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] }));
     let out = '';
     let err = '';
-    child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-    child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+    child.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
+    child.stderr!.on('data', (d: Buffer) => { err += d.toString(); });
     child.once('exit', (code) => {
       if (code !== 0) reject(new Error(`load-client exited ${code}: ${err}`));
       else resolve(JSON.parse(out) as LoadResult);

@@ -16,7 +16,7 @@ import { writeFileSync } from 'node:fs';
 import * as os from 'node:os';
 import { parseArgs } from 'node:util';
 import * as path from 'node:path';
-import { DAEMON_ENTRY, makeSysroot, startBus, type Bus, type Sysroot } from './env.js';
+import { DAEMON_ENTRY, cleanUpOnSignal, makeSysroot, startBus, type Bus, type Sysroot } from './env.js';
 import type { Ctx } from './context.js';
 import { benchOutput, benchPrepare, benchProgress, benchProperties } from './phase-benches.js';
 import { FULL, SMOKE, type Row } from './result.js';
@@ -60,6 +60,7 @@ async function main(): Promise<number> {
   const names = values.only ? values.only.split(',') : Object.keys(BENCHES);
   for (const n of names) if (!BENCHES[n]) throw new Error(`unknown benchmark '${n}'; known: ${Object.keys(BENCHES).join(', ')}`);
 
+  cleanUpOnSignal();
   const command = ['npm run bench', ...(process.argv.length > 2 ? ['--', ...process.argv.slice(2)] : [])].join(' ');
   const note = (t: string) => process.stderr.write(`  ${t}\n`);
   let bus: Bus | null = null;
