@@ -210,6 +210,9 @@ export function processesSince(leader: ProcessRef, opts: { pidWindow?: boolean }
   return out;
 }
 
+/** filterByEnv reads up to this many environments synchronously. */
+const SYNC_ENV_READS = 16;
+
 /** processesSince probes pids one by one up to this many, then lists /proc. */
 const MAX_WINDOW_PROBES = 256;
 
@@ -231,11 +234,14 @@ function isThreadGroupLeader(pid: number): boolean {
 export async function filterByEnv(candidates: readonly ProcessRef[], entries: Record<string, string>): Promise<ProcessRef[]> {
   const needles = entryNeedles(entries);
   const found: ProcessRef[] = [];
+  // Few candidates (processes created during one step): read them at once
+  // rather than through the thread pool, one event-loop round trip each.
+  const sync = candidates.length <= SYNC_ENV_READS;
   await Promise.all(candidates.map(async (ref) => {
     if (ref.pid === process.pid) return;
     let environ: Buffer;
     try {
-      environ = await readFile(`/proc/${ref.pid}/environ`);
+      environ = sync ? readFileSync(`/proc/${ref.pid}/environ`) : await readFile(`/proc/${ref.pid}/environ`);
     } catch {
       return; // vanished, or a process we may not inspect
     }
