@@ -40,7 +40,9 @@ export async function monitorCommand(ctx: CliContext): Promise<ExitCode> {
       ctx.out(`${isoNow()} ${s.path} ${iface}.${s.member} ${args.map(show).join(' ')}\n`);
     }
   };
-  if (ctx.mode !== 'json') ctx.io.stderr.write('Monitoring org.containers.bootc.PreStage; press Ctrl-C to stop.\n');
+  // On stderr in every mode (stdout carries only the signals): the
+  // subscription is in place once this line is out.
+  ctx.io.stderr.write('Monitoring org.containers.bootc.PreStage; press Ctrl-C to stop.\n');
   return new Promise<ExitCode>((resolve) => {
     const consumer = watch.consume(print);
     consumer.backlog.forEach(print);

@@ -23,7 +23,7 @@ test.serial('activation - the first call starts the daemon, which exits when idl
   const servicedir = path.join(dir, 'services');
   await writeActivationFile(servicedir, {
     exec: [process.execPath, DAEMON_ENTRY, '--bus', 'system', '--state-dir', path.join(dir, 'state'), '--root', root,
-      '--sysroot', sysroot.path, '--booted-root', sysroot.bootedRoot, '--idle-exit-sec', '2'],
+      '--sysroot', sysroot.path, '--booted-root', sysroot.bootedRoot, '--idle-exit-sec', '5'],
   });
   const bus = await withBus(t, { servicedir });
   const client = await withClient(t, bus.address);
@@ -39,10 +39,10 @@ test.serial('activation - the first call starts the daemon, which exits when idl
   t.is(r.code, 0, r.stderr);
   t.true(existsSync(path.join(dir, 'hook-ran')));
 
-  // Idle for 2 s: the daemon exits and gives up its name.
-  const deadline = Date.now() + 15_000;
+  // Idle for 5 s: the daemon exits and gives up its name.
+  const deadline = Date.now() + 30_000;
   while ((await client.nameOwner(SERVICE)) !== null) {
-    if (Date.now() > deadline) t.fail('the daemon did not exit after --idle-exit-sec 2');
+    if (Date.now() > deadline) t.fail('the daemon did not exit after --idle-exit-sec 5');
     await new Promise((res) => setTimeout(res, 200));
   }
 

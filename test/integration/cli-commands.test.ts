@@ -209,9 +209,8 @@ test.serial('monitor - prints every signal of a transaction until Ctrl-C, then e
   });
   const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
   const mon = spawnCli(['--json', 'monitor'], { address: ctx.bus.address });
-  // The subscription is in place once monitor has connected and added its
-  // rules; give it a moment, then make something happen.
-  await new Promise((r) => setTimeout(r, 700));
+  // Printed once the subscription is in place.
+  await mon.waitForLine((l) => l.startsWith('Monitoring org.containers.bootc.PreStage'), 30_000, 'stderr');
   t.is((await runCli(['start', staged!], { address: ctx.bus.address })).code, 0);
   const finished = await mon.waitForLine((l) => l.includes('"member":"TransactionFinished"'));
   t.regex(finished, /"args":\["\/org\/containers\/bootc\/PreStage\/Transaction\/[^"]+","prepared",""\]/);

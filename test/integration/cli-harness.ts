@@ -61,8 +61,8 @@ export interface RunningCli {
   stderr: string[];
   /** Resolves with the exit and the whole output. */
   done: Promise<CliResult>;
-  /** The first stdout line (past or future) matching `pred`. */
-  waitForLine(pred: (l: string) => boolean, timeoutMs?: number): Promise<string>;
+  /** The first stdout (or stderr) line, past or future, matching `pred`. */
+  waitForLine(pred: (l: string) => boolean, timeoutMs?: number, stream?: 'stdout' | 'stderr'): Promise<string>;
   kill(signal?: NodeJS.Signals): void;
 }
 
@@ -85,10 +85,10 @@ export function spawnCli(args: string[], opts: CliOptions): RunningCli {
     stdout: out.lines,
     stderr: err.lines,
     done,
-    async waitForLine(pred, timeoutMs = 20_000) {
+    async waitForLine(pred, timeoutMs = 30_000, stream = 'stdout') {
       const deadline = Date.now() + timeoutMs;
       for (;;) {
-        const hit = out.lines.find(pred);
+        const hit = (stream === 'stdout' ? out : err).lines.find(pred);
         if (hit !== undefined) return hit;
         if (child.exitCode !== null || child.signalCode !== null || Date.now() > deadline) {
           throw new Error(`no matching line from bootc-prestage ${args.join(' ')}\n--- stdout ---\n${
@@ -152,4 +152,13 @@ export function hookFile(spec: HookSpec): string {
   if (spec.timeoutSec !== undefined) lines.push(`TimeoutSec=${spec.timeoutSec}`);
   for (const e of spec.environment ?? []) lines.push(`Environment=${e}`);
   return `${lines.join('\n')}\n`;
+}
+
+/**
+ * A shell loop that waits (10 minutes at most) until the test creates
+ * `file`: a hook step that stays in a known state for exactly as long as
+ * the test needs, however slow the machine.
+ */
+export function waitForFile(file: string): string {
+  return `i=0; while [ ! -e ${file} ] && [ $i -lt 12000 ]; do sleep 0.05; i=$((i+1)); done`;
 }

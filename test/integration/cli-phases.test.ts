@@ -11,7 +11,13 @@ import { MANAGER_IFACE, MANAGER_PATH, SERVICE } from '../helpers/dbus-client.js'
 import { tmpDir } from '../helpers/tmp.js';
 import { hookFile, jsonLines, runCli, spawnCli } from './cli-harness.js';
 
-const SLOW = hookFile({ prepare: 'i=0; while [ $i -lt 100 ]; do echo PROGRESS=$i >&3; i=$((i+1)); sleep 0.2; done', abort: 'echo slow-abort' });
+/** Runs until cancelled (10 minutes at most): tests cancel it, never wait for it. */
+const SLOW = hookFile({ prepare: 'i=0; while [ $i -lt 6000 ]; do echo PROGRESS=$((i/60)) >&3; i=$((i+1)); sleep 0.1; done', abort: 'echo slow-abort' });
+
+/** A commit step that waits for the test to create `<dir>/go`, then writes `<dir>/committed`. */
+const gatedCommit = (dir: string) => hookFile({
+  prepare: 'true', commit: `while [ ! -e ${dir}/go ]; do sleep 0.05; done; echo ok > ${dir}/committed`,
+});
 
 test.serial('start - pipe mode prints one line per event and exits 0 when prepared', async (t) => {
   const ctx = await withDaemon(t, {
@@ -254,17 +260,17 @@ test.serial('reconcile - aborts the transaction of a deployment that is gone; ex
 
 test.serial('reconcile - also follows a commit phase another client queued, as the daemon\'s start-up reconcile does', async (t) => {
   const dir = await tmpDir(t, { mode: 0o755 });
-  const ctx = await withDaemon(t, {
-    sysroot: { deployments: 2 },
-    etcHooks: { 'c.hook': hookFile({ prepare: 'true', commit: `sleep 2; echo ok > ${dir}/committed` }) },
-  });
+  const ctx = await withDaemon(t, { sysroot: { deployments: 2 }, etcHooks: { 'c.hook': gatedCommit(dir) } });
   const staged = (ctx.sysroot as { deployments: string[] }).deployments[0]!;
   t.is((await runCli(['start', staged], { address: ctx.bus.address })).code, 0);
   // Queued by another client: Reconcile's reply does not include it.
   await ctx.client.call(SERVICE, MANAGER_PATH, MANAGER_IFACE, 'CommitPreStage', 'sa{sv}', [staged, {}]);
-  const r = await runCli(['reconcile'], { address: ctx.bus.address });
+  const cli = spawnCli(['reconcile'], { address: ctx.bus.address });
+  await cli.waitForLine((l) => /^Transaction \S+ \(\S+\): reconcile$/.test(l));
+  await fsp.writeFile(path.join(dir, 'go'), '');
+  const r = await cli.done;
   t.is(r.code, 0, `${r.stdout}\n${r.stderr}`);
-  t.regex(r.stdout, /: reconcile\n[\s\S]*Result: committed/);
+  t.regex(r.stdout, /Result: committed/);
   t.is(await fsp.readFile(path.join(dir, 'committed'), 'utf8'), 'ok\n', 'the commit step had run when reconcile returned');
 });
 
@@ -272,15 +278,14 @@ test.serial('reconcile - also follows a commit phase another client queued, as t
 // daemon's own start-up reconcile while the boot unit's `reconcile` waits.
 test.serial('reconcile - at boot, also follows the commit the daemon queued by itself when it started', async (t) => {
   const dir = await tmpDir(t, { mode: 0o755 });
-  const ctx = await withDaemon(t, {
-    sysroot: { deployments: 2 },
-    etcHooks: { 'c.hook': hookFile({ prepare: 'true', commit: `sleep 3; echo ok > ${dir}/committed` }) },
-  });
+  const ctx = await withDaemon(t, { sysroot: { deployments: 2 }, etcHooks: { 'c.hook': gatedCommit(dir) } });
   const staged = (ctx.sysroot as { deployments: string[] }).deployments[0]!;
   t.is((await runCli(['start', staged], { address: ctx.bus.address })).code, 0);
-  // "Reboot" into the staged deployment: the new daemon commits it on its own at start-up.
   await ctx.restart({ bootedRoot: staged });
-  const r = await runCli(['reconcile'], { address: ctx.bus.address });
+  const cli = spawnCli(['reconcile'], { address: ctx.bus.address });
+  await cli.waitForLine((l) => /^Transaction \S+ \(\S+\): reconcile$/.test(l));
+  await fsp.writeFile(path.join(dir, 'go'), '');
+  const r = await cli.done;
   t.is(r.code, 0, `${r.stdout}\n${r.stderr}`);
   t.regex(r.stdout, /Result: committed/);
   t.is(await fsp.readFile(path.join(dir, 'committed'), 'utf8'), 'ok\n', 'the commit step had run when reconcile returned');

@@ -7,8 +7,11 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { execFile } from 'node:child_process';
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
 import { withDaemon } from '../helpers/daemon.js';
-import { CLI_ENTRY, hookFile } from './cli-harness.js';
+import { tmpDir } from '../helpers/tmp.js';
+import { CLI_ENTRY, hookFile, waitForFile } from './cli-harness.js';
 
 const WIDTH = 220;
 const HEIGHT = 40;
@@ -68,10 +71,11 @@ async function inTerminal(t: ExecutionContext, args: string[], env: Record<strin
 const BAR_LINE = /^\[[█░#-]+\] +\d+%/;
 
 test.serial('tty - the live display redraws one progress line in place and ends with a clean summary', async (t) => {
+  const gate = await tmpDir(t, { mode: 0o755 });
   const ctx = await withDaemon(t, {
     sysroot: { deployments: 2 },
     etcHooks: {
-      'fetch.hook': hookFile({ prepare: 'echo PROGRESS=50 >&3; echo STATUS=fetching layer 1 >&3; sleep 2; echo fetched' }),
+      'fetch.hook': hookFile({ prepare: `echo PROGRESS=50 >&3; echo STATUS=fetching layer 1 >&3; ${waitForFile(`${gate}/go`)}; echo fetched` }),
       'verify.hook': hookFile({ prepare: 'echo STATUS=checking >&3; sleep 0.5', after: 'fetch' }),
     },
   });
@@ -83,6 +87,7 @@ test.serial('tty - the live display redraws one progress line in place and ends 
   const liveLines = live.split('\n');
   t.is(liveLines.filter((l) => BAR_LINE.test(l)).length, 1, live);
   t.regex(liveLines[liveLines.length - 1]!, /^\[█+░+\] +\d+% +\[1\/2\] fetch: fetching layer 1$/);
+  await fsp.writeFile(path.join(gate, 'go'), '');
 
   const end = await term.waitFor(/EXIT=\d+/);
   const lines = end.split('\n');
@@ -135,14 +140,16 @@ test.serial('tty - Ctrl-C typed in the terminal cancels, shows the rollback, and
 });
 
 test.serial('tty - without a UTF-8 locale the display draws in ASCII', async (t) => {
+  const gate = await tmpDir(t, { mode: 0o755 });
   const ctx = await withDaemon(t, {
     sysroot: { deployments: 2 },
-    etcHooks: { 'a.hook': hookFile({ prepare: 'echo STATUS=halfway >&3; echo PROGRESS=50 >&3; sleep 1.5' }) },
+    etcHooks: { 'a.hook': hookFile({ prepare: `echo STATUS=halfway >&3; echo PROGRESS=50 >&3; ${waitForFile(`${gate}/go`)}` }) },
   });
   const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
   const term = await inTerminal(t, ['--address', ctx.bus.address, 'start', staged!], { LANG: 'C', LC_ALL: 'C' });
   const live = await term.waitFor(/a: halfway/);
   t.regex(live.split('\n').pop()!, /^\[#+-+\] +50% +\[1\/1\] a: halfway$/);
+  await fsp.writeFile(path.join(gate, 'go'), '');
   const end = await term.waitFor(/EXIT=\d+/);
   t.regex(end, /\n {2}\+ a +success\n\+ Prepared /);
 });
