@@ -49,7 +49,7 @@ export const RESTING = new Set(['prepared', 'committed', 'aborted', 'failed', 'c
 export const ERROR_PREFIX = 'org.containers.bootc.PreStage.Error.';
 
 /** How a hook's steps leave a background child behind (see step.sh). */
-export type ChildMode = 'none' | 'child' | 'setsid';
+export type ChildMode = 'none' | 'child' | 'setsid' | 'envless';
 
 export interface CrashHook {
   name: string;
@@ -57,14 +57,15 @@ export interface CrashHook {
 }
 
 /**
- * The transaction every crash test runs, in plan order: h1's steps leave a
- * child in their process group, h2's one that escaped with setsid, h3's
- * none.
+ * The transaction every crash test runs, in plan order. Each step leaves
+ * a background child that outlives it: h1's in its process group, h2's
+ * escaped with setsid (found by its environment only), h3's in its group
+ * with an empty environment (found by its recorded process group only).
  */
 export const HOOKS: readonly CrashHook[] = [
   { name: 'h1', child: 'child' },
   { name: 'h2', child: 'setsid' },
-  { name: 'h3', child: 'none' },
+  { name: 'h3', child: 'envless' },
 ];
 export const HOOK_NAMES = HOOKS.map((h) => h.name);
 
@@ -123,6 +124,13 @@ export function limiter(n: number): <T>(fn: () => Promise<T>) => Promise<T> {
   };
 }
 
+/**
+ * Rigs running at once in one test file (each is a bus, a daemon and its
+ * hook processes): BOOTC_PRESTAGE_CRASH_JOBS, default 2. ava runs every
+ * test of a file concurrently; on 2 cores more would only slow each down.
+ */
+export const rigSlot = limiter(Math.max(1, Number(process.env['BOOTC_PRESTAGE_CRASH_JOBS'] ?? 2) || 2));
+
 /** What the harness saw at the moment it killed the daemon. */
 export interface CrashSnapshot {
   /** The interrupted transaction. */
@@ -166,6 +174,8 @@ export class CrashRig {
       sysroot: { deployments: o.deployments ?? 3 },
       etcHooks,
       ...(o.args ? { args: o.args } : {}),
+      // Start-up under load (other test files, other rigs) can be slow.
+      timeoutMs: 90_000,
       env: {
         NODE_OPTIONS: `--import=${STOP_PRELOAD}`,
         BOOTC_PRESTAGE_CRASH_CONTROL: path.join(dir, 'control'),
@@ -196,13 +206,33 @@ export class CrashRig {
 
   // ---- flags ------------------------------------------------------------------------
 
-  /** Make `hook`'s `phase` step wait until `unblock` (or forever). */
-  async block(hook: string, phase: Phase): Promise<void> {
-    await fsp.writeFile(path.join(this.dir, `block.${hook}.${phase}`), '');
+  /**
+   * Make `hook`'s `phase` step wait until `unblock`: only when the running
+   * daemon starts it (default), or whichever daemon does (`any`: for a
+   * daemon not started yet). A restart retires the blocks (`restart`).
+   */
+  async block(hook: string, phase: Phase, who: 'current' | 'any' = 'current'): Promise<void> {
+    await fsp.writeFile(path.join(this.dir, `block.${hook}.${phase}`), who === 'any' ? '' : String(this.ctx.daemon.pid));
   }
 
   async unblock(hook: string, phase: Phase): Promise<void> {
     await fsp.rm(path.join(this.dir, `block.${hook}.${phase}`), { force: true });
+  }
+
+  /**
+   * Every block now holds only the steps of daemons that are gone: what a
+   * killed daemon left blocked stays blocked (until recovery kills it), the
+   * next daemon's steps run. Each file is replaced whole (rename), so a
+   * step never reads a half-written one.
+   */
+  async retireBlocks(gonePid: number): Promise<void> {
+    for (const n of await fsp.readdir(this.dir)) {
+      if (!n.startsWith('block.')) continue;
+      const f = path.join(this.dir, n);
+      if ((await fsp.readFile(f, 'utf8').catch(() => 'x')) !== '') continue;
+      await fsp.writeFile(`${f}.tmp`, String(gonePid));
+      await fsp.rename(`${f}.tmp`, f);
+    }
   }
 
   /** Make `hook`'s `phase` step fail (exit 3), or succeed again with `on` false. */
@@ -212,11 +242,6 @@ export class CrashRig {
     else await fsp.rm(f, { force: true });
   }
 
-  async clearBlocks(): Promise<void> {
-    for (const n of await fsp.readdir(this.dir)) {
-      if (n.startsWith('block.')) await fsp.rm(path.join(this.dir, n), { force: true });
-    }
-  }
 
   /**
    * Stop the daemon right after its `records`-th journal record since it
@@ -243,11 +268,16 @@ export class CrashRig {
     return out;
   }
 
-  /** The first record line (past or future) matching `pred`; polls the file. */
-  async waitForRecord(pred: (r: RecordLine) => boolean, timeoutMs = 60_000): Promise<RecordLine> {
+  /** Lines in the record file so far (crash markers included): a `from` for later searches. */
+  lineCount(): number {
+    return readFileSync(path.join(this.dir, 'record'), 'utf8').split('\n').filter(Boolean).length;
+  }
+
+  /** The first record line (past or future, at line `from` or later) matching `pred`; polls the file. */
+  async waitForRecord(pred: (r: RecordLine) => boolean, timeoutMs = 60_000, from = 0): Promise<RecordLine> {
     const deadline = Date.now() + timeoutMs;
     for (;;) {
-      const hit = this.records().find(pred);
+      const hit = this.records().find((r) => r.index >= from && pred(r));
       if (hit) return hit;
       if (this.ctx.daemon.hasExited) throw new Error(`the daemon exited before the awaited step record\n${this.describe()}`);
       if (Date.now() > deadline) throw new Error(`no matching step record within ${timeoutMs} ms\n${this.describe()}`);
@@ -322,10 +352,17 @@ export class CrashRig {
     return { txId, phase, journal, linesBefore: lines.length, alive: [...alive.values()] };
   }
 
-  /** Disarm, clear blocks (unless `keepBlocks`), and start the daemon again on the same state. */
-  async restart(o: { keepBlocks?: boolean; armAt?: number; bootedRoot?: string } = {}): Promise<void> {
+  /**
+   * Start the daemon again on the same state (stopping it first if it
+   * runs): disarmed (or armed at `armAt`), with every block retired and
+   * the `block` ones set for the new daemon's steps.
+   */
+  async restart(o: { armAt?: number; bootedRoot?: string; block?: [string, Phase][] } = {}): Promise<void> {
     await this.arm(o.armAt ?? 0);
-    if (!o.keepBlocks) await this.clearBlocks();
+    const gone = this.ctx.daemon.pid;
+    if (!this.ctx.daemon.hasExited) await this.ctx.daemon.stop();
+    await this.retireBlocks(gone);
+    for (const [hook, phase] of o.block ?? []) await this.block(hook, phase, 'any');
     await this.ctx.restart(o.bootedRoot ? { bootedRoot: o.bootedRoot } : {});
   }
 
@@ -504,6 +541,7 @@ export async function checkRecovery(rig: CrashRig, snap: CrashSnapshot, txs: Tra
     const left = await findProcessRefsByEnv({ BOOTC_PRESTAGE_TRANSACTION: x.id });
     if (left.length) bad.push(`processes of transaction ${x.id} still running: ${left.map((p) => p.pid).join(' ')}`);
   }
+  for (const p of await hookProcesses(rig)) bad.push(`hook process left running: ${p}`);
 
   // Every journal parses; recovered ones are whole again.
   for (const j of await rig.journals()) {
@@ -523,6 +561,28 @@ export async function checkRecovery(rig: CrashRig, snap: CrashSnapshot, txs: Tra
 }
 
 /**
+ * Live processes started by this rig's hooks (their environment has its
+ * CRASH_DIR), described by transaction, hook and phase. Every step's
+ * processes must be gone once the daemon has finished with it.
+ */
+export async function hookProcesses(rig: CrashRig): Promise<string[]> {
+  const out: string[] = [];
+  for (const ref of await findProcessRefsByEnv({ CRASH_DIR: rig.dir })) {
+    let env: string[];
+    try {
+      env = readFileSync(`/proc/${ref.pid}/environ`, 'utf8').split('\0');
+    } catch {
+      continue;
+    }
+    if (!isSameProcess(ref.pid, ref.startTime)) continue;
+    const v = (k: string) => env.find((e) => e.startsWith(`${k}=`))?.slice(k.length + 1) ?? '?';
+    const cmd = readFileSync(`/proc/${ref.pid}/cmdline`, 'utf8').split('\0').join(' ').trim();
+    out.push(`${ref.pid} '${cmd}' of ${v('BOOTC_PRESTAGE_TRANSACTION')} ${v('BOOTC_PRESTAGE_HOOK')} ${v('BOOTC_PRESTAGE_PHASE')}`);
+  }
+  return out;
+}
+
+/**
  * New work after recovery: StartPreStage of another deployment is accepted
  * and prepares; its steps ran. Returns the violations.
  */
@@ -533,6 +593,7 @@ export async function checkNewWork(rig: CrashRig): Promise<string[]> {
   if (s.state !== 'prepared') bad.push(`new work on ${rig.other} ended ${s.state}: ${s.errorMessage}`);
   const ran = rig.records().filter((r) => r.tx === s.id && r.event === 'end').map((r) => `${r.hook} ${r.phase}`);
   if (JSON.stringify(ran) !== JSON.stringify(HOOK_NAMES.map((h) => `${h} prepare`))) bad.push(`new work ran [${ran.join(', ')}]`);
+  for (const p of await hookProcesses(rig)) bad.push(`hook process left running: ${p}`);
   return bad;
 }
 

@@ -20,13 +20,12 @@ import * as path from 'node:path';
 import type { JournalRecord } from '../../service/engine/journal.js';
 import type { Phase } from '../../service/engine/types.js';
 import {
-  calibrate, checkNewWork, checkRecovery, CrashRig, describeRecord, HOOKS, limiter, type CrashSnapshot,
+  calibrate, checkNewWork, checkRecovery, CrashRig, describeRecord, HOOKS, rigSlot, type CrashSnapshot,
 } from '../helpers/crash.js';
 import { readProcStat } from '../../service/engine/process-tree.js';
 
 const FULL = process.env['BOOTC_PRESTAGE_CRASH_FULL'] === '1';
-const JOBS = Math.max(1, Number(process.env['BOOTC_PRESTAGE_CRASH_JOBS'] ?? 2) || 2);
-const slot = limiter(JOBS);
+const slot = rigSlot;
 const cal = await calibrate();
 
 type Shape = 'prepare' | 'commit' | 'abort' | 'rollback';
@@ -204,10 +203,9 @@ const duringRecovery = test.macro({
       await rig.crash(first.tx, phase);
       await reply;
       const recoveryPhase: Phase = phase === 'prepare' ? 'abort' : phase;
-      await rig.clearBlocks();
-      await rig.block(second, recoveryPhase);
-      await rig.restart({ keepBlocks: true });
-      const blocked = await rig.waitForRecord((r) => r.tx === first.tx && r.hook === second && r.phase === recoveryPhase && r.event === 'blocked');
+      const from = rig.lineCount();
+      await rig.restart({ block: [[second, recoveryPhase]] });
+      const blocked = await rig.waitForRecord((r) => r.tx === first.tx && r.hook === second && r.phase === recoveryPhase && r.event === 'blocked', 60_000, from);
       const snap = await rig.crash(first.tx, phase);
       t.true(snap.alive.some((p) => p.pid === blocked.pid), 'the recovery\'s step outlived the second daemon');
       await recoverAndCheck(t, rig, snap);

@@ -9,7 +9,7 @@ import test from 'ava';
 import { existsSync, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { busctlCallJson } from '../helpers/busctl.js';
-import { CrashRig, ERROR_PREFIX, HOOK_NAMES } from '../helpers/crash.js';
+import { CrashRig, rigSlot, ERROR_PREFIX, HOOK_NAMES } from '../helpers/crash.js';
 import { MANAGER_IFACE, MANAGER_PATH, SERVICE } from '../helpers/dbus-client.js';
 
 /** <state>/hooks/<stateroot>-<checksum>.<serial> of a deployment. */
@@ -22,7 +22,7 @@ function endsSince(rig: CrashRig, tx: string, from: number): string[] {
   return rig.records().filter((r) => r.tx === tx && r.index >= from && r.event === 'end').map((r) => `${r.hook} ${r.phase}`);
 }
 
-test('reconcile - a deployment discarded with ostree admin undeploy has its transaction aborted and its hook state removed', async (t) => {
+test('reconcile - a deployment discarded with ostree admin undeploy has its transaction aborted and its hook state removed', (t) => rigSlot(async () => {
   const rig = await CrashRig.create(t);
   const staged = rig.staged;
   const p = await rig.runPhase('prepare', staged);
@@ -36,7 +36,7 @@ test('reconcile - a deployment discarded with ostree admin undeploy has its tran
 
   await rig.sysroot.undeploy(0);
   t.false(existsSync(staged), 'ostree removed the deployment');
-  const from = rig.records().length;
+  const from = rig.lineCount();
   const acted = await busctlCallJson(rig.ctx.bus.address, SERVICE, MANAGER_PATH, MANAGER_IFACE, 'Reconcile', ['a{sv}', '0']);
   t.deepEqual(acted.data, [[p.path]], 'Reconcile names the transaction it aborts');
   const s = await rig.waitState(p.path, ['aborted', 'failed'], 60_000, 'abort');
@@ -45,9 +45,9 @@ test('reconcile - a deployment discarded with ostree admin undeploy has its tran
   t.false(existsSync(dir), 'hook state is removed once every abort succeeded');
   // Done: a second pass has nothing to do.
   t.deepEqual(await rig.client.reconcile(), []);
-});
+}));
 
-test('reconcile - an abort that fails keeps that hook\'s state; the next reconcile retries it', async (t) => {
+test('reconcile - an abort that fails keeps that hook\'s state; the next reconcile retries it', (t) => rigSlot(async () => {
   const rig = await CrashRig.create(t);
   const staged = rig.staged;
   const p = await rig.runPhase('prepare', staged);
@@ -65,15 +65,15 @@ test('reconcile - an abort that fails keeps that hook\'s state; the next reconci
   t.regex(await fsp.readFile(path.join(dir, 'h2', 'runs'), 'utf8'), /^prepare \d+\nabort \d+\n$/, 'what the hook kept is intact');
 
   await rig.fail('h2', 'abort', false);
-  const from = rig.records().length;
+  const from = rig.lineCount();
   t.deepEqual(await rig.client.reconcile(), [p.path], 'the failed abort is retried');
   const s = await rig.waitState(p.path, ['aborted'], 60_000, 'abort');
   t.is(s.error, '');
   t.deepEqual(endsSince(rig, p.id, from), ['h3 abort', 'h2 abort', 'h1 abort']);
   t.false(existsSync(dir));
-});
+}));
 
-test('reconcile - a reboot into the prepared deployment (restart with --booted-root at it) commits it at start-up', async (t) => {
+test('reconcile - a reboot into the prepared deployment (restart with --booted-root at it) commits it at start-up', (t) => rigSlot(async () => {
   const rig = await CrashRig.create(t);
   const staged = rig.staged;
   const p = await rig.runPhase('prepare', staged);
@@ -85,7 +85,7 @@ test('reconcile - a reboot into the prepared deployment (restart with --booted-r
   await rig.waitSettled();
   t.is((await rig.client.transactionProperties(p.path)).state, 'prepared');
 
-  const from = rig.records().length;
+  const from = rig.lineCount();
   await rig.restart({ bootedRoot: staged });
   // The start-up reconcile queues the commit just after the daemon owns its name.
   await rig.waitState(p.path, ['committed', 'failed'], 60_000, 'commit');
@@ -98,9 +98,9 @@ test('reconcile - a reboot into the prepared deployment (restart with --booted-r
   const log = await rig.client.getLog(p.path, { maxLines: 100 });
   t.true(log.some((l) => l.includes('reconcile: the deployment is booted')), log.join('\n'));
   t.deepEqual(await rig.client.reconcile(), [], 'nothing more to do');
-});
+}));
 
-test('reconcile - a commit at boot that fails keeps that hook\'s state and is retried by the next reconcile', async (t) => {
+test('reconcile - a commit at boot that fails keeps that hook\'s state and is retried by the next reconcile', (t) => rigSlot(async () => {
   const rig = await CrashRig.create(t);
   const staged = rig.staged;
   const p = await rig.runPhase('prepare', staged);
@@ -118,4 +118,4 @@ test('reconcile - a commit at boot that fails keeps that hook\'s state and is re
   t.deepEqual(await rig.client.reconcile(), [p.path]);
   t.is((await rig.waitState(p.path, ['committed'], 60_000, 'commit')).error, '');
   t.false(existsSync(dir));
-});
+}));

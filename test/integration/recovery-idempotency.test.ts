@@ -10,14 +10,14 @@ import test from 'ava';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { busctlCall } from '../helpers/busctl.js';
-import { CrashRig, crashHookFile, ERROR_PREFIX, HOOKS, HOOK_NAMES } from '../helpers/crash.js';
+import { CrashRig, rigSlot, crashHookFile, ERROR_PREFIX, HOOKS, HOOK_NAMES } from '../helpers/crash.js';
 import { MANAGER_IFACE, MANAGER_PATH, SERVICE } from '../helpers/dbus-client.js';
 import type { ClientError } from '../../service/client/errors.js';
 
 const prepareEnds = (rig: CrashRig, tx: string) =>
   rig.records().filter((r) => r.tx === tx && r.phase === 'prepare' && r.event === 'end').map((r) => r.hook);
 
-test('start - asking again for the deployment being prepared rejoins it (same object path), from any client', async (t) => {
+test('start - asking again for the deployment being prepared rejoins it (same object path), from any client', (t) => rigSlot(async () => {
   const rig = await CrashRig.create(t);
   await rig.block('h2', 'prepare');
   const first = await rig.client.startPreStage(rig.staged);
@@ -31,16 +31,16 @@ test('start - asking again for the deployment being prepared rejoins it (same ob
   const s = await rig.waitState(first);
   t.is(s.state, 'prepared');
   t.deepEqual(prepareEnds(rig, s.id), HOOK_NAMES, 'each step ran once');
-});
+}));
 
-test('start - prepared with unchanged hooks returns the same transaction and runs nothing; force or a changed hook runs again', async (t) => {
+test('start - prepared with unchanged hooks returns the same transaction and runs nothing; force or a changed hook runs again', (t) => rigSlot(async () => {
   const rig = await CrashRig.create(t);
   const p = await rig.runPhase('prepare', rig.staged);
   t.is(p.state, 'prepared');
-  const lines = rig.records().length;
+  const lines = rig.lineCount();
   t.is(await rig.client.startPreStage(rig.staged), p.path);
   t.is((await rig.client.managerProperties()).state, 'idle', 'nothing was queued');
-  t.is(rig.records().length, lines, 'no step ran');
+  t.is(rig.lineCount(), lines, 'no step ran');
   t.is((await rig.client.transactionProperties(p.path)).finishedUsec, p.finishedUsec, 'the transaction is untouched');
 
   const forced = await rig.client.startPreStage(rig.staged, { force: true });
@@ -59,9 +59,9 @@ test('start - prepared with unchanged hooks returns the same transaction and run
   const changed = await rig.client.startPreStage(rig.staged);
   t.not(changed, forced);
   t.is((await rig.waitState(changed)).state, 'prepared');
-});
+}));
 
-test('start - another deployment while one runs is Busy, naming the running transaction', async (t) => {
+test('start - another deployment while one runs is Busy, naming the running transaction', (t) => rigSlot(async () => {
   const rig = await CrashRig.create(t);
   await rig.block('h1', 'prepare');
   const first = await rig.client.startPreStage(rig.staged);
@@ -75,9 +75,9 @@ test('start - another deployment while one runs is Busy, naming the running tran
   t.is((await rig.client.listTransactions()).length, 1, 'a refused start leaves nothing behind');
   await rig.unblock('h1', 'prepare');
   t.is((await rig.waitState(first)).state, 'prepared');
-});
+}));
 
-test('start - wait queues behind the running transaction, in order; 16 may wait, the 17th is Busy', async (t) => {
+test('start - wait queues behind the running transaction, in order; 16 may wait, the 17th is Busy', (t) => rigSlot(async () => {
   t.timeout(300_000, 'building a sysroot with 18 deployments is slow under load');
   const rig = await CrashRig.create(t, { deployments: 18 });
   const deps = rig.sysroot.deployments;
@@ -108,9 +108,9 @@ test('start - wait queues behind the running transaction, in order; 16 may wait,
   }
   const order = rig.records().filter((r) => r.event === 'start').map((r) => r.tx);
   t.deepEqual([...new Set(order)], ends, 'they ran one at a time, in the order they were queued');
-});
+}));
 
-test('start - timeout-sec bounds the whole phase: the step is stopped, the prepare rolled back, Timeout', async (t) => {
+test('start - timeout-sec bounds the whole phase: the step is stopped, the prepare rolled back, Timeout', (t) => rigSlot(async () => {
   const rig = await CrashRig.create(t);
   await rig.block('h2', 'prepare');
   const p = await rig.client.startPreStage(rig.staged, { timeoutSec: 2 });
@@ -122,9 +122,9 @@ test('start - timeout-sec bounds the whole phase: the step is stopped, the prepa
   t.deepEqual(s.hooks.map((h) => h.result), ['success', 'cancelled', 'cancelled']);
   t.deepEqual(rig.records().filter((r) => r.event === 'end').map((r) => `${r.hook} ${r.phase}`),
     ['h1 prepare', 'h2 abort', 'h1 abort'], 'h2 never finished its prepare; both started hooks were aborted');
-});
+}));
 
-test('start - dry-run orders the hooks and runs nothing, even while another transaction runs', async (t) => {
+test('start - dry-run orders the hooks and runs nothing, even while another transaction runs', (t) => rigSlot(async () => {
   const rig = await CrashRig.create(t);
   await rig.block('h1', 'prepare');
   const running = await rig.client.startPreStage(rig.other);
@@ -141,4 +141,4 @@ test('start - dry-run orders the hooks and runs nothing, even while another tran
   const real = await rig.client.startPreStage(rig.staged);
   t.not(real, dry);
   t.is((await rig.waitState(real)).state, 'prepared');
-});
+}));
