@@ -36,7 +36,7 @@ import {
 } from './journal.js';
 import type { Logger } from './logger.js';
 import { orderHooks } from './plan.js';
-import { isSameProcess, killProcessesByEnv, processStartTime, terminateGroup } from './process-tree.js';
+import { isSameProcess, killProcessesByEnv, processStartTime, readProcStat, terminateGroup } from './process-tree.js';
 import { writeFileAtomic } from './fs-atomic.js';
 import { replayJournal } from './recovery.js';
 import { runStep, type RunningStep, type StepOutcome } from './step-runner.js';
@@ -934,11 +934,19 @@ export class Engine implements EngineApi {
   private async recoverOne(tx: Transaction, v: import('./recovery.js').Replayed): Promise<void> {
     const fields = { transaction: tx.id, deployment: tx.deployment, phase: v.phase };
     this.log.warn(`recovering transaction interrupted in state ${v.state}`, fields);
-    // 1. No process of the old run may survive: by marker, then by recorded group.
-    const killed = await killProcessesByEnv({ BOOTC_PRESTAGE_TRANSACTION: tx.id }, this.opts.killGraceMs);
+    // 1. No process of the old run may survive. First each recorded step's
+    //    process group, before the marker scan kills its leader: a member
+    //    that dropped the marker from its environment is found only so.
+    //    The group id is safe to signal while the pid is still the recorded
+    //    leader (alive or a zombie) or names no process at all (the kernel
+    //    never hands out a pid still used as a group id); a pid now used by
+    //    another process means the group is gone. Then every process with
+    //    the marker, wherever it went (setsid).
     for (const p of v.pids) {
-      if (isSameProcess(p.pid, p.start)) await terminateGroup(p.pid, this.opts.killGraceMs);
+      const st = readProcStat(p.pid);
+      if (st === null || st.startTime === p.start) await terminateGroup(p.pid, this.opts.killGraceMs);
     }
+    const killed = await killProcessesByEnv({ BOOTC_PRESTAGE_TRANSACTION: tx.id }, this.opts.killGraceMs);
     if (killed.length) this.log.warn(`killed ${killed.length} leftover hook process(es): ${killed.join(' ')}`, fields);
     tx.journal = await this.store.reopen(tx.id);
     tx.log.write('', `daemon restarted while ${v.state}; recovering`);
