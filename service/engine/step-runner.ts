@@ -621,11 +621,19 @@ class StepRun implements RunningStep {
     if (this.openReaders === 0) return;
     const closed = new Promise<void>((resolve) => { this.readersClosed = resolve; });
     let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<boolean>((resolve) => { timer = setTimeout(() => resolve(true), OUTPUT_DRAIN_MS); });
+    const timedOut = new Promise<boolean>((resolve) => {
+      timer = setTimeout(() => {
+        // Timers run before I/O in each loop turn: after a stall of the
+        // event loop (a starved machine), output and EOF the step wrote in
+        // time may still be unread. setImmediate runs after the next poll;
+        // a stream that has seen its EOF has delivered all its data.
+        setImmediate(() => resolve(this.readers.some((r) => !r.closed && !r.readableEnded)));
+      }, OUTPUT_DRAIN_MS);
+    });
     const late = await Promise.race([closed.then(() => false), timedOut]);
     clearTimeout(timer);
     if (late) {
-      const open = this.readers.filter((r) => !r.closed).map((r) => STREAMS[this.readers.indexOf(r)]);
+      const open = this.readers.filter((r) => !r.closed && !r.readableEnded).map((r) => STREAMS[this.readers.indexOf(r)]);
       this.warn(`the step's ${open.join(', ')} still open ${formatDuration(OUTPUT_DRAIN_MS)} after its processes ended `
         + '(held by a process outside its process group); stopped reading');
     }
