@@ -4,10 +4,12 @@
  *
  * Trust follows sudo and sshd: a hook file, the directory it is listed in,
  * and every program its steps name must be owned by the trusted uid (root)
- * and not writable by group or others. An untrusted hook stays in the set,
- * marked `refused`, so callers can show it and fail or skip it; it never
- * runs. Its After=/Before= are not used for ordering, so an untrusted file
- * can neither reorder trusted hooks nor make a cycle.
+ * and not writable by group or others, and so must the directories above
+ * each program (root's, or sticky like /tmp above a file that exists), or
+ * someone could swap the program after the check. An untrusted hook stays
+ * in the set, marked `refused`, so callers can show it and fail or skip
+ * it; it never runs. Its After=/Before= are not used for ordering, so an
+ * untrusted file can neither reorder trusted hooks nor make a cycle.
  */
 import { createHash } from 'node:crypto';
 import { constants as C, promises as fsp, type Dirent, type Stats } from 'node:fs';
@@ -302,6 +304,9 @@ async function buildHook(
     const st = await p;
     const problem = st && untrusted(st, trustedUid, `${key}= program ${program}`);
     if (problem) problems.push(problem);
+    const what = `${key}= program ${program}`;
+    const pathProblem = await untrustedAncestors(program, st !== null, trustedUid, what, programStats);
+    if (pathProblem) problems.push(pathProblem);
   }
   const refused = problems.length > 0 ? `not trusted: ${[...new Set(problems)].join('; ')}` : null;
   for (const w of warnings) log.warn(w, { hook: cand.name });
@@ -343,6 +348,42 @@ export function programsOf(
     out.push({ key, program: nodePath.normalize(program) });
   }
   return out;
+}
+
+/**
+ * Why the directories above `file` would let someone other than the
+ * trusted uid replace it (or create it, when it does not exist yet) after
+ * this check and before the step runs, or null. Every existing ancestor
+ * must be owned by root or the trusted uid and not writable by group or
+ * others, as sshd's StrictModes requires of the path to authorized_keys; a
+ * sticky directory (like /tmp) is accepted above an entry that exists,
+ * since only that entry's owner may rename or remove it. `stats` caches
+ * stat calls.
+ */
+async function untrustedAncestors(
+  file: string, exists: boolean, trustedUid: number, what: string, stats: Map<string, Promise<Stats | null>>,
+): Promise<string | null> {
+  let childExists = exists;
+  let dir = file;
+  do {
+    dir = nodePath.dirname(dir);
+    let p = stats.get(dir);
+    if (!p) {
+      p = fsp.stat(dir).catch(() => null);
+      stats.set(dir, p);
+    }
+    const st = await p;
+    if (st === null) {
+      childExists = false;
+      continue;
+    }
+    // Directories owned by root are fine whoever the trusted uid is.
+    const problem = untrusted(st, st.uid === 0 ? 0 : trustedUid, `directory ${dir}`);
+    const stickyAboveExisting = (st.mode & 0o1000) !== 0 && childExists;
+    if (problem && !(stickyAboveExisting && (st.uid === 0 || st.uid === trustedUid))) return `${what}: ${problem}`;
+    childExists = true;
+  } while (dir !== '/');
+  return null;
 }
 
 /** Why `st` is not trusted, or null. */

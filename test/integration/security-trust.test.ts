@@ -103,6 +103,28 @@ const CASES: TrustCase[] = [
     },
   },
   {
+    label: 'a program in a directory writable by others',
+    where: 'etc',
+    async spoil(s) {
+      // Whoever can write the directory can swap the program after the check.
+      const d = path.dirname(s.untrustedProgram);
+      await fsp.chmod(d, 0o777);
+      return { names: `directory ${d}`, why: /Prepare= program .*: directory .* is writable by group and others/ };
+    },
+  },
+  {
+    label: 'a missing program in a sticky world-writable directory',
+    where: 'run',
+    async spoil(s) {
+      // Like /tmp: the sticky bit protects what root put there, not a name
+      // nobody has taken yet. (The trusted hook's program is under /tmp too.)
+      const d = path.dirname(s.untrustedProgram);
+      await fsp.rm(s.untrustedProgram);
+      await fsp.chmod(d, 0o1777);
+      return { names: `directory ${d}`, why: /Prepare= program .*: directory .* is writable by group and others/ };
+    },
+  },
+  {
     label: 'a program owned by uid 65534',
     where: 'run',
     async spoil(s) {
@@ -138,7 +160,8 @@ async function setUp(t: ExecutionContext, c: TrustCase, required: boolean): Prom
   await fsp.mkdir(recordDir, { mode: 0o755 });
   await fsp.mkdir(bin, { mode: 0o755 });
   const program = path.join(bin, 'record');
-  const untrustedProgram = path.join(bin, 'record-untrusted');
+  const untrustedProgram = path.join(aux, 'untrusted-bin', 'record');
+  await fsp.mkdir(path.dirname(untrustedProgram), { mode: 0o755 });
   for (const p of [program, untrustedProgram]) {
     await fsp.writeFile(p, RECORD_PROGRAM);
     await fsp.chmod(p, 0o755);
