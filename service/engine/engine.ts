@@ -27,7 +27,7 @@ import type {
 import { expandArgv, quoteCommandLine } from './command-line.js';
 import { Sysroot } from './deployments.js';
 import { PreStageError, toPreStageError, type ErrorCode } from './errors.js';
-import { discoverHooks } from './hook-discovery.js';
+import { discoverHooks, programTrustProblem } from './hook-discovery.js';
 import { isValidHookName } from './hook-name.js';
 import { validateDefinition } from './hook-file.js';
 import { registerHookFile, unregisterHookFile } from './hook-store.js';
@@ -805,8 +805,12 @@ export class Engine implements EngineApi {
     tx.log.write(h.name, `${rollback ? 'rollback ' : ''}${phase} step: ${quoteCommandLine(argv)}`);
     this.log.debug(`${rollback ? 'rollback ' : ''}${phase} step started`, fields);
     let lastStatus = '';
+    // Trust again, now: a commit may run long after the prepare that
+    // checked, and a program others can change must not run as root.
+    const distrust = await programTrustProblem(argv[0]!, this.opts.trustedUid);
     let step: RunningStep;
     try {
+      if (distrust) throw new PreStageError('InvalidHook', `not trusted: ${distrust}`);
       step = runStep({
         argv, env,
         timeoutMs: h.definition.timeoutSec === null ? null : h.definition.timeoutSec * 1000,

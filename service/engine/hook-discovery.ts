@@ -386,6 +386,19 @@ async function untrustedAncestors(
   return null;
 }
 
+/**
+ * Why `program` may not run now, or null: discovery's checks of the
+ * program (owner, mode, the directories above it), made again right before
+ * a step runs, since a commit or abort may come long after the prepare
+ * whose discovery checked.
+ */
+export async function programTrustProblem(program: string, trustedUid: number): Promise<string | null> {
+  const file = nodePath.normalize(program);
+  const what = `program ${file}`;
+  const st = await fsp.stat(file).catch(() => null);
+  return (st && untrusted(st, trustedUid, what)) ?? untrustedAncestors(file, st !== null, trustedUid, what, new Map());
+}
+
 /** Why `st` is not trusted, or null. */
 function untrusted(st: Stats, trustedUid: number, what: string): string | null {
   if (st.uid !== trustedUid) return `${what} is owned by uid ${st.uid}, not ${trustedUid}`;

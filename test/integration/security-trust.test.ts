@@ -261,3 +261,39 @@ for (const c of CASES) {
   test.serial(trust, c, true);
   test.serial(trust, c, false);
 }
+
+test.serial('trust - a program made group-writable after the prepare does not run at commit; the commit fails and can be retried', async (t) => {
+  const aux = await tmpDir(t, { prefix: 'security-trust-', mode: 0o755 });
+  const recordDir = path.join(aux, 'record');
+  const recordFile = path.join(recordDir, 'runs');
+  const program = path.join(aux, 'bin', 'record');
+  await fsp.mkdir(recordDir, { mode: 0o755 });
+  await fsp.mkdir(path.dirname(program), { mode: 0o755 });
+  await fsp.writeFile(program, RECORD_PROGRAM);
+  await fsp.chmod(program, 0o755);
+  const ctx = await withDaemon(t, { sysroot: { deployments: 1 }, etcHooks: { 'good.hook': hookText(program, recordFile, true) } });
+  const staged = (ctx.sysroot as { deployments: string[] }).deployments[0]!;
+  const rec = await ctx.client.collectSignals({ pathNamespace: MANAGER_PATH, interface: TRANSACTION_IFACE, member: 'Finished' });
+  const [txPath] = await ctx.client.call(SERVICE, MANAGER_PATH, MANAGER_IFACE, 'StartPreStage', 'sa{sv}', [staged, {}]) as [string];
+  await rec.waitFor((s) => s.path === txPath && s.body[0] === 'prepared', 30_000);
+  const s: Scene = {
+    ctx, aux, recordFile, staged, untrustedProgram: program,
+    capture: { root: ctx.root, stateDir: ctx.stateDir, client: ctx.client, watch: [recordDir] },
+  };
+  t.deepEqual(await recorded(s), ['good prepare']);
+
+  // The commit comes later (at the next boot); by then the program is writable by its group.
+  await fsp.chmod(program, 0o775);
+  await ctx.client.call(SERVICE, MANAGER_PATH, MANAGER_IFACE, 'CommitPreStage', 'sa{sv}', [staged, {}]);
+  const failed = await rec.waitFor((sig) => sig.path === txPath && sig.body[0] !== 'prepared', 30_000);
+  t.is(failed.body[0], 'failed', 'a required commit step that may not run fails the commit');
+  t.regex(String(failed.body[2]), new RegExp(`${program.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is writable by group`));
+  t.deepEqual(await recorded(s), ['good prepare'], 'the untrusted program did not run');
+
+  // Fixed, the commit is retried and runs.
+  await fsp.chmod(program, 0o755);
+  await ctx.client.call(SERVICE, MANAGER_PATH, MANAGER_IFACE, 'CommitPreStage', 'sa{sv}', [staged, {}]);
+  await rec.waitFor((sig) => sig.path === txPath && sig.body[0] === 'committed', 30_000);
+  t.deepEqual(await recorded(s), ['good prepare', 'good commit']);
+  await rec.stop();
+});
