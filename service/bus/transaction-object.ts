@@ -19,7 +19,11 @@
  *   cap are counted per hook and reported as one
  *   `Message(hook, "[N lines suppressed; see GetLog]")` when the window
  *   rolls over or the hook finishes. The full output stays in the log.
- * - HookStarted, HookFinished and Finished are never delayed or dropped.
+ * - HookStarted, HookFinished and Finished are never dropped, nor delayed
+ *   past the turn of the event loop in which they happen: when several
+ *   hooks finish in one turn, the signals after the first HookFinished are
+ *   held to the end of that turn behind one PropertiesChanged (flush()
+ *   sends them at once).
  *
  * Ordering that must hold (clients rely on it):
  * - a hook's pending HookProgress and the object's pending
@@ -129,6 +133,10 @@ export class TransactionObject {
   private lastPropertiesAt = -Infinity;
   private propertiesTimer: NodeJS.Timeout | null = null;
   private propertiesImmediate: NodeJS.Immediate | null = null;
+  /** A HookFinished went out in the current turn of the event loop. */
+  private finishedThisTurn = false;
+  /** Signals held to the end of the turn (see 'hook-finished'); null when not holding. */
+  private held: [SignalName<typeof TRANSACTION>, unknown[]][] | null = null;
   private readonly progressTick$ = new Subject<string>();
   /** Progress not yet sent, per hook (the throttles only tick). */
   private readonly pendingProgress = new Map<string, { percent: number; status: string }>();
@@ -205,6 +213,7 @@ export class TransactionObject {
    */
   flush(): void {
     if (!this.exported || this.disposed) return;
+    this.releaseHeld();
     for (const hook of [...this.pendingProgress.keys()]) this.publishProgress(hook);
     for (const hook of [...this.suppressed.keys()]) this.publishSuppressed(hook);
     this.publishProperties();
@@ -242,9 +251,21 @@ export class TransactionObject {
         this.onMessage(ev.hook, ev.line);
         return;
       case 'hook-finished':
+        if (this.finishedThisTurn && this.held === null) {
+          // Many hooks finish in one turn (a dry run; hooks refused or
+          // without a step): hold the rest of the turn's signals behind ONE
+          // PropertiesChanged instead of one per hook, each carrying the
+          // whole Hooks array (quadratic: 1,000 hooks took seconds).
+          this.held = [];
+          queueMicrotask(() => this.releaseHeld());
+        }
+        if (!this.finishedThisTurn) {
+          this.finishedThisTurn = true;
+          queueMicrotask(() => { this.finishedThisTurn = false; });
+        }
         this.publishProgress(ev.hook);
         this.publishSuppressed(ev.hook);
-        this.publishProperties();
+        if (this.held === null) this.publishProperties();
         this.emit('HookFinished', [toBusString(ev.hook), ev.result, toBusString(ev.message, MAX_LINE_BYTES)]);
         return;
       case 'finished':
@@ -337,7 +358,24 @@ export class TransactionObject {
     }
   }
 
+  /**
+   * Send what was held this turn: first the PropertiesChanged that covers
+   * every held HookFinished (properties always hold the latest state), then
+   * the signals in their order.
+   */
+  private releaseHeld(): void {
+    const held = this.held;
+    this.held = null;
+    if (held === null || !this.exported || this.disposed) return;
+    this.publishProperties();
+    for (const [member, body] of held) this.emit(member, body);
+  }
+
   private emit(member: SignalName<typeof TRANSACTION>, body: unknown[]): void {
+    if (this.held !== null) {
+      this.held.push([member, body]);
+      return;
+    }
     const spec = findSignal(TRANSACTION, member)!;
     this.registry.emitSignal(this.path, TRANSACTION.name, member, signatureOf(spec.args), body);
   }
