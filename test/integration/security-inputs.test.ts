@@ -451,3 +451,32 @@ test.serial('inputs - after every case, no hook ran beyond setup and the prepare
   await assertAlive(t);
   t.log(`${CASES.length + 2} hostile-input cases`);
 });
+
+test.serial('inputs - StartPreStage with wait - the queue is bounded: with 16 waiting, the next is Busy and creates nothing', async (t) => {
+  // One daemon of its own: 18 deployments, one running (a step that
+  // sleeps), 16 waiting, one too many.
+  const ctx = await withDaemon(t, {
+    sysroot: { deployments: 18 },
+    etcHooks: { 'slow.hook': '[Hook]\nPrepare=/bin/sleep 60\nAbort=/bin/true\n' },
+  });
+  const deployments = (ctx.sysroot as { deployments: string[] }).deployments;
+  const capture: CaptureOptions = { root: ctx.root, stateDir: ctx.stateDir, client: ctx.client };
+  const start = (d: string) => ctx.client.call(SERVICE, MANAGER_PATH, MANAGER_IFACE, 'StartPreStage', 'sa{sv}',
+    [d, { wait: v('b', true) }]) as Promise<[string]>;
+  const paths: string[] = [];
+  paths.push((await start(deployments[0]!))[0]);
+  for (let i = 1; i <= 16; i++) paths.push((await start(deployments[i]!))[0]);
+  t.is(new Set(paths).size, 17);
+  for (const p of paths.slice(1)) t.is(await ctx.client.getProperty(SERVICE, p, TRANSACTION_IFACE, 'State'), 'queued');
+
+  const before = await captureState({ ...capture, processes: false });
+  const e = await t.throwsAsync(start(deployments[17]!)) as unknown as DBusError;
+  t.is(e.type, 'org.containers.bootc.PreStage.Error.Busy', e.text);
+  t.regex(e.text, /queue is full \(16 transactions waiting\)/);
+  t.deepEqual(diffStates(before, await captureState({ ...capture, processes: false })), [], 'nothing was created');
+
+  for (const p of [...paths].reverse()) await ctx.client.call(SERVICE, p, TRANSACTION_IFACE, 'Cancel');
+  const end = await waitForQuietState(capture, { timeoutMs: 60_000 });
+  t.deepEqual(end.processes, []);
+  for (const p of paths) t.is(end.transactionStates?.[p], 'cancelled', p);
+});
