@@ -287,12 +287,13 @@ interface Row {
   rootAfter?: (t: ExecutionContext, env: Env, reply: PeerReply) => Promise<void>;
 }
 
-const M = (objPath: (env: Env) => string = () => MANAGER_PATH) => objPath;
-const TX = (env: Env) => env.txPath;
+/** Where a row's call goes: the manager, or the prepared transaction. */
+const MGR = (): string => MANAGER_PATH;
+const TX = (env: Env): string => env.txPath;
 
 const ROWS: Row[] = [
   {
-    label: 'StartPreStage', objPath: M(), iface: MANAGER_IFACE, member: 'StartPreStage', signature: 'sa{sv}',
+    label: 'StartPreStage', objPath: MGR, iface: MANAGER_IFACE, member: 'StartPreStage', signature: 'sa{sv}',
     args: (e) => [e.other, {}], busctl: (e) => ['sa{sv}', e.other, '0'], privileged: true,
     rootArgs: (e) => [e.other, { 'dry-run': new Variant('b', true) }], rootExpect: 'ok',
     rootAfter: async (t, e, r) => {
@@ -303,23 +304,23 @@ const ROWS: Row[] = [
     },
   },
   {
-    label: 'CommitPreStage', objPath: M(), iface: MANAGER_IFACE, member: 'CommitPreStage', signature: 'sa{sv}',
+    label: 'CommitPreStage', objPath: MGR, iface: MANAGER_IFACE, member: 'CommitPreStage', signature: 'sa{sv}',
     args: (e) => [e.staged, {}], busctl: (e) => ['sa{sv}', e.staged, '0'], privileged: true,
     // Root reaches the engine, which has nothing prepared for this one.
     rootArgs: (e) => [e.other, {}], rootExpect: NOT_FOUND,
   },
   {
-    label: 'AbortPreStage', objPath: M(), iface: MANAGER_IFACE, member: 'AbortPreStage', signature: 'sa{sv}',
+    label: 'AbortPreStage', objPath: MGR, iface: MANAGER_IFACE, member: 'AbortPreStage', signature: 'sa{sv}',
     args: (e) => [e.staged, {}], busctl: (e) => ['sa{sv}', e.staged, '0'], privileged: true,
     rootArgs: (e) => [e.other, {}], rootExpect: NOT_FOUND,
   },
   {
-    label: 'Reconcile', objPath: M(), iface: MANAGER_IFACE, member: 'Reconcile', signature: 'a{sv}',
+    label: 'Reconcile', objPath: MGR, iface: MANAGER_IFACE, member: 'Reconcile', signature: 'a{sv}',
     args: () => [{}], busctl: () => ['a{sv}', '0'], privileged: true, rootExpect: 'ok',
     rootAfter: async (t, _e, r) => { t.deepEqual((r as { body: unknown[] }).body, [[]]); },
   },
   {
-    label: 'RegisterHook', objPath: M(), iface: MANAGER_IFACE, member: 'RegisterHook', signature: 'sa{sv}a{sv}',
+    label: 'RegisterHook', objPath: MGR, iface: MANAGER_IFACE, member: 'RegisterHook', signature: 'sa{sv}a{sv}',
     args: (e) => ['intruder', definition(e, 'intruder'), {}],
     busctl: (e) => ['sa{sv}a{sv}', 'intruder', '1', 'Prepare', 'as', '1',
       path.join(path.dirname(path.dirname(e.recordFile)), 'bin', 'record'), '0'],
@@ -332,7 +333,7 @@ const ROWS: Row[] = [
     },
   },
   {
-    label: 'UnregisterHook', objPath: M(), iface: MANAGER_IFACE, member: 'UnregisterHook', signature: 's',
+    label: 'UnregisterHook', objPath: MGR, iface: MANAGER_IFACE, member: 'UnregisterHook', signature: 's',
     args: () => ['present'], busctl: () => ['s', 'present'], privileged: true,
     rootArgs: () => ['matrix-tmp'], rootExpect: 'ok',
     rootBefore: async (e) => {
@@ -345,11 +346,11 @@ const ROWS: Row[] = [
     },
   },
   {
-    label: 'ListHooks', objPath: M(), iface: MANAGER_IFACE, member: 'ListHooks', signature: 's',
+    label: 'ListHooks', objPath: MGR, iface: MANAGER_IFACE, member: 'ListHooks', signature: 's',
     args: (e) => [e.staged], privileged: false, rootExpect: 'ok',
   },
   {
-    label: 'ListTransactions', objPath: M(), iface: MANAGER_IFACE, member: 'ListTransactions', signature: '',
+    label: 'ListTransactions', objPath: MGR, iface: MANAGER_IFACE, member: 'ListTransactions', signature: '',
     args: () => [], privileged: false, rootExpect: 'ok',
   },
   {
@@ -365,7 +366,7 @@ const ROWS: Row[] = [
     },
   },
   {
-    label: 'Properties.Set on the manager', objPath: M(), iface: PROPERTIES_IFACE, member: 'Set', signature: 'ssv',
+    label: 'Properties.Set on the manager', objPath: MGR, iface: PROPERTIES_IFACE, member: 'Set', signature: 'ssv',
     args: () => [MANAGER_IFACE, 'State', new Variant('s', 'idle')], busctl: () => ['ssv', MANAGER_IFACE, 'State', 's', 'idle'],
     privileged: true, nobodyPermissive: PROPERTY_READ_ONLY, rootExpect: PROPERTY_READ_ONLY,
   },
@@ -380,7 +381,7 @@ const ROWS: Row[] = [
     args: () => [TRANSACTION_IFACE, 'State'], privileged: false, rootExpect: 'ok',
   },
   {
-    label: 'Properties.GetAll', objPath: M(), iface: PROPERTIES_IFACE, member: 'GetAll', signature: 's',
+    label: 'Properties.GetAll', objPath: MGR, iface: PROPERTIES_IFACE, member: 'GetAll', signature: 's',
     args: () => [MANAGER_IFACE], privileged: false, rootExpect: 'ok',
   },
   {
@@ -388,7 +389,7 @@ const ROWS: Row[] = [
     args: () => [], privileged: false, rootExpect: 'ok',
   },
   {
-    label: 'Peer.Ping', objPath: M(), iface: PEER_IFACE, member: 'Ping', signature: '',
+    label: 'Peer.Ping', objPath: MGR, iface: PEER_IFACE, member: 'Ping', signature: '',
     args: () => [], privileged: false, rootExpect: 'ok',
   },
 ];
