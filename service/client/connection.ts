@@ -91,6 +91,8 @@ export class BusConnection {
   private seq = 0;
   /** Arrival sequence of replies not yet claimed by their caller, by reply serial. */
   private readonly replySeq = new Map<number, number>();
+  /** Serials of our calls still waiting for their reply. */
+  private readonly waiting = new Set<number>();
   private readonly pending = new Set<(err: Error) => void>();
   private readonly signalListeners = new Set<(s: ReceivedSignal) => void>();
   private readonly lostListeners = new Set<(err: Error) => void>();
@@ -164,7 +166,9 @@ export class BusConnection {
     const seq = ++this.seq;
     if (msg.type === MessageType.METHOD_RETURN || msg.type === MessageType.ERROR) {
       // dbus-next types replySerial as a string; it is the number we sent.
-      this.replySeq.set(Number(msg.replySerial), seq);
+      // Only calls still waiting get an entry (a late reply leaves none).
+      const serial = Number(msg.replySerial);
+      if (this.waiting.has(serial)) this.replySeq.set(serial, seq);
       return;
     }
     if (msg.type !== MessageType.SIGNAL) return;
@@ -207,12 +211,14 @@ export class BusConnection {
     // Our own serial, so a timed-out call's reply slot can be removed.
     const serial = this.bus.newSerial();
     msg.serial = serial;
+    this.waiting.add(serial);
     return new Promise<Reply>((resolve, reject) => {
       let done = false;
       const fail = (err: Error) => {
         if (done) return;
         done = true;
         clearTimeout(timer);
+        this.waiting.delete(serial);
         this.pending.delete(fail);
         delete this.raw._methodReturnHandlers[serial];
         this.replySeq.delete(serial);
@@ -232,6 +238,7 @@ export class BusConnection {
         if (done) return;
         done = true;
         clearTimeout(timer);
+        this.waiting.delete(serial);
         this.pending.delete(fail);
         const seq = this.replySeq.get(serial) ?? this.seq;
         this.replySeq.delete(serial);
