@@ -360,7 +360,12 @@ test('processes - leftovers are found by a path in their environment and killed'
   const child = spawn('sleep', ['30'], { env: { ...process.env, BOOTC_PRESTAGE_STATE_DIRECTORY: `${dir}/x` }, stdio: 'ignore' });
   t.teardown(() => { child.kill('SIGKILL'); });
   await new Promise((r) => child.once('spawn', r));
-  const found = await processesMentioning(dir);
+  // 'spawn' fires before exec; the new environment shows once sleep runs.
+  let found = await processesMentioning(dir);
+  for (let i = 0; i < 100 && found.length === 0; i++) {
+    await new Promise((r) => setTimeout(r, 50));
+    found = await processesMentioning(dir);
+  }
   t.deepEqual(found.map((p) => p.pid), [child.pid]);
   await killPids([child.pid!]);
   t.false(await isAlive(child.pid!));

@@ -120,8 +120,13 @@ test('start - timeout-sec bounds the whole phase: the step is stopped, the prepa
   t.regex(s.errorMessage, /the prepare phase exceeded its 2s deadline; rolled back/);
   // The phase's deadline stopped h2 (its own TimeoutSec did not expire): cancelled, as on Cancel().
   t.deepEqual(s.hooks.map((h) => h.result), ['success', 'cancelled', 'cancelled']);
-  t.deepEqual(rig.records().filter((r) => r.event === 'end').map((r) => `${r.hook} ${r.phase}`),
-    ['h1 prepare', 'h2 abort', 'h1 abort'], 'h2 never finished its prepare; both started hooks were aborted');
+  // On a loaded machine the deadline can pass before h2's step is spawned;
+  // the invariant is: h2 never finished its prepare, and every hook whose
+  // prepare started was aborted, in reverse order.
+  const h2Started = rig.records().some((r) => r.event === 'start' && r.hook === 'h2' && r.phase === 'prepare');
+  const ends = rig.records().filter((r) => r.event === 'end').map((r) => `${r.hook} ${r.phase}`);
+  if (h2Started) t.deepEqual(ends, ['h1 prepare', 'h2 abort', 'h1 abort'], 'both started hooks were aborted, in reverse');
+  else t.deepEqual(ends.filter((e) => e !== 'h2 abort'), ['h1 prepare', 'h1 abort'], 'h1 was aborted');
 }));
 
 test('start - dry-run orders the hooks and runs nothing, even while another transaction runs', (t) => rigSlot(async () => {
