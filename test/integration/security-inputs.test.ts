@@ -11,12 +11,13 @@
  * prepared transaction, so a Commit or Abort whose bad options were
  * ignored, or a Start that slipped through, would visibly change things.
  *
- * What cannot be sent at all: D-Bus strings are valid UTF-8 without NUL.
- * dbus-daemon checks every message and drops the connection of a client
- * that sends invalid UTF-8 or a NUL inside a string, so the daemon never
- * sees either; dbus-next encodes a lone UTF-16 surrogate as U+FFFD, and
- * the cases below send such strings to show they arrive as a replacement
- * character and are refused on their merits.
+ * What cannot reach the daemon at all: D-Bus strings are valid UTF-8
+ * without NUL. dbus-daemon checks every message and drops the connection
+ * of a client that sends invalid UTF-8 or a NUL inside a string (the raw
+ * cases below write such bytes on the socket themselves, with a valid
+ * control), so the daemon never sees either; dbus-next encodes a lone
+ * UTF-16 surrogate as U+FFFD, and the cases below that send one show it
+ * arrives as a replacement character and is refused on its merits.
  *
  * Which error for which input: sizes over the transport bounds of
  * service/bus/options.ts (4096-byte strings, 256-entry arrays) and wrong
@@ -29,11 +30,12 @@
 import test, { type ExecutionContext } from 'ava';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { Variant } from 'dbus-next';
+import { createRequire } from 'node:module';
+import { Message, Variant } from 'dbus-next';
 import { busctlCall } from '../helpers/busctl.js';
 import { withDaemon, type DaemonContext } from '../helpers/daemon.js';
 import {
-  DBusError, MANAGER_IFACE, MANAGER_PATH, SERVICE, TRANSACTION_IFACE,
+  DBusError, MANAGER_IFACE, MANAGER_PATH, SERVICE, TestClient, TRANSACTION_IFACE,
 } from '../helpers/dbus-client.js';
 import {
   captureState, diffStates, waitForQuietState, type CaptureOptions, type StateSnapshot,
@@ -414,6 +416,57 @@ const hostile = test.macro({
 
 for (const c of CASES) test.serial(hostile, c);
 
+/**
+ * Send UnregisterHook(name) with the name's bytes put on the wire as they
+ * are, on a connection of its own, bypassing every client library's
+ * checks. Resolves with the error name of the reply, or 'closed' when
+ * dbus-daemon closed the connection instead.
+ */
+async function sendRawName(t: ExecutionContext, bytes: number[]): Promise<string> {
+  const raw = await TestClient.connect(env.ctx.bus.address);
+  t.teardown(() => raw.close());
+  const { marshallMessage } = createRequire(import.meta.url)('dbus-next/lib/marshall-compat.js') as
+    { marshallMessage(m: Message): [Buffer, unknown[]] };
+  const placeholder = 'p'.repeat(bytes.length);
+  const msg = new Message({
+    destination: SERVICE, path: MANAGER_PATH, interface: MANAGER_IFACE, member: 'UnregisterHook',
+    signature: 's', body: [placeholder],
+  });
+  const serial = raw.bus.newSerial();
+  msg.serial = serial;
+  const [data] = marshallMessage(msg);
+  Buffer.from(bytes).copy(data, data.indexOf(placeholder));
+  const internals = raw.bus as unknown as {
+    _connection: { stream: NodeJS.WritableStream & NodeJS.EventEmitter };
+    _methodReturnHandlers: Record<number, (reply: Message) => void>;
+  };
+  return new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('neither a reply nor a closed connection within 10 s')), 10_000);
+    const done = (what: string) => { clearTimeout(timer); resolve(what); };
+    internals._methodReturnHandlers[serial] = (reply: Message) => done(reply.errorName ?? 'reply');
+    internals._connection.stream.once('close', () => done('closed'));
+    internals._connection.stream.write(data);
+  });
+}
+
+const rawName = test.macro({
+  async exec(t, bytes: number[], expected: string) {
+    const logged = env.ctx.daemon.logs().length;
+    t.is(await sendRawName(t, bytes), expected);
+    await assertUnchanged(t);
+    await assertAlive(t);
+    const saw = env.ctx.daemon.logs().slice(logged).some((l) => l.includes('UnregisterHook'));
+    t.is(saw, expected !== 'closed', expected === 'closed' ? 'the daemon never saw the call' : 'the daemon answered the call');
+  },
+  title: (what = '', _bytes: number[], expected: string) => `inputs - UnregisterHook - ${what}: ${expected === 'closed'
+    ? 'never reaches the daemon, dbus-daemon drops the sender' : expected.replace(/^.*\.Error\./, '')}`,
+});
+
+// The control: the same bytes path, valid, reaches the daemon.
+test.serial('a raw valid name that is not registered', rawName, [...Buffer.from('absent')], E.NotFound);
+test.serial('a raw name that is not valid UTF-8', rawName, [0x70, 0xff, 0xfe, 0x80, 0xc0, 0x70], 'closed');
+test.serial('a raw name with a NUL byte', rawName, [0x70, 0x72, 0x00, 0x65, 0x73], 'closed');
+
 test.serial("inputs - StartPreStage - the option key '__proto__' (sent by busctl): refused", async (t) => {
   // dbus-next cannot send it (an object literal's __proto__ is its
   // prototype); busctl can, and only prints the message.
@@ -449,7 +502,7 @@ test.serial('inputs - after every case, no hook ran beyond setup and the prepare
   t.is(await fsp.readFile(env.recordFile, 'utf8'), 'present prepare present\n');
   t.is(await env.ctx.client.getProperty(SERVICE, env.txPath, TRANSACTION_IFACE, 'State'), 'prepared');
   await assertAlive(t);
-  t.log(`${CASES.length + 2} hostile-input cases`);
+  t.log(`${CASES.length} table-driven hostile-input cases, plus the raw-byte, __proto__, newline and queue cases`);
 });
 
 test.serial('inputs - StartPreStage with wait - the queue is bounded: with 16 waiting, the next is Busy and creates nothing', async (t) => {
