@@ -339,7 +339,12 @@ export class Engine implements EngineApi {
       if (!cur || tx.createdUsec > cur.createdUsec) latest.set(tx.deployment, tx);
     }
     for (const tx of latest.values()) {
-      if (this.jobFor(tx.deployment)) continue;
+      const job = this.jobFor(tx.deployment);
+      if (job) {
+        // Already queued (e.g. by the start-up reconcile): report it, as a rejoin.
+        if (job.tx === tx && (job.kind === 'commit' || job.kind === 'abort')) acted.push(tx);
+        continue;
+      }
       const s = tx.snapshot();
       if (!owesWork(tx)) continue;
       if (tx.deployment === booted && (s.state === 'prepared' || s.phase === 'commit')) {
