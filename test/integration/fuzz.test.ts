@@ -14,7 +14,11 @@
  * - nothing changed, unless the call was one that may change things (a
  *   mutating method that succeeded: StartPreStage, RegisterHook, ... with
  *   valid arguments); such calls are counted, and the state is allowed to
- *   settle before the next call is judged.
+ *   settle before the next call is judged;
+ * - after a valid call that changed something, ListHooks('') still works:
+ *   no sequence of accepted calls may leave the host hooks unreadable
+ *   (this caught RegisterHook accepting a program that expands to a
+ *   relative path).
  *
  * Reproducible: the seed is printed; run again with
  * BOOTC_PRESTAGE_FUZZ_SEED=<seed>. Bounded by BOOTC_PRESTAGE_FUZZ_CALLS
@@ -621,6 +625,13 @@ test('fuzz - random calls to every object are all answered, never crash the daem
       const now = await captureState(cheap);
       if (now.manager?.State !== 'idle' || diffStates(baseline, now).length > 0) {
         stats.changed++;
+        // No sequence of valid calls may leave the host hooks unreadable
+        // (a registered hook that breaks discovery breaks every later call).
+        try {
+          await ctx.client.call(SERVICE, MANAGER_PATH, MANAGER_IFACE, 'ListHooks', 's', ['']);
+        } catch (e) {
+          problem(`after this valid call, ListHooks('') fails: ${(e as Error).message}`, call, i);
+        }
         const t1 = Date.now();
         baseline = await waitForQuietState(capture, { stableMs: 150 });
         w.txPaths = baseline.transactions ?? w.txPaths;
