@@ -33,7 +33,7 @@ export interface Sizes {
 
 export const FULL: Sizes = {
   smoke: false,
-  reps: 5,
+  reps: 3,
   prepareHooks: 200,
   progressLines: 1_000_000,
   outputBytes: 100_000_000,
