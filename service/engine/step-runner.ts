@@ -573,7 +573,7 @@ class StepRun implements RunningStep {
     // that lasted under PID_WINDOW_MAX_MS lets the scan skip older pids.
     const leader: ProcessRef = { pid: sid, startTime: this.startTime ?? '0' };
     const seen = new Set<number>();
-    for (let round = 0; round < 2; round++) {
+    for (let round = 0; round < 3; round++) {
       const pidWindow = this.startTime !== null && performance.now() - this.t0 < PID_WINDOW_MAX_MS;
       // One pass over /proc: the group, and the session (members that moved
       // to another group, e.g. jobs of a shell with `set -m`).
@@ -597,8 +597,10 @@ class StepRun implements RunningStep {
           names.set(r.pid, readComm(r.pid));
         }
       }
-      const fresh = [...names.keys()].filter((p) => !seen.has(p));
-      if (fresh.length === 0) break;
+      // Go round again while anything is found at all: a process seen in the
+      // group may have escaped with setsid before the group kill reached it.
+      if (names.size === 0) break;
+      const fresh = [...names.keys()];
       for (const p of fresh) seen.add(p);
       this.leftovers = seen.size;
       this.warn(`${round === 0 ? 'killing' : 'killing more'} processes left behind by the step: `

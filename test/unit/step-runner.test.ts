@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { PreStageError } from '../../service/engine/errors.js';
-import { parseProcStat, readProcStat } from '../../service/engine/process-tree.js';
+import { findProcessesByEnv, parseProcStat, readProcStat } from '../../service/engine/process-tree.js';
 import {
   formatDuration, MAX_IGNORED_REPORTS, runStep, type RunningStep, type StepOutcome, type StepSpec,
 } from '../../service/engine/step-runner.js';
@@ -455,4 +455,13 @@ test('formatDuration - seconds with at most three decimals', (t) => {
   t.is(formatDuration(300), '0.3s');
   t.is(formatDuration(1234.5678), '1.235s');
   t.is(formatDuration(600_000), '600s');
+});
+
+test('runStep - a child that escapes with setsid while the group is being killed is killed too', async (t) => {
+  const marker = { BOOTC_PRESTAGE_TRANSACTION: `escape-${process.pid}-${Date.now()}` };
+  const s = sink();
+  const step = runStep({ argv: [fixture('escape-on-term.sh')], env: { ...BASE_ENV, ...marker }, timeoutMs: 30_000, killGraceMs: 500 }, s.sink);
+  const o = await step.done;
+  t.is(o.result, 'success');
+  t.deepEqual(await findProcessesByEnv(marker), [], 'nothing of the step survives');
 });
