@@ -78,7 +78,7 @@ export async function runPrepare(ctx: Ctx, r: Running, opts: Record<string, bool
   const t0 = performance.now();
   const [txPath] = await r.client.call(SERVICE, MANAGER_PATH, SERVICE, 'StartPreStage', 'sa{sv}', [target(ctx), o]);
   const p = String(txPath);
-  const fin = await r.tx.waitFor((s) => s.path === p && s.member === 'Finished' && s.at >= t0);
+  const fin = await r.tx.waitFor((s) => s.at >= t0 && s.member === 'Finished' && s.path === p);
   return { path: p, id: p.slice(p.lastIndexOf('/') + 1), ms: fin.at - t0, state: String(fin.body[0]), t0 };
 }
 

@@ -187,6 +187,7 @@ export async function benchOutput(ctx: Ctx): Promise<Row[]> {
     const rates: number[] = [];
     const cpu: number[] = [];
     let complete = true;
+    let capped = true;
     let maxPerWindow = 0;
     let logNote = '';
     for (let k = 0; k < reps; k++) {
@@ -201,6 +202,9 @@ export async function benchOutput(ctx: Ctx): Promise<Row[]> {
       const messages = mine.filter((s) => s.member === 'Message');
       const seconds = (finished.at - started.at) / 1000;
       rates.push(messages.length / Math.max(seconds, 1e-3));
+      // The bus object's cap: 50 lines per 1 s window (fixed windows from
+      // the first line), plus one "[N lines suppressed]" notice per window.
+      if (messages.length > 51 * (Math.ceil(seconds) + 1)) capped = false;
       // The most Message signals in any one-second window of arrival.
       for (let i = 0, j = 0; i < messages.length; i++) {
         while (messages[i]!.at - messages[j]!.at >= 1000) j++;
@@ -225,11 +229,11 @@ export async function benchOutput(ctx: Ctx): Promise<Row[]> {
     }, {
       benchmark: `${name}: Message signals, log`,
       baseline: '—',
-      measured: `${describe(rates, '/s', 1)}, ≤ ${maxPerWindow} in any 1 s; ${logNote}`,
-      result: complete ? 'capped, log complete' : 'LOG INCOMPLETE',
+      measured: `${describe(rates, '/s', 1)} (≤ ${maxPerWindow} in any sliding 1 s: 50 lines + 1 notice per fixed window); ${logNote}`,
+      result: `${capped ? 'capped' : 'NOT CAPPED'}, ${complete ? 'log complete' : 'LOG INCOMPLETE'}`,
       target: 'capped; log complete',
-      met: complete && maxPerWindow <= 60,
-      numbers: { messagesPerSecond: median(rates), maxMessagesInOneSecond: maxPerWindow, logComplete: complete ? 1 : 0 },
+      met: complete && capped,
+      numbers: { messagesPerSecond: median(rates), maxMessagesInOneSecond: maxPerWindow, capped: capped ? 1 : 0, logComplete: complete ? 1 : 0 },
     }];
     return rows;
   });
