@@ -522,6 +522,13 @@ test.serial('inputs - StartPreStage with wait - the queue is bounded: with 16 wa
   t.is(new Set(paths).size, 17);
   for (const p of paths.slice(1)) t.is(await ctx.client.getProperty(SERVICE, p, TRANSACTION_IFACE, 'State'), 'queued');
 
+  // Let the first step start and every log be flushed (on a loaded machine
+  // this lags the replies), so only the refused call could add anything.
+  for (let i = 0; i < 300; i++) {
+    if (await ctx.client.getProperty(SERVICE, paths[0]!, TRANSACTION_IFACE, 'CurrentHook') === 'slow') break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  await new Promise((r) => setTimeout(r, 500));
   const before = await captureState({ ...capture, processes: false });
   const e = await t.throwsAsync(start(deployments[17]!)) as unknown as DBusError;
   t.is(e.type, 'org.containers.bootc.PreStage.Error.Busy', e.text);
