@@ -36,7 +36,9 @@ import {
 } from './journal.js';
 import type { Logger } from './logger.js';
 import { orderHooks } from './plan.js';
-import { isSameProcess, killProcessesByEnv, processStartTime, readProcStat, terminateGroup } from './process-tree.js';
+import {
+  findProcessRefsByEnv, isSameProcess, killProcessesByEnv, processStartTime, readProcStat, terminateGroup,
+} from './process-tree.js';
 import { writeFileAtomic } from './fs-atomic.js';
 import { replayJournal } from './recovery.js';
 import { runStep, type RunningStep, type StepOutcome } from './step-runner.js';
@@ -955,6 +957,15 @@ export class Engine implements EngineApi {
       const st = readProcStat(p.pid);
       if (st === null || st.startTime === p.start) await terminateGroup(p.pid, this.opts.killGraceMs);
     }
+    // Also the group of every process that still carries the marker: covers
+    // a step whose `pid` record did not reach the file before the crash.
+    const ownGroup = readProcStat(process.pid)?.pgrp ?? process.pid;
+    const groups = new Set<number>();
+    for (const r of await findProcessRefsByEnv({ BOOTC_PRESTAGE_TRANSACTION: tx.id })) {
+      const st = readProcStat(r.pid);
+      if (st && st.startTime === r.startTime && st.pgrp > 1 && st.pgrp !== ownGroup) groups.add(st.pgrp);
+    }
+    for (const g of groups) await terminateGroup(g, this.opts.killGraceMs);
     const killed = await killProcessesByEnv({ BOOTC_PRESTAGE_TRANSACTION: tx.id }, this.opts.killGraceMs);
     if (killed.length) this.log.warn(`killed ${killed.length} leftover hook process(es): ${killed.join(' ')}`, fields);
     tx.journal = await this.store.reopen(tx.id);
