@@ -31,18 +31,9 @@ export interface ClientOptions {
   callTimeoutMs?: number;
 }
 
-export interface StartOptions {
-  force?: boolean;
-  wait?: boolean;
-  dryRun?: boolean;
-  /** Deadline for the whole phase in seconds; 0 or absent: none. */
-  timeoutSec?: number;
-}
-
-export interface PhaseOptions {
-  wait?: boolean;
-  timeoutSec?: number;
-}
+// The option shapes are the contract's own, shared with the engine (types only).
+import type { PhaseOptions, StartOptions } from '../engine/api.js';
+export type { PhaseOptions, StartOptions };
 
 export interface LogOptions {
   maxLines?: number;
