@@ -847,13 +847,15 @@ export class Engine implements EngineApi {
     } catch (e) {
       const err = toPreStageError(e);
       step = {
-        pid: 0, startTime: null, cancel() {},
+        pid: 0, startTime: null, cancel() {}, started: Promise.resolve(),
         done: Promise.resolve<StepOutcome>({
           result: 'failed', exitCode: null, signal: null, message: `could not start: ${err.message}`, durationMs: 0, leftovers: 0,
         }),
       };
     }
+    // Set before the start completes: a Cancel() meanwhile is applied once the pid is known.
     run.current = step;
+    await step.started;
     if (step.pid > 0) {
       tx.journal!.append({ t: 'pid', phase, hook: h.name, pid: step.pid, start: step.startTime }, false)
         .catch((e) => this.log.error(`journal write failed: ${(e as Error).message}`, fields));

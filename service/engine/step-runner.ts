@@ -20,19 +20,21 @@
  *   gone (an escapee that changed its environment) cannot hold the step up
  *   for more than OUTPUT_DRAIN_MS.
  *
- * runStep() blocks the event loop while it forks the step (and, when the
- * pipe pool is empty, mkfifo first), a few milliseconds on real hardware;
- * pid is known when it returns.
+ * Steps are forked by the spawn helper (spawner.ts) when it is there: the
+ * daemon is large, and forking it costs more than a trivial step. Without
+ * it, Node's spawn forks the daemon and blocks the event loop while it
+ * does. Either way pid is known once `started` resolves.
  */
 import { spawn, spawnSync, type ChildProcess, type StdioOptions } from 'node:child_process';
-import { closeSync, constants as fsConstants, existsSync, mkdtempSync, openSync, rmSync } from 'node:fs';
+import { closeSync, constants as fsConstants, existsSync, mkdtempSync, openSync, rmSync, rmdirSync, unlinkSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
-import { isAbsolute, join } from 'node:path';
+import { dirname, isAbsolute, join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { getSystemErrorMap } from 'node:util';
 import { PreStageError } from './errors.js';
+import { SpawnerUnavailable, sharedSpawner, type ExitStatus, type Spawned, type Spawner } from './spawner.js';
 import { LineSplitter } from './line-splitter.js';
 import { NotifyParser, type NotifyUpdate } from './notify-parser.js';
 import {
@@ -112,10 +114,12 @@ export interface StepOutcome {
 }
 
 export interface RunningStep {
-  /** Also the process group and session id. 0 when the program could not be started. */
+  /** Also the process group and session id. 0 until `started`, and when the program could not be started. */
   readonly pid: number;
   /** /proc/<pid>/stat starttime, for PID-reuse guards; null if not started or already gone. */
   readonly startTime: string | null;
+  /** Resolves (never rejects) once the process exists, or starting it failed (then `done` says why). */
+  readonly started: Promise<void>;
   /** Never rejects. */
   readonly done: Promise<StepOutcome>;
   /** SIGTERM to the group, SIGKILL after the grace; result 'cancelled'. No-op once the main process exited. */
@@ -282,8 +286,7 @@ class PipePool {
   private refilling = false;
   private idleTimer: NodeJS.Timeout | null = null;
 
-  take(n: number): PipePair[] | string {
-    const base = tmpdir();
+  take(n: number, base: string = tmpdir()): PipePair[] | string {
     if (base !== this.base) {
       this.drop();
       this.base = base;
@@ -328,6 +331,101 @@ class PipePool {
 
 const pipePool = new PipePool();
 
+/** A FIFO whose read end we hold; the helper opens its write end by path. */
+interface Fifo { read: number; path: string }
+
+/**
+ * The pipe pool for the spawn helper: FIFOs made by the helper (mkfifo(3),
+ * no fork) in batches, read ends opened here, write ends opened by the
+ * helper when it starts the step, which then unlinks them. As with
+ * PipePool, a refill runs in the background once the pool runs low, and
+ * pooled FIFOs are released after PIPE_IDLE_MS without a step.
+ */
+class HelperPipePool {
+  private fifos: Fifo[] = [];
+  private base: string | null = null;
+  private refilling: { base: string; done: Promise<void> } | null = null;
+  private idleTimer: NodeJS.Timeout | null = null;
+  private serial = 0;
+
+  async take(n: number, helper: Spawner, base: string = tmpdir()): Promise<Fifo[]> {
+    // Re-checked after every wait: a take for another directory may have run meanwhile.
+    for (;;) {
+      if (base !== this.base) {
+        this.drop();
+        this.base = base;
+      }
+      if (this.fifos.length >= n) break;
+      await this.refill(base, helper);
+    }
+    const out = this.fifos.splice(0, n);
+    if (this.fifos.length < PIPE_LOW_WATER) this.refill(base, helper).catch(() => { /* the next take retries and reports */ });
+    this.armIdle();
+    return out;
+  }
+
+  /** The refill in flight for `base`, or a new one (after any for another directory). */
+  private refill(base: string, helper: Spawner): Promise<void> {
+    const inFlight = this.refilling;
+    if (inFlight !== null && inFlight.base === base) return inFlight.done;
+    const done = (inFlight?.done.catch(() => {}) ?? Promise.resolve())
+      .then(() => this.make(base, helper))
+      .finally(() => { if (this.refilling?.done === done) this.refilling = null; });
+    this.refilling = { base, done };
+    return done;
+  }
+
+  private async make(base: string, helper: Spawner): Promise<void> {
+    const dir = mkdtempSync(join(base, 'bootc-prestage-step-'));
+    const paths = Array.from({ length: PIPE_BATCH }, () => join(dir, String(this.serial++)));
+    const made: Fifo[] = [];
+    try {
+      await helper.mkfifos(paths);
+      // The read end first and non-blocking: opening cannot wait for a writer.
+      for (const p of paths) made.push({ read: openSync(p, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK), path: p });
+    } catch (e) {
+      for (const f of made) closeFd(f.read);
+      rmSync(dir, { recursive: true, force: true });
+      throw e;
+    }
+    if (base === this.base) {
+      this.fifos.push(...made);
+      this.armIdle();
+    } else {
+      releaseFifos(made, true);
+    }
+  }
+
+  private armIdle(): void {
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.idleTimer = setTimeout(() => { this.idleTimer = null; this.drop(); }, PIPE_IDLE_MS);
+    this.idleTimer.unref();
+  }
+
+  private drop(): void {
+    releaseFifos(this.fifos, true);
+    this.fifos = [];
+  }
+}
+
+const helperPipePool = new HelperPipePool();
+
+/**
+ * Done with FIFOs' names: the helper unlinks the ones it opened; `unused`
+ * ones (a failed start, a dropped pool) are unlinked and their read ends
+ * closed here. A batch's directory goes with its last FIFO.
+ */
+function releaseFifos(fifos: Fifo[], unused: boolean): void {
+  for (const f of fifos) {
+    if (unused) {
+      closeFd(f.read);
+      f.read = -1;
+      try { unlinkSync(f.path); } catch { /* the helper did, or never made it */ }
+    }
+    try { rmdirSync(dirname(f.path)); } catch { /* not empty yet */ }
+  }
+}
+
 function closeFd(fd: number): void {
   if (fd < 0) return;
   try { closeSync(fd); } catch { /* already closed */ }
@@ -357,14 +455,17 @@ function readComm(pid: number): string {
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
 class StepRun implements RunningStep {
-  readonly pid: number;
-  readonly startTime: string | null;
+  pid = 0;
+  startTime: string | null = null;
+  readonly started: Promise<void>;
   readonly done: Promise<StepOutcome>;
 
   private readonly spec: StepSpec;
   private readonly sink: StepSink;
   private readonly graceMs: number;
   private readonly t0 = performance.now();
+  /** Where pipes are made: $TMPDIR when runStep was called (the start itself is asynchronous). */
+  private readonly tmp = tmpdir();
   private resolveDone!: (o: StepOutcome) => void;
   private finished = false;
 
@@ -382,6 +483,12 @@ class StepRun implements RunningStep {
   private timer: NodeJS.Timeout | null = null;
   private timerCheck: NodeJS.Immediate | null = null;
   private killReason: 'timeout' | 'cancelled' | null = null;
+  /** A kill asked for before the pid was known. */
+  private pendingKill: 'timeout' | 'cancelled' | null = null;
+  /** The spawn helper died while the step ran: its exit status is unknown. */
+  private exitUnknown = false;
+  /** An exit reported before the start completed (see onHelperExit). */
+  private earlyExit: { status: ExitStatus | null } | null = null;
   private killDeadline: number | null = null;
   private killTimer: NodeJS.Timeout | null = null;
   private sigkillSent = false;
@@ -400,9 +507,66 @@ class StepRun implements RunningStep {
       onIgnored: sink.notifyIgnored ? (line, reason) => this.ignored(line, reason) : undefined,
     });
 
+    this.started = this.start().catch((e: unknown) => this.spawnFailed(e));
+    this.armTimer();
+  }
+
+  /**
+   * Start the process: through the spawn helper when there is one (a
+   * small process whose fork is cheap), else with Node's spawn. Never
+   * rejects: a failure resolves `done`.
+   */
+  private async start(): Promise<void> {
+    if (this.spec.channels !== 'socket') {
+      const helper = sharedSpawner();
+      if (helper !== null) {
+        try {
+          await this.startWithHelper(helper);
+          return;
+        } catch (e) {
+          if (!(e instanceof SpawnerUnavailable)) {
+            this.spawnFailed(e);
+            return;
+          }
+          if (e.message !== '') this.warn(`${e.message}; starting the step without it`);
+        }
+      }
+    }
+    this.startWithNode();
+  }
+
+  private async startWithHelper(helper: Spawner): Promise<void> {
+    let fifos: Fifo[];
+    try {
+      fifos = await helperPipePool.take(STREAMS.length, helper, this.tmp);
+    } catch (e) {
+      if (e instanceof SpawnerUnavailable) throw e;
+      // No pipes this way: the fallback tries its own and says why it cannot.
+      throw new SpawnerUnavailable('', { cause: e });
+    }
+    let started: Spawned;
+    try {
+      started = await helper.spawn(this.spec.argv, Object.fromEntries(Object.entries(this.spec.env)),
+        fifos.map((f) => f.path), (status) => this.onHelperExit(status));
+    } catch (e) {
+      releaseFifos(fifos, true);
+      throw e;
+    }
+    releaseFifos(fifos, false);
+    this.pid = started.pid;
+    this.startTime = started.startTime;
+    this.attachReaders(fifos.map((f) => new Socket({ fd: f.read, readable: true, writable: false })));
+    this.afterStart();
+    const early = this.earlyExit;
+    this.earlyExit = null;
+    if (early !== null) this.onHelperExit(early.status);
+  }
+
+  private startWithNode(): void {
+    const spec = this.spec;
     let pipes: PipePair[] | null = null;
     if (spec.channels !== 'socket') {
-      const p = pipePool.take(STREAMS.length);
+      const p = pipePool.take(STREAMS.length, this.tmp);
       if (typeof p === 'string') this.warn(`could not create output pipes (${p}); using socket pairs, so the step cannot reopen /dev/stdout or /dev/stderr`);
       else pipes = p;
     }
@@ -423,8 +587,6 @@ class StepRun implements RunningStep {
     } catch (e) {
       // Errors other than ENOENT/EACCES/EAGAIN/EMFILE/ENFILE throw synchronously.
       if (pipes) closePipes(pipes);
-      this.pid = 0;
-      this.startTime = null;
       this.spawnFailed(e);
       return;
     } finally {
@@ -432,24 +594,28 @@ class StepRun implements RunningStep {
       if (pipes) for (const p of pipes) { closeFd(p.write); p.write = -1; }
     }
 
-    this.pid = child.pid ?? 0;
-    if (this.pid === 0) {
+    const pid = child.pid ?? 0;
+    if (pid === 0) {
       // Node reports exec failures asynchronously through 'error'.
-      this.startTime = null;
       if (pipes) closePipes(pipes);
       for (const s of [child.stdout, child.stderr, child.stdio[3]]) (s as Readable | null)?.destroy();
       child.once('error', (e) => this.spawnFailed(e));
       return;
     }
-    this.startTime = processStartTime(this.pid);
+    this.pid = pid;
+    this.startTime = processStartTime(pid);
     child.on('error', () => { /* only kill() reports here, and we do not use it */ });
     child.once('exit', (code, signal) => this.onExit(code, signal));
-
-    this.readers = pipes
+    this.attachReaders(pipes
       ? pipes.map((p) => new Socket({ fd: p.read, readable: true, writable: false }))
-      : [child.stdout!, child.stderr!, child.stdio[3] as Readable];
-    this.openReaders = this.readers.length;
-    this.readers.forEach((r, i) => {
+      : [child.stdout!, child.stderr!, child.stdio[3] as Readable]);
+    this.afterStart();
+  }
+
+  private attachReaders(readers: Readable[]): void {
+    this.readers = readers;
+    this.openReaders = readers.length;
+    readers.forEach((r, i) => {
       const name = STREAMS[i]!;
       r.on('data', (chunk: Buffer) => this.onData(name, chunk));
       r.on('error', (e) => this.warn(`reading the step's ${name} failed: ${describeErrno(e)}`));
@@ -457,7 +623,39 @@ class StepRun implements RunningStep {
         if (--this.openReaders === 0) this.readersClosed?.();
       });
     });
-    this.armTimer();
+  }
+
+  /** A cancel or timeout that came while the process was being started applies now. */
+  private afterStart(): void {
+    const reason = this.pendingKill;
+    this.pendingKill = null;
+    if (reason !== null) this.startKill(reason);
+  }
+
+  /** The helper reaped the process, or (null) died before it could tell us. */
+  private onHelperExit(status: ExitStatus | null): void {
+    if (this.pid === 0) {
+      // A fast step's exit can be read in the same chunk as its start, before
+      // startWithHelper has the pid and the readers: keep it until then.
+      this.earlyExit = { status };
+      return;
+    }
+    if (status !== null) {
+      this.onExit(status.code, status.signal);
+      return;
+    }
+    // The status went with the helper. Wait for the process itself to go
+    // (it is no longer our child: poll), then clean up as usual.
+    this.exitUnknown = true;
+    const poll = (): void => {
+      const st = readProcStat(this.pid);
+      if (st !== null && st.startTime === this.startTime && st.state !== 'Z') {
+        setTimeout(poll, 100);
+        return;
+      }
+      this.onExit(null, null);
+    };
+    poll();
   }
 
   cancel(): void {
@@ -510,7 +708,11 @@ class StepRun implements RunningStep {
   }
 
   private startKill(reason: 'timeout' | 'cancelled'): void {
-    if (this.killReason !== null || this.exited !== null || this.pid === 0 || this.finished) return;
+    if (this.killReason !== null || this.exited !== null || this.finished) return;
+    if (this.pid === 0) {
+      this.pendingKill ??= reason;
+      return;
+    }
     this.killReason = reason;
     this.clearTimers();
     this.killDeadline = performance.now() + this.graceMs;
@@ -566,6 +768,14 @@ class StepRun implements RunningStep {
       ? this.graceMs
       : Math.max(0, this.killDeadline - performance.now());
     const sid = this.pid;
+    if (sid <= 0) {
+      // Never scan for "our" processes without a session id: in a pid namespace
+      // every process whose session leader is outside reads as session 0.
+      this.warn('internal error: the step ended before its pid was known; not looking for leftovers');
+      await this.drain();
+      this.finish();
+      return;
+    }
     const track = this.spec.trackEnv === undefined ? defaultTrackEnv(this.spec.env) : this.spec.trackEnv;
     const trackEnv = track !== null && Object.keys(track).length > 0 ? track : null;
 
@@ -676,6 +886,7 @@ class StepRun implements RunningStep {
       }
       return { ...base, result: this.killReason, message };
     }
+    if (this.exitUnknown) return { ...base, result: 'failed', message: 'exit status unknown: the spawn helper died while the step ran' };
     if (signal !== null) return { ...base, result: 'failed', message: how };
     if (code === 0) return { ...base, result: 'success', message: how };
     if (code === EXIT_SKIPPED) return { ...base, result: 'skipped', message: `skipped (${how})` };

@@ -131,6 +131,26 @@ test('runStep - the step leads its own session and process group; pid and startT
   t.is(r.step.startTime, stat!.startTime);
 });
 
+/** step-runner-node-spawn.test.ts runs this file again with the spawn helper disabled. */
+const NODE_SPAWN = process.env.BOOTC_PRESTAGE_SPAWNER === '';
+
+test('runStep - steps are started by the spawn helper (or, with it disabled, by the daemon itself)', async (t) => {
+  const r = await run({ argv: [fixture('inspect.sh')] });
+  // comm is cut at 15 bytes: "bootc-prestage-spawner" reads "bootc-prestage-".
+  t.is(kv(r.stdout).get('parent'), NODE_SPAWN ? 'node' : 'bootc-prestage-');
+});
+
+test('runStep - the step inherits no descriptor beyond 0-3', async (t) => {
+  const r = await run({ argv: ['/bin/ls', '-1', '/proc/self/fd'] });
+  t.is(r.outcome.result, 'success');
+  const fds = r.stdout.map(Number).sort((a, b) => a - b);
+  t.deepEqual(fds.slice(0, 4), [0, 1, 2, 3]);
+  // ls itself opens one more: the /proc/self/fd directory it lists. The
+  // helper also closes descriptors the daemon inherited without
+  // close-on-exec (a test runner's often); Node's spawn passes those on.
+  if (!NODE_SPAWN) t.true(fds.filter((fd) => fd > 3).length <= 1, r.stdout.join(' '));
+});
+
 test('runStep - signals are neither ignored nor blocked in the step (SIGPIPE included)', async (t) => {
   const r = await run({ argv: [fixture('inspect.sh')] });
   const m = kv(r.stdout);

@@ -1,0 +1,274 @@
+/**
+ * The daemon's side of bootc-prestage-spawner (service/spawner/spawner.c):
+ * a small helper process that forks and execs hook steps for us, because
+ * forking the ~70 MB daemon itself costs more than a trivial step (see the
+ * C file for why, and for the wire protocol).
+ *
+ * The helper is started on first use and closed after SPAWNER_IDLE_MS with
+ * nothing running, so an idle daemon holds no extra process. Everything it
+ * does is on behalf of the step runner; if it cannot be started or dies,
+ * requests fail with SpawnerUnavailable and the runner falls back to Node's
+ * own spawn (slower, same semantics). A step already running when the helper
+ * dies is reported through its exit callback with `null`: its exit status is
+ * lost with the helper, and the runner waits for the process to go away.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** The helper's file name; installed next to the daemon's code in libexec/. */
+export const SPAWNER_NAME = 'bootc-prestage-spawner';
+/**
+ * Environment variable naming the helper to use; empty disables it (steps
+ * are then spawned by Node). Unset: the one built next to this code.
+ */
+export const SPAWNER_ENV = 'BOOTC_PRESTAGE_SPAWNER';
+/** The helper exits after this long with no step running and no request pending. */
+export const SPAWNER_IDLE_MS = 30_000;
+/** Must match MAX_OUT_FDS in spawner.c. */
+const MAX_OUT_FDS = 16;
+
+/** The helper is missing, could not start, or died: use another way to spawn. */
+export class SpawnerUnavailable extends Error {
+  override readonly name = 'SpawnerUnavailable';
+}
+
+/** How a process ended, as Node's 'exit' event reports it. */
+export interface ExitStatus {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+/**
+ * Called once when the spawned process has been reaped; `null` when the
+ * helper died first and the status is unknown.
+ */
+export type ExitCallback = (status: ExitStatus | null) => void;
+
+export interface Spawned {
+  pid: number;
+  /** /proc/<pid>/stat start time, read by the helper before the process could be reaped; null if unknown. */
+  startTime: string | null;
+}
+
+/** A wait(2) status as Node reports exits: code, or the signal's name. */
+export function decodeWaitStatus(status: number): ExitStatus {
+  const sig = status & 0x7f;
+  if (sig === 0) return { code: (status >> 8) & 0xff, signal: null };
+  const name = Object.entries(osConstants.signals).find(([, n]) => n === sig)?.[0];
+  return { code: null, signal: (name ?? `SIG${sig}`) as NodeJS.Signals };
+}
+
+/** An errno number as the ErrnoException Node's spawn would have given. */
+function errnoError(errno: number, argv0: string): NodeJS.ErrnoException {
+  const name = Object.entries(osConstants.errno).find(([, n]) => n === errno)?.[0] ?? `E${errno}`;
+  const e: NodeJS.ErrnoException = new Error(`spawn ${argv0} ${name}`);
+  e.code = name;
+  e.errno = -errno;
+  e.syscall = `spawn ${argv0}`;
+  e.path = argv0;
+  return e;
+}
+
+/** Where the helper is: $BOOTC_PRESTAGE_SPAWNER, else built next to this code; null when none. */
+export function locateSpawner(env: NodeJS.ProcessEnv = process.env): string | null {
+  const configured = env[SPAWNER_ENV];
+  if (configured !== undefined) return configured === '' ? null : configured;
+  // dist/service/engine/spawner.js (tsc) and dist/<bundle>.mjs find dist/libexec/;
+  // service/engine/spawner.ts (run from source, as the tests do) finds the build's.
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  const dirs = [path.join(here, '..', '..', 'libexec'), path.join(here, 'libexec'), path.join(here, '..', '..', 'dist', 'libexec')];
+  for (const dir of dirs) {
+    const p = path.join(dir, SPAWNER_NAME);
+    if (existsSync(p)) return p;
+  }
+  return null;
+}
+
+interface Pending {
+  resolve: (v: unknown) => void;
+  reject: (e: Error) => void;
+  argv0: string;
+  onExit?: ExitCallback;
+}
+
+/** One running helper process. */
+export class Spawner {
+  private readonly child: ChildProcess;
+  private nextId = 1;
+  private readonly pending = new Map<number, Pending>();
+  /** Spawned processes not yet reaped, by pid. */
+  private readonly running = new Map<number, ExitCallback>();
+  private inbuf: Buffer = Buffer.alloc(0);
+  private deadReason: string | null = null;
+  private idleTimer: NodeJS.Timeout | null = null;
+  private refed = false;
+
+  constructor(readonly file: string, private readonly onGone: (s: Spawner) => void = () => {}) {
+    // Its own environment is empty: it passes on only what each request carries.
+    this.child = spawn(file, [], { stdio: ['pipe', 'pipe', 'inherit'], env: {} });
+    this.child.on('error', (e) => this.die(`could not start ${file}: ${(e as NodeJS.ErrnoException).code ?? e.message}`));
+    this.child.on('exit', (code, signal) => this.die(`${file} exited (${signal ?? `status ${code}`})`));
+    this.child.stdin!.on('error', () => { /* reported by 'exit' */ });
+    this.child.stdout!.on('data', (d: Buffer) => this.onData(d));
+    this.updateRef();
+  }
+
+  get alive(): boolean {
+    return this.deadReason === null;
+  }
+
+  /**
+   * Start `argv` with exactly `env`, fds 1.. on the FIFOs at `fifos` (whose
+   * read ends the caller holds open). Resolves once the program is exec'ed;
+   * rejects with Node's ErrnoException when it cannot be, or with
+   * SpawnerUnavailable when the helper is gone. `onExit` runs once, later.
+   */
+  spawn(argv: string[], env: Record<string, string>, fifos: string[], onExit: ExitCallback): Promise<Spawned> {
+    if (fifos.length > MAX_OUT_FDS) throw new RangeError(`at most ${MAX_OUT_FDS} fds`);
+    const envList = Object.entries(env).map(([k, v]) => `${k}=${v}`);
+    const strings = [...argv, ...envList, ...fifos];
+    const head = Buffer.alloc(16);
+    head.writeUInt32LE(argv.length, 4);
+    head.writeUInt32LE(envList.length, 8);
+    head.writeUInt32LE(fifos.length, 12);
+    return this.request('S', head, strings, argv[0]!, onExit) as Promise<Spawned>;
+  }
+
+  /** Create FIFOs (mode 0600) at `paths`, in order; rejects with the first failure. */
+  async mkfifos(paths: string[]): Promise<void> {
+    const head = Buffer.alloc(8);
+    head.writeUInt32LE(paths.length, 4);
+    await this.request('F', head, paths, paths[0] ?? '');
+  }
+
+  /** Close the pipe: the helper exits; running steps keep running. */
+  close(): void {
+    this.die('closed');
+  }
+
+  private request(type: 'S' | 'F', head: Buffer, strings: string[], argv0: string, onExit?: ExitCallback): Promise<unknown> {
+    if (this.deadReason !== null) return Promise.reject(new SpawnerUnavailable(this.deadReason));
+    const id = this.nextId++;
+    head.writeUInt32LE(id, 0);
+    const body = Buffer.from(strings.map((s) => `${s}\0`).join(''), 'utf8');
+    const frame = Buffer.allocUnsafe(5 + head.length + body.length);
+    frame.writeUInt32LE(1 + head.length + body.length, 0);
+    frame[4] = type.charCodeAt(0);
+    head.copy(frame, 5);
+    body.copy(frame, 5 + head.length);
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject, argv0, onExit });
+      this.updateRef();
+      this.child.stdin!.write(frame);
+    });
+  }
+
+  private onData(d: Buffer): void {
+    this.inbuf = this.inbuf.length === 0 ? d : Buffer.concat([this.inbuf, d]);
+    let off = 0;
+    while (this.inbuf.length - off >= 4) {
+      const len = this.inbuf.readUInt32LE(off);
+      if (this.inbuf.length - off - 4 < len) break;
+      this.onEvent(this.inbuf.subarray(off + 4, off + 4 + len));
+      off += 4 + len;
+    }
+    this.inbuf = off === this.inbuf.length ? Buffer.alloc(0) : this.inbuf.subarray(off);
+    this.updateRef();
+  }
+
+  private onEvent(f: Buffer): void {
+    const type = String.fromCharCode(f[0]!);
+    const a = f.readUInt32LE(1);
+    const b = f.readInt32LE(5);
+    if (type === 'X') {
+      const cb = this.running.get(a);
+      this.running.delete(a);
+      cb?.(decodeWaitStatus(b));
+      return;
+    }
+    const p = this.pending.get(a);
+    if (p === undefined) return;
+    this.pending.delete(a);
+    if (b < 0) {
+      p.reject(errnoError(-b, p.argv0));
+    } else if (type === 'S') {
+      const start = f.length >= 17 ? f.readBigUInt64LE(9) : 0n;
+      // Registered before any later event is read, so its 'X' cannot be missed.
+      this.running.set(b, p.onExit!);
+      p.resolve({ pid: b, startTime: start === 0n ? null : String(start) });
+    } else {
+      p.resolve(undefined);
+    }
+  }
+
+  /** Keep the event loop alive only while something waits on the helper; exit after a quiet spell. */
+  private updateRef(): void {
+    if (this.deadReason !== null) return;
+    const busy = this.pending.size > 0 || this.running.size > 0;
+    if (busy !== this.refed) {
+      this.refed = busy;
+      const out = this.child.stdout as unknown as { ref(): void; unref(): void };
+      if (busy) { this.child.ref(); out.ref(); } else { this.child.unref(); out.unref(); }
+    }
+    if (busy) {
+      if (this.idleTimer) { clearTimeout(this.idleTimer); this.idleTimer = null; }
+    } else if (this.idleTimer === null) {
+      this.idleTimer = setTimeout(() => { this.idleTimer = null; this.close(); }, SPAWNER_IDLE_MS);
+      this.idleTimer.unref();
+    }
+  }
+
+  private die(reason: string): void {
+    if (this.deadReason !== null) return;
+    this.deadReason = reason;
+    if (this.idleTimer) { clearTimeout(this.idleTimer); this.idleTimer = null; }
+    try { this.child.stdin!.end(); } catch { /* already closed */ }
+    (this.child.stdout as unknown as { unref(): void }).unref();
+    this.child.unref();
+    const err = new SpawnerUnavailable(`the spawn helper is gone: ${reason}`);
+    for (const p of this.pending.values()) p.reject(err);
+    this.pending.clear();
+    const lost = [...this.running.values()];
+    this.running.clear();
+    for (const cb of lost) cb(null);
+    this.onGone(this);
+  }
+}
+
+let shared: Spawner | null = null;
+let disabled: string | null = null;
+
+/**
+ * The shared helper, started if needed; null when there is none to use
+ * (not built, disabled by $BOOTC_PRESTAGE_SPAWNER="", or it failed to start
+ * before: then Node's spawn is used for the rest of this process's life).
+ */
+export function sharedSpawner(): Spawner | null {
+  if (shared?.alive) return shared;
+  if (disabled !== null) return null;
+  const file = locateSpawner();
+  if (file === null) {
+    disabled = 'not found';
+    return null;
+  }
+  const s = new Spawner(file, (gone) => {
+    if (shared === gone) shared = null;
+  });
+  shared = s;
+  return s;
+}
+
+/** Never use the helper again in this process (it failed to start). */
+export function disableSpawner(reason: string): void {
+  disabled = reason;
+  shared?.close();
+  shared = null;
+}
+
+/** Why the helper is not used, or null. For tests and the daemon's start-up log. */
+export function spawnerDisabledReason(): string | null {
+  return disabled;
+}

@@ -1,0 +1,379 @@
+/*
+ * bootc-prestage-spawner: starts hook steps for bootc-prestaged.
+ *
+ * Why it exists: the daemon is a ~70 MB Node.js process. Forking it for
+ * every step costs far more than the step (on a VM, fork copies page tables
+ * and the daemon then takes a copy-on-write fault on every page it touches
+ * until the child has exec'ed). This process is tiny, so its fork is cheap;
+ * systemd splits systemd-executor out of PID 1 for the same reason. The
+ * daemon starts it once, on the first step, and talks to it over a pipe.
+ *
+ * It runs nothing on its own: every program comes from the daemon, which
+ * has already validated it. It keeps no state beyond the children it has
+ * to reap. It exits when the daemon closes its end of the pipe (or dies:
+ * PR_SET_PDEATHSIG); running steps are left alone, as when the daemon
+ * itself stops (they are in their own sessions; recovery finds them).
+ *
+ * Protocol: frames on stdin (requests) and stdout (events), each a
+ * little-endian u32 length followed by that many bytes; the first byte of a
+ * frame is its type.
+ *
+ *   request 'S' spawn:  u32 id, u32 argc, u32 envc, u32 nout,
+ *                       then argc + envc + nout NUL-terminated strings:
+ *                       argv, "KEY=VALUE" environment, and the paths of the
+ *                       FIFOs to install as fds 1, 2, 3, ... (the daemon
+ *                       holds their read ends open; they are unlinked here
+ *                       once opened). fd 0 is /dev/null.
+ *   request 'F' mkfifo: u32 id, u32 n, then n NUL-terminated paths (mode 0600).
+ *   event   'S':        u32 id, i32 pid (> 0) or -errno when it could not start,
+ *                       u64 the child's start time (field 22 of /proc/<pid>/stat,
+ *                       read before it can be reaped; 0 if unknown). The daemon
+ *                       needs it to tell the step from a later process that
+ *                       reuses its pid, and a fast step is gone by the time
+ *                       the daemon could read it.
+ *   event   'F':        u32 id, i32 0 or -errno (of the first path that failed).
+ *   event   'X' exit:   i32 pid, i32 wait status (as from waitpid).
+ *
+ * A child gets: its own session and process group (setsid), cwd /, the
+ * given environment only, all signals at their defaults and unblocked, and
+ * no fd other than 0-N (0-2 at least): every other is closed, even ones
+ * the daemon inherited without close-on-exec. Whether the
+ * exec succeeded is known before the 'S' event is sent (a close-on-exec
+ * pipe, as libuv does), so a bad program is an error, not an exit status.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* Larger requests are a protocol error: the daemon never sends them. */
+#define MAX_FRAME (64u * 1024 * 1024)
+#define MAX_OUT_FDS 16
+/* Our own fds live at or above this, clear of the child's 0..MAX_OUT_FDS. */
+#define HIGH_FD 64
+
+static int ctl_in = -1;
+static int ctl_out = -1;
+
+static void die(const char *what) {
+    fprintf(stderr, "bootc-prestage-spawner: %s: %s\n", what, strerror(errno));
+    _exit(2);
+}
+
+static void put_u32(unsigned char *p, uint32_t v) {
+    p[0] = v & 0xff; p[1] = (v >> 8) & 0xff; p[2] = (v >> 16) & 0xff; p[3] = (v >> 24) & 0xff;
+}
+
+static uint32_t get_u32(const unsigned char *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+static void write_all(int fd, const unsigned char *p, size_t n) {
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            /* The daemon is gone: nothing left to report to. */
+            _exit(errno == EPIPE ? 0 : 2);
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+/* One event frame: type, two 32-bit values, and for 'S' a 64-bit one. */
+static void send_event(char type, uint32_t a, int32_t b, uint64_t c) {
+    unsigned char f[4 + 17];
+    size_t len = type == 'S' ? 17 : 9;
+    put_u32(f, (uint32_t)len);
+    f[4] = (unsigned char)type;
+    put_u32(f + 5, a);
+    put_u32(f + 9, (uint32_t)b);
+    put_u32(f + 13, (uint32_t)(c & 0xffffffffu));
+    put_u32(f + 17, (uint32_t)(c >> 32));
+    write_all(ctl_out, f, 4 + len);
+}
+
+/* Field 22 (starttime) of /proc/<pid>/stat; 0 when it cannot be read. */
+static uint64_t start_time(pid_t pid) {
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buf[n] = '\0';
+    /* comm (field 2) may hold spaces and ')': count from the last ')'. */
+    char *p = strrchr(buf, ')');
+    if (!p) return 0;
+    for (int field = 2; field < 22; field++) {
+        p = strchr(p + 1, ' ');
+        if (!p) return 0;
+    }
+    return strtoull(p + 1, NULL, 10);
+}
+
+/* Move an fd to HIGH_FD or above, close-on-exec. */
+static int high_cloexec(int fd) {
+    int h = fcntl(fd, F_DUPFD_CLOEXEC, HIGH_FD);
+    if (h < 0) die("fcntl(F_DUPFD_CLOEXEC)");
+    close(fd);
+    return h;
+}
+
+static void reap(void) {
+    for (;;) {
+        int status;
+        pid_t pid = waitpid(-1, &status, WNOHANG);
+        if (pid <= 0) return; /* 0: none exited yet; -1 ECHILD: no children */
+        send_event('X', (uint32_t)pid, status, 0);
+    }
+}
+
+/* Close every fd >= first except keep. */
+static void close_others(int first, int keep) {
+    if (keep >= first) {
+        if (keep > first && syscall(SYS_close_range, (unsigned)first, (unsigned)keep - 1, 0u) < 0) goto slow;
+        if (syscall(SYS_close_range, (unsigned)keep + 1, ~0u, 0u) < 0) goto slow;
+        return;
+    }
+    if (syscall(SYS_close_range, (unsigned)first, ~0u, 0u) == 0) return;
+slow: ;
+    /* Kernels before 5.9: the slow way. */
+    long max = sysconf(_SC_OPEN_MAX);
+    if (max < 0 || max > 65536) max = 65536;
+    for (int fd = first; fd < max; fd++) {
+        if (fd != keep) close(fd);
+    }
+}
+
+/* The child side of a spawn; never returns. Only async-signal-safe calls. */
+static void child(char **argv, char **envp, const int *out, uint32_t nout, int errfd) {
+    sigset_t all;
+    int e;
+    sigemptyset(&all);
+    for (int s = 1; s < NSIG; s++) {
+        if (s == SIGKILL || s == SIGSTOP) continue;
+        signal(s, SIG_DFL);
+    }
+    sigprocmask(SIG_SETMASK, &all, NULL);
+    if (setsid() < 0) goto fail;
+    if (chdir("/") < 0) goto fail;
+    int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (null < 0) goto fail;
+    if (dup2(null, 0) < 0) goto fail;
+    /* out[] are all >= HIGH_FD, so dup2 onto 1..nout cannot clobber a source. */
+    for (uint32_t i = 0; i < nout; i++) {
+        if (dup2(out[i], (int)i + 1) < 0) goto fail;
+    }
+    /* Without pipes, stdout and stderr are /dev/null too, never ours. */
+    for (uint32_t i = nout; i < 2; i++) {
+        if (dup2(null, (int)i + 1) < 0) goto fail;
+    }
+    /*
+     * Descriptors the daemon itself inherited without close-on-exec (from a
+     * careless parent) must not reach the step either. Keep only errfd,
+     * which closes at exec.
+     */
+    int first = (int)(nout < 2 ? 2 : nout) + 1;
+    close_others(first, errfd);
+    execve(argv[0], argv, envp);
+fail:
+    e = errno;
+    (void)!write(errfd, &e, sizeof e);
+    _exit(127);
+}
+
+static int32_t do_spawn(char **argv, char **envp, char **paths, uint32_t nout, uint64_t *start) {
+    int out[MAX_OUT_FDS];
+    uint32_t opened = 0;
+    int32_t result;
+    int ep[2] = { -1, -1 };
+    *start = 0;
+
+    for (; opened < nout; opened++) {
+        /*
+         * O_NONBLOCK: the daemon's read end is open, so this cannot block,
+         * and if it is not (a bug) we get ENXIO instead of hanging. The
+         * child must see a blocking stdout, so the flag is cleared again.
+         */
+        int fd = open(paths[opened], O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+        if (fd < 0) { result = -errno; goto out; }
+        unlink(paths[opened]);
+        fd = high_cloexec(fd);
+        int fl = fcntl(fd, F_GETFL);
+        if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) { result = -errno; close(fd); goto out; }
+        out[opened] = fd;
+    }
+    if (pipe2(ep, O_CLOEXEC) < 0) { result = -errno; goto out; }
+    pid_t pid = fork();
+    if (pid < 0) { result = -errno; goto out; }
+    if (pid == 0) child(argv, envp, out, nout, ep[1]);
+    close(ep[1]);
+    ep[1] = -1;
+    int e;
+    ssize_t n;
+    do n = read(ep[0], &e, sizeof e); while (n < 0 && errno == EINTR);
+    if (n == (ssize_t)sizeof e) {
+        /* exec failed: the child has exited with 127; reap it quietly. */
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+        result = -e;
+    } else {
+        /* Not reaped yet: SIGCHLD is only handled back in the main loop. */
+        *start = start_time(pid);
+        result = pid;
+    }
+out:
+    for (uint32_t i = 0; i < opened; i++) close(out[i]);
+    if (ep[0] >= 0) close(ep[0]);
+    if (ep[1] >= 0) close(ep[1]);
+    return result;
+}
+
+/* Split `n` NUL-terminated strings out of p[0, len); NULL when malformed. */
+static char **strings(char *p, size_t len, uint32_t n, size_t *used) {
+    char **v = calloc((size_t)n + 1, sizeof *v);
+    if (!v) die("calloc");
+    size_t off = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        char *nul = off < len ? memchr(p + off, '\0', len - off) : NULL;
+        if (!nul) { free(v); return NULL; }
+        v[i] = p + off;
+        off = (size_t)(nul - p) + 1;
+    }
+    *used = off;
+    return v;
+}
+
+static void protocol_error(const char *what) {
+    fprintf(stderr, "bootc-prestage-spawner: protocol error: %s\n", what);
+    _exit(2);
+}
+
+static void handle(unsigned char *f, uint32_t len) {
+    if (len < 5) protocol_error("short frame");
+    char type = (char)f[0];
+    uint32_t id = get_u32(f + 1);
+    if (type == 'S') {
+        if (len < 17) protocol_error("short spawn request");
+        uint32_t argc = get_u32(f + 5), envc = get_u32(f + 9), nout = get_u32(f + 13);
+        if (argc == 0 || nout > MAX_OUT_FDS || argc > len || envc > len) protocol_error("bad spawn counts");
+        size_t used;
+        char **all = strings((char *)f + 17, len - 17, argc + envc + nout, &used);
+        if (!all) protocol_error("unterminated string in spawn request");
+        /* argv and envp must each end in NULL: copy them apart. */
+        char **argv = calloc((size_t)argc + 1, sizeof *argv);
+        char **envp = calloc((size_t)envc + 1, sizeof *envp);
+        if (!argv || !envp) die("calloc");
+        memcpy(argv, all, argc * sizeof *argv);
+        memcpy(envp, all + argc, envc * sizeof *envp);
+        uint64_t start;
+        int32_t r = do_spawn(argv, envp, all + argc + envc, nout, &start);
+        free(argv);
+        free(envp);
+        free(all);
+        send_event('S', id, r, start);
+    } else if (type == 'F') {
+        if (len < 9) protocol_error("short mkfifo request");
+        uint32_t n = get_u32(f + 5);
+        if (n > len) protocol_error("bad mkfifo count");
+        size_t used;
+        char **paths = strings((char *)f + 9, len - 9, n, &used);
+        if (!paths) protocol_error("unterminated string in mkfifo request");
+        int32_t r = 0;
+        for (uint32_t i = 0; i < n && r == 0; i++) {
+            if (mkfifo(paths[i], 0600) < 0) r = -errno;
+        }
+        free(paths);
+        send_event('F', id, r, 0);
+    } else {
+        protocol_error("unknown request type");
+    }
+}
+
+int main(void) {
+    /* Die with the daemon, even if it is killed before it can close the pipe. */
+    pid_t parent = getppid();
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) < 0) die("prctl(PR_SET_PDEATHSIG)");
+    if (getppid() != parent) return 0;
+    /* A write to a dead daemon's pipe must be EPIPE, not death by signal. */
+    signal(SIGPIPE, SIG_IGN);
+
+    ctl_in = high_cloexec(dup(0));
+    ctl_out = high_cloexec(dup(1));
+    int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (null < 0) die("open /dev/null");
+    dup2(null, 0);
+    dup2(null, 1);
+    close(null);
+
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    if (sigprocmask(SIG_BLOCK, &chld, NULL) < 0) die("sigprocmask");
+    int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sfd < 0) die("signalfd");
+    sfd = high_cloexec(sfd);
+
+    size_t cap = 64 * 1024, have = 0;
+    unsigned char *buf = malloc(cap);
+    if (!buf) die("malloc");
+    for (;;) {
+        struct pollfd p[2] = { { .fd = ctl_in, .events = POLLIN }, { .fd = sfd, .events = POLLIN } };
+        if (poll(p, 2, -1) < 0) {
+            if (errno == EINTR) continue;
+            die("poll");
+        }
+        if (p[1].revents) {
+            struct signalfd_siginfo si;
+            while (read(sfd, &si, sizeof si) > 0) {}
+            reap();
+        }
+        if (p[0].revents) {
+            if (have == cap) {
+                cap *= 2;
+                unsigned char *nb = realloc(buf, cap);
+                if (!nb) die("realloc");
+                buf = nb;
+            }
+            ssize_t n = read(ctl_in, buf + have, cap - have);
+            if (n < 0) {
+                if (errno == EINTR || errno == EAGAIN) continue;
+                die("read");
+            }
+            if (n == 0) return 0; /* the daemon closed the pipe: done */
+            have += (size_t)n;
+            size_t off = 0;
+            while (have - off >= 4) {
+                uint32_t len = get_u32(buf + off);
+                if (len > MAX_FRAME) protocol_error("frame too large");
+                if (have - off - 4 < len) {
+                    /* Incomplete: make room for the whole frame. */
+                    while (cap < (size_t)len + 4) cap *= 2;
+                    break;
+                }
+                handle(buf + off + 4, len);
+                off += 4 + (size_t)len;
+            }
+            memmove(buf, buf + off, have - off);
+            have -= off;
+            if (have == 0 && cap > 64 * 1024) cap = 64 * 1024; /* a large request passed: give it back */
+            unsigned char *nb = realloc(buf, cap);
+            if (!nb) die("realloc");
+            buf = nb;
+        }
+    }
+}
