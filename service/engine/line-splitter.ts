@@ -8,11 +8,35 @@
  * back to a character boundary. Invalid UTF-8 decodes to U+FFFD, as
  * StringDecoder would.
  *
+ * Two ways to receive the lines:
+ * - `new LineSplitter(onLine)`: each line decoded to a string.
+ * - `LineSplitter.bytes(onLine)`: each line as a byte range of a buffer, with
+ *   a flag saying whether it is clean text (valid UTF-8, no '\r'). A hook
+ *   may write a million lines a second and most of them are only copied
+ *   into the transaction log, so nothing per line is decoded or allocated;
+ *   the consumer decodes the few lines it shows. The clean flag costs two
+ *   native scans per read chunk (memchr for '\r', a UTF-8 validation of
+ *   the chunk's whole lines), not a loop over each line in JavaScript.
+ *
  * Memory is bounded by maxLineBytes per splitter whatever the step writes.
  */
+import { isUtf8 } from 'node:buffer';
 
 /** Lines longer than this many bytes are delivered in pieces of at most this size. */
 export const MAX_LINE_BYTES = 64 * 1024;
+
+const NL = 0x0a;
+const CR = 0x0d;
+const EMPTY = Buffer.alloc(0);
+
+/**
+ * One line (or piece of an overlong line) as bytes: `buf[start, end)`,
+ * without its '\n'. The buffer is only valid during the call: the splitter
+ * reuses its own, and a read chunk belongs to the stream. `clean`: the
+ * bytes are valid UTF-8 and hold no '\r', so they can be copied as text
+ * as they are (decoding them would give back the same bytes).
+ */
+export type LineBytesHandler = (buf: Buffer, start: number, end: number, clean: boolean) => void;
 
 /**
  * Largest n <= end such that buf[start, n) does not end inside an incomplete
@@ -33,28 +57,48 @@ export function utf8Boundary(buf: Uint8Array, start: number, end: number): numbe
   return end;
 }
 
+/** buf[start, end) is valid UTF-8 without '\r' (checked natively; for lines not covered by a chunk check). */
+function isCleanText(buf: Buffer, start: number, end: number): boolean {
+  if (start === end) return true;
+  const part = buf.subarray(start, end);
+  return part.indexOf(CR) === -1 && isUtf8(part);
+}
+
+function checkMax(maxLineBytes: number): void {
+  if (!Number.isInteger(maxLineBytes) || maxLineBytes < 4) {
+    // A piece must hold any one character (4 bytes) or cutting could stall.
+    throw new RangeError(`maxLineBytes must be an integer >= 4, not ${maxLineBytes}`);
+  }
+}
+
 /**
- * Splits a byte stream on '\n' and calls `onLine` with each line, without its
- * '\n' (a '\r' before it is kept: the bytes are passed on faithfully).
- * Empty lines are delivered as ''. A line longer than `maxLineBytes` is
- * delivered as several calls of at most `maxLineBytes` bytes each, cut at
- * character boundaries. `end()` delivers a final line that had no '\n'.
+ * Splits a byte stream on '\n' and hands on each line without its '\n' (a
+ * '\r' before it is kept: the bytes are passed on faithfully). Empty lines
+ * are delivered as ''. A line longer than `maxLineBytes` is delivered as
+ * several calls of at most `maxLineBytes` bytes each, cut at character
+ * boundaries. `end()` delivers a final line that had no '\n'.
  */
 export class LineSplitter {
-  private readonly onLine: (line: string) => void;
+  /** Set once, by the constructor or by bytes(). */
+  private emit: LineBytesHandler;
   private readonly max: number;
   /** Bytes of the current, unfinished line (allocated on first need). */
   private pending: Buffer | null = null;
   private pendingLen = 0;
   private ended = false;
 
+  /** Lines decoded to strings (invalid UTF-8 as U+FFFD). */
   constructor(onLine: (line: string) => void, maxLineBytes: number = MAX_LINE_BYTES) {
-    if (!Number.isInteger(maxLineBytes) || maxLineBytes < 4) {
-      // A piece must hold any one character (4 bytes) or cutting could stall.
-      throw new RangeError(`maxLineBytes must be an integer >= 4, not ${maxLineBytes}`);
-    }
-    this.onLine = onLine;
+    checkMax(maxLineBytes);
+    this.emit = (buf, start, end) => onLine(buf.toString('utf8', start, end));
     this.max = maxLineBytes;
+  }
+
+  /** Lines as byte ranges, not decoded; see LineBytesHandler. */
+  static bytes(onLine: LineBytesHandler, maxLineBytes: number = MAX_LINE_BYTES): LineSplitter {
+    const s = new LineSplitter(() => {}, maxLineBytes);
+    s.emit = onLine;
+    return s;
   }
 
   /** Feed the next chunk of the stream. */
@@ -63,20 +107,39 @@ export class LineSplitter {
     const buf = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
     const n = buf.length;
     let pos = 0;
-    while (pos < n) {
-      const nl = buf.indexOf(10, pos);
-      if (nl !== -1 && this.pendingLen === 0 && nl - pos <= this.max) {
-        // The common case: a whole line inside this chunk, decoded in place.
-        this.onLine(buf.toString('utf8', pos, nl));
-        pos = nl + 1;
-        continue;
-      }
-      const end = nl === -1 ? n : nl;
-      this.append(buf, pos, end);
+    if (this.pendingLen > 0) {
+      // Finish the line an earlier chunk left open.
+      const nl = buf.indexOf(NL);
+      this.append(buf, 0, nl === -1 ? n : nl);
       if (nl === -1) return;
       this.flushPending();
       pos = nl + 1;
     }
+    // Every whole line from here to the chunk's last '\n' is checked at once:
+    // a valid UTF-8 run cut at '\n' bytes gives valid UTF-8 lines.
+    const last = buf.lastIndexOf(NL);
+    const allValid = last > pos && isUtf8(buf.subarray(pos, last));
+    let cr = -1; // the next '\r' at or after pos; n when there is none
+    while (pos < n) {
+      const nl = buf.indexOf(NL, pos);
+      if (nl === -1) break;
+      if (nl - pos > this.max) {
+        // Overlong: pieces through the pending buffer, each checked itself.
+        this.append(buf, pos, nl);
+        this.flushPending();
+      } else {
+        let clean: boolean;
+        if (allValid) {
+          if (cr < pos) { cr = buf.indexOf(CR, pos); if (cr === -1) cr = n; }
+          clean = cr >= nl;
+        } else {
+          clean = isCleanText(buf, pos, nl);
+        }
+        this.emit(buf, pos, nl, clean);
+      }
+      pos = nl + 1;
+    }
+    if (pos < n) this.append(buf, pos, n);
   }
 
   /** The stream ended: deliver the unfinished last line, if any. Idempotent. */
@@ -107,14 +170,15 @@ export class LineSplitter {
     const p = this.pending!;
     let cut = utf8Boundary(p, 0, this.max);
     if (cut === 0) cut = this.max; // cannot happen with max >= 4; never emit nothing
-    this.onLine(p.toString('utf8', 0, cut));
+    this.emit(p, 0, cut, isCleanText(p, 0, cut));
     p.copyWithin(0, cut, this.max);
     this.pendingLen = this.max - cut;
   }
 
   private flushPending(): void {
-    const line = this.pending === null ? '' : this.pending.toString('utf8', 0, this.pendingLen);
+    const p = this.pending ?? EMPTY;
+    const len = this.pendingLen;
     this.pendingLen = 0;
-    this.onLine(line);
+    this.emit(p, 0, len, isCleanText(p, 0, len));
   }
 }

@@ -1,8 +1,10 @@
 /**
  * LineSplitter: the same lines whatever the chunking, characters never
- * broken, overlong lines in bounded pieces.
+ * broken, overlong lines in bounded pieces; the byte interface gives the
+ * same lines undecoded, each with the right clean flag.
  */
 import test from 'ava';
+import { isUtf8 } from 'node:buffer';
 import { LineSplitter, MAX_LINE_BYTES, utf8Boundary } from '../../service/engine/line-splitter.js';
 
 function splitChunks(chunks: Uint8Array[], max?: number): string[] {
@@ -12,6 +14,22 @@ function splitChunks(chunks: Uint8Array[], max?: number): string[] {
   s.end();
   return lines;
 }
+
+interface ByteLine { bytes: Buffer; clean: boolean }
+
+/** The byte interface: each line copied during the call (the buffer is only lent). */
+function splitBytes(chunks: Uint8Array[], max?: number): ByteLine[] {
+  const lines: ByteLine[] = [];
+  const s = LineSplitter.bytes((buf, start, end, clean) => {
+    lines.push({ bytes: Buffer.from(buf.subarray(start, end)), clean });
+  }, max);
+  for (const c of chunks) s.push(c);
+  s.end();
+  return lines;
+}
+
+/** What `clean` must say: valid UTF-8 and no '\r'. */
+const isClean = (b: Buffer) => isUtf8(b) && !b.includes(0x0d);
 
 /** Reference: split the bytes on '\n', decode each line whole; a final '' (after a last '\n') is not a line. */
 function reference(bytes: Buffer): string[] {
@@ -165,4 +183,66 @@ test('utf8Boundary - moves a cut back to the start of an incomplete character on
   t.is(utf8Boundary(emoji, 0, 4), 4);
   // Stray continuation bytes are not a character to protect.
   t.is(utf8Boundary(Buffer.from([0x80, 0x80, 0x80, 0x80, 0x80]), 0, 5), 5);
+});
+
+// -- the byte interface ---------------------------------------------------------
+
+/** Byte lines agree with the string interface, and `clean` is exactly right. */
+function checkBytes(t: import('ava').ExecutionContext, chunks: Uint8Array[], max: number | undefined, what: string): boolean {
+  const strings = splitChunks(chunks, max);
+  const bytes = splitBytes(chunks, max);
+  const decoded = bytes.map((l) => l.bytes.toString('utf8'));
+  if (JSON.stringify(decoded) !== JSON.stringify(strings)) {
+    t.fail(`${what}: ${JSON.stringify(decoded)} != ${JSON.stringify(strings)}`);
+    return false;
+  }
+  for (const l of bytes) {
+    if (l.clean !== isClean(l.bytes)) {
+      t.fail(`${what}: clean is ${l.clean} for ${l.bytes.toString('hex')}`);
+      return false;
+    }
+  }
+  return true;
+}
+
+test('LineSplitter.bytes - the same lines as decoding, and the right clean flag, at every pair of cuts', (t) => {
+  for (let i = 0; i <= SAMPLE.length; i++) {
+    for (let j = i; j <= SAMPLE.length; j++) {
+      if (!checkBytes(t, [SAMPLE.subarray(0, i), SAMPLE.subarray(i, j), SAMPLE.subarray(j)], undefined, `cuts ${i}, ${j}`)) return;
+    }
+  }
+  const lines = splitBytes([SAMPLE]);
+  t.deepEqual(lines.map((l) => l.clean), [true, true, false, true], 'the line with \\r is not clean');
+});
+
+test('LineSplitter.bytes - random bytes (invalid UTF-8, NUL, CR) at every cut, also with overlong lines', (t) => {
+  for (let seed = 1; seed <= 20; seed++) {
+    const bytes = randomBytes(200, seed);
+    for (let i = 0; i <= bytes.length; i++) {
+      if (!checkBytes(t, [bytes.subarray(0, i), bytes.subarray(i)], undefined, `seed ${seed}, cut ${i}`)) return;
+      if (!checkBytes(t, [bytes.subarray(0, i), bytes.subarray(i)], 8, `seed ${seed}, cut ${i}, max 8`)) return;
+    }
+  }
+  t.pass();
+});
+
+test('LineSplitter.bytes - one bad line makes only itself unclean; a CR only its own line', (t) => {
+  const input = Buffer.concat([
+    Buffer.from('ok €\n'), Buffer.from([0x62, 0xff, 0x0a]), Buffer.from('fine\nx\r\n\ry\nlast ✓\n'),
+  ]);
+  const lines = splitBytes([input]);
+  t.deepEqual(lines.map((l) => [l.bytes.toString('utf8'), l.clean]), [
+    ['ok €', true], ['b\uFFFD', false], ['fine', true], ['x\r', false], ['\ry', false], ['last ✓', true],
+  ]);
+});
+
+test('LineSplitter.bytes - overlong valid lines come in clean pieces that join to the line', (t) => {
+  const line = 'ab€'.repeat(40_000);
+  const input = Buffer.from(`${line}\nnext\n`);
+  const chunks: Buffer[] = [];
+  for (let i = 0; i < input.length; i += 65536) chunks.push(input.subarray(i, i + 65536));
+  const got = splitBytes(chunks);
+  t.is(got.at(-1)!.bytes.toString(), 'next');
+  t.is(Buffer.concat(got.slice(0, -1).map((l) => l.bytes)).toString(), line);
+  t.true(got.every((l) => l.clean && l.bytes.length <= MAX_LINE_BYTES));
 });
