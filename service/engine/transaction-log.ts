@@ -13,6 +13,13 @@
  * buffer exists only while records are pending at a high rate: a flush by
  * the timer releases it, so thousands of idle transactions in history hold
  * none.
+ *
+ * A hook's output lines come as bytes (writeLine): a clean line (valid
+ * UTF-8, no '\r') is copied into the batch behind a cached
+ * `<time> <hook> ` prefix, never decoded, which is what makes 100 MB of
+ * output cheap; any other line takes the text path, so the file is byte for
+ * byte what write() of the decoded line gives (U+FFFD for invalid
+ * sequences, '\r' escaped).
  */
 import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
@@ -20,6 +27,7 @@ import * as path from 'node:path';
 
 const FLUSH_BYTES = 256 * 1024;
 const FLUSH_MS = 100;
+const NL = 0x0a;
 
 export class TransactionLog {
   private fd: number | null = null;
@@ -29,6 +37,10 @@ export class TransactionLog {
   private timer: NodeJS.Timeout | null = null;
   private lastMs = 0;
   private lastIso = '';
+  /** `<time> <hook> ` as bytes for writeLine, for prefixMs and prefixHook. */
+  private prefix: Buffer | null = null;
+  private prefixMs = 0;
+  private prefixHook = '';
   private failed = false;
 
   constructor(readonly file: string, private readonly onError: (e: Error) => void = () => {}) {}
@@ -46,8 +58,7 @@ export class TransactionLog {
     return this.fd;
   }
 
-  private stamp(): string {
-    const now = Date.now();
+  private stamp(now = Date.now()): string {
     if (now !== this.lastMs) {
       this.lastMs = now;
       this.lastIso = new Date(now).toISOString();
@@ -70,6 +81,49 @@ export class TransactionLog {
     }
     this.buf ??= Buffer.allocUnsafe(FLUSH_BYTES);
     this.bufBytes += this.buf.write(line, this.bufBytes, 'utf8');
+    this.armFlush();
+  }
+
+  /**
+   * Append one record whose text is the bytes `buf[start, end)`, one line of
+   * a hook's output; the bytes are copied before returning. `clean`: the
+   * caller has checked that they are valid UTF-8 without '\r' or '\n'
+   * (LineSplitter.bytes says so per line); they are then copied as they
+   * are. Otherwise the line is decoded and written as write() writes text.
+   * Either way the record is what write(hook, buf.toString('utf8', start,
+   * end)) would append.
+   */
+  writeLine(hook: string, buf: Buffer, start: number, end: number, clean: boolean): void {
+    if (!clean) {
+      this.write(hook, buf.toString('utf8', start, end));
+      return;
+    }
+    const now = Date.now();
+    let prefix = this.prefix;
+    if (prefix === null || now !== this.prefixMs || hook !== this.prefixHook) {
+      prefix = this.prefix = Buffer.from(`${this.stamp(now)} ${hook || '-'} `, 'utf8');
+      this.prefixMs = now;
+      this.prefixHook = hook;
+    }
+    const need = prefix.length + (end - start) + 1;
+    if (this.bufBytes + need > FLUSH_BYTES) {
+      this.flush(true);
+      if (need > FLUSH_BYTES) {
+        this.writeOut(Buffer.concat([prefix, buf.subarray(start, end), Buffer.of(NL)]));
+        return;
+      }
+    }
+    const out = this.buf ??= Buffer.allocUnsafe(FLUSH_BYTES);
+    let o = this.bufBytes;
+    out.set(prefix, o);
+    o += prefix.length;
+    o += buf.copy(out, o, start, end);
+    out[o++] = NL;
+    this.bufBytes = o;
+    this.armFlush();
+  }
+
+  private armFlush(): void {
     if (this.timer === null) {
       this.timer = setTimeout(() => this.flush(), FLUSH_MS);
       this.timer.unref();
