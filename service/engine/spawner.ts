@@ -103,6 +103,8 @@ export class Spawner {
   private readonly running = new Map<number, ExitCallback>();
   private inbuf: Buffer = Buffer.alloc(0);
   private deadReason: string | null = null;
+  /** It has answered a request: it runs on this machine. */
+  answered = false;
   private idleTimer: NodeJS.Timeout | null = null;
   private refed = false;
 
@@ -118,6 +120,11 @@ export class Spawner {
 
   get alive(): boolean {
     return this.deadReason === null;
+  }
+
+  /** The helper's pid (0 if it never started), for logs and tests. */
+  get pid(): number {
+    return this.child.pid ?? 0;
   }
 
   /**
@@ -179,7 +186,13 @@ export class Spawner {
     this.updateRef();
   }
 
+  /** Why it is gone; null while alive. */
+  get reason(): string | null {
+    return this.deadReason;
+  }
+
   private onEvent(f: Buffer): void {
+    this.answered = true;
     const type = String.fromCharCode(f[0]!);
     const a = f.readUInt32LE(1);
     const b = f.readInt32LE(5);
@@ -256,6 +269,9 @@ export function sharedSpawner(): Spawner | null {
   }
   const s = new Spawner(file, (gone) => {
     if (shared === gone) shared = null;
+    // One that never answered cannot run here (missing, not executable, wrong
+    // architecture): do not fork a new one for every step.
+    if (!gone.answered) disabled = gone.reason ?? 'failed';
   });
   shared = s;
   return s;
