@@ -44,7 +44,7 @@
  *   dbus-next requires them inside try/catch and falls back, as unbundled.
  */
 import { build } from 'esbuild';
-import { chmodSync, existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -157,11 +157,20 @@ function dedupePlugin() {
 }
 
 /** Replace what is left of non-ASCII (comments only) by '?' per UTF-16 unit; see the header. */
-function asciiOnly(file) {
-  const text = readFileSync(file, 'utf8');
+function asciiOnly(text) {
   // eslint-disable-next-line no-control-regex
-  const ascii = text.replace(/[^\x00-\x7f]/g, '?');
-  if (ascii !== text) writeFileSync(file, ascii);
+  return text.replace(/[^\x00-\x7f]/g, '?');
+}
+
+/**
+ * Write by rename, so that a daemon or test started while `npm run build`
+ * runs reads the old file or the new one, never half of one.
+ */
+function writeAtomically(file, text, mode) {
+  const tmp = `${file}.tmp-${process.pid}`;
+  writeFileSync(tmp, text, { mode });
+  chmodSync(tmp, mode); // whatever the umask
+  renameSync(tmp, file);
 }
 
 /** The package directory (under node_modules) of a bundled input path, or null for our own code. */
@@ -199,7 +208,7 @@ function writeLicences(metafile) {
     '',
   ];
   for (const e of entries) lines.push('='.repeat(78), `${e.id} (${e.license})`, '', e.text, '');
-  writeFileSync(path.join(DIST, 'bundled-licenses.txt'), lines.join('\n'));
+  writeAtomically(path.join(DIST, 'bundled-licenses.txt'), lines.join('\n'), 0o644);
 }
 
 /** Step: the bundles; see the header. */
@@ -235,10 +244,13 @@ async function bundles() {
         ].join('\n'),
       },
       metafile: true,
+      write: false,
       logLevel: 'warning',
     });
-    asciiOnly(outfile);
-    chmodSync(outfile, 0o755);
+    for (const f of result.outputFiles) {
+      if (f.path === outfile) writeAtomically(f.path, asciiOnly(f.text), 0o755);
+      else writeAtomically(f.path, f.text, 0o644);
+    }
     metafiles.push(result.metafile);
   }
   writeLicences({ outputs: Object.assign({}, ...metafiles.map((m) => m.outputs)) });

@@ -166,7 +166,7 @@ No usable system bus: serving ${BUS_NAME} on a private bus.
   ${bc} introspect ${BUS_NAME} /org/containers/bootc/PreStage
   ${bc} call ${BUS_NAME} /org/containers/bootc/PreStage ${BUS_NAME} ListHooks s ${dep}
   ${bc} call ${BUS_NAME} /org/containers/bootc/PreStage ${BUS_NAME} StartPreStage 'sa{sv}' ${dep} 0
-  node dist/service/bin/bootc-prestage.js --address=${address} start ${dep}
+  node dist/bootc-prestage.mjs --address=${address} start ${dep}
 Demo deployment (a real ostree sysroot under .state/): ${dep}
 Press Ctrl-C to stop.
 

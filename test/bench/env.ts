@@ -26,7 +26,8 @@ export const REPO_ROOT = (() => {
   return dir;
 })();
 
-export const DAEMON_ENTRY = path.join(REPO_ROOT, 'dist', 'service', 'bin', 'bootc-prestaged.js');
+/** The daemon as it ships: packaging/build.mjs's bundle of tsc's output. */
+export const DAEMON_ENTRY = path.join(REPO_ROOT, 'dist', 'bootc-prestaged.mjs');
 export const SERVICE = 'org.containers.bootc.PreStage';
 export const MANAGER_PATH = '/org/containers/bootc/PreStage';
 export const TX_IFACE = 'org.containers.bootc.PreStage.Transaction';

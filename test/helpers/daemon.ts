@@ -1,11 +1,11 @@
 /**
- * The real daemon (`node dist/service/bin/bootc-prestaged.js`, built by
- * `npm run build`, which `npm test` runs first) on a private test bus, and
+ * The real daemon (`node dist/bootc-prestaged.mjs`, the bundle that ships,
+ * built by `npm run build`, which `npm test` runs first) on a private test bus, and
  * `withDaemon`, in the shape of got's `withServer`: bus, sysroot, state
  * directory, root directory, daemon and a client, all torn down by the
  * test's teardown, leaving no process behind.
  */
-import { existsSync, promises as fsp } from 'node:fs';
+import { existsSync, promises as fsp, readdirSync, statSync } from 'node:fs';
 import type { ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 import type { ExecutionContext } from 'ava';
@@ -18,8 +18,29 @@ import {
 } from './processes.js';
 import { makeTmpDir, removeDir, REPO_ROOT, writeFiles, type FileSpec } from './tmp.js';
 
-/** The daemon's entry point as `npm run build` emits it. */
-export const DAEMON_ENTRY = path.join(REPO_ROOT, 'dist', 'service', 'bin', 'bootc-prestaged.js');
+/** The daemon's entry point as `npm run build` emits it (packaging/build.mjs bundles tsc's output). */
+export const DAEMON_ENTRY = path.join(REPO_ROOT, 'dist', 'bootc-prestaged.mjs');
+
+/**
+ * Throws unless the bundle `entry` exists and is not older than any file
+ * tsc emitted under dist/service: after a bare `tsc` the bundle would still
+ * hold the previous code, and a test would pass or fail on yesterday's daemon.
+ */
+export function assertBuilt(entry: string): void {
+  const rebuild = "run 'npm run build' (tsc, then packaging/build.mjs; npm test runs it first)";
+  if (!existsSync(entry)) throw new Error(`${entry} does not exist: ${rebuild}`);
+  const built = statSync(entry).mtimeMs;
+  const visit = (dir: string): void => {
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      const p = path.join(dir, e.name);
+      if (e.isDirectory()) visit(p);
+      else if (e.name.endsWith('.js') && statSync(p).mtimeMs > built) {
+        throw new Error(`${entry} is older than ${p}: ${rebuild}`);
+      }
+    }
+  };
+  visit(path.join(REPO_ROOT, 'dist', 'service'));
+}
 
 export interface StartDaemonOptions {
   bus: TestBus;
@@ -82,9 +103,7 @@ function lastLines(lines: string[], n = 40): string {
  * ready in time.
  */
 export async function startDaemon(opts: StartDaemonOptions): Promise<TestDaemon> {
-  if (!existsSync(DAEMON_ENTRY)) {
-    throw new Error(`${DAEMON_ENTRY} does not exist: run 'npm run build' (npm test runs it first)`);
-  }
+  assertBuilt(DAEMON_ENTRY);
   const owned: { dirs: string[]; sysroot: Sysroot | null } = { dirs: [], sysroot: null };
   const ownDir = async (prefix: string): Promise<string> => {
     const d = await makeTmpDir({ prefix });

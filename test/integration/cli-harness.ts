@@ -1,17 +1,17 @@
 /**
- * Running the real `bootc-prestage` command (dist/service/bin/bootc-prestage.js,
+ * Running the real `bootc-prestage` command (dist/bootc-prestage.mjs, the bundle,
  * built by `npm run build`, which `npm test` runs first) against a test
  * bus: to completion with its output collected, or in the background to
  * interrupt it; and small builders for the hook files the CLI tests use.
  */
-import { existsSync } from 'node:fs';
 import type { ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
+import { assertBuilt } from '../helpers/daemon.js';
 import { exited, exitedWithin, lineCollector, spawnTied, terminate, type ExitInfo } from '../helpers/processes.js';
 import { FIXTURES_DIR, REPO_ROOT } from '../helpers/tmp.js';
 import { quoteCommandLine } from '../../service/engine/command-line.js';
 
-export const CLI_ENTRY = path.join(REPO_ROOT, 'dist', 'service', 'bin', 'bootc-prestage.js');
+export const CLI_ENTRY = path.join(REPO_ROOT, 'dist', 'bootc-prestage.mjs');
 /** The directory holding the stand-in `bootc` (put first on PATH). */
 export const BOOTC_STANDIN_DIR = path.join(FIXTURES_DIR, 'bootc');
 
@@ -34,7 +34,7 @@ export interface CliResult {
 }
 
 function cliArgv(args: string[], opts: CliOptions): { cmd: string; argv: string[] } {
-  if (!existsSync(CLI_ENTRY)) throw new Error(`${CLI_ENTRY} does not exist: run 'npm run build'`);
+  assertBuilt(CLI_ENTRY);
   const full = [CLI_ENTRY, ...(opts.address ? ['--address', opts.address] : []), ...args];
   if (opts.uid === undefined) return { cmd: process.execPath, argv: full };
   return {

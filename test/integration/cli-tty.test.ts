@@ -38,7 +38,7 @@ interface Terminal {
 }
 
 /**
- * Run `node bootc-prestage.js ARGS` in a fresh tmux server; after it exits
+ * Run `node bootc-prestage.mjs ARGS` in a fresh tmux server; after it exits
  * the pane shows `EXIT=<status>` and stays open for inspection.
  */
 async function inTerminal(t: ExecutionContext, args: string[], env: Record<string, string> = {}): Promise<Terminal> {

@@ -379,7 +379,7 @@ test('daemon - startDaemon reports the output of a daemon that exits at start', 
 });
 
 test('daemon - withDaemon starts the real daemon, which owns the name; teardown leaves nothing', async (t) => {
-  t.true(DAEMON_ENTRY.endsWith('dist/service/bin/bootc-prestaged.js'));
+  t.true(DAEMON_ENTRY.endsWith('dist/bootc-prestaged.mjs'), 'the bundle that ships is what is tested');
   const ctx = await withDaemon(t);
   const owner = await ctx.client.nameOwner(SERVICE);
   t.is(owner, ctx.daemon.uniqueName);
