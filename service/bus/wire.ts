@@ -320,18 +320,26 @@ const I64_MIN = -0x8000000000000000n;
 const I64_MAX = 0x7fffffffffffffffn;
 const TWO_32 = 4294967296;
 
-/** Keep a grown scratch buffer only up to this size between messages. */
-const SCRATCH_KEEP = 1 << 20;
-const SCRATCH_INITIAL = 1 << 16;
+/** Messages are cut from slabs of this size (a bigger one for a bigger message). */
+const SLAB_BYTES = 1 << 18;
+/** Start a new slab when less than this is left in the current one. */
+const SLAB_MIN_ROOM = 1 << 12;
 
 /**
- * Writes one message into a reusable scratch buffer. `pos` is the absolute
- * offset in the message, so alignment is `pos`'s (the body starts on an
- * 8-byte boundary, as the specification requires).
+ * Writes messages one after another into a slab and hands each out as a
+ * view of it (as Node's Buffer pool does): no copy and no allocation per
+ * message. A message starts at `base`, 8-aligned in the slab, so an
+ * absolute offset has the alignment of the offset in the message (the
+ * body starts on an 8-byte boundary, as the specification requires).
+ * Bytes before `base` belong to messages already handed out and are
+ * never written again; a slab is dropped, not reused, when full.
  */
 class Encoder {
   buf: Buffer;
   dv: DataView;
+  /** Where the message being written starts in `buf`. */
+  base = 0;
+  /** The next byte to write, an absolute offset in `buf`. */
   pos = 0;
   fds: number[] | null = null;
   /** Length of `fds` before this message: 'h' indices count from here. */
@@ -343,23 +351,53 @@ class Encoder {
     this.dv = new DataView(this.buf.buffer, this.buf.byteOffset, this.buf.byteLength);
   }
 
+  /** Start a message at the next 8-aligned offset, in a new slab if need be. */
+  begin(): void {
+    const base = (this.pos + 7) & -8;
+    if (this.buf.length - base < SLAB_MIN_ROOM || this.buf.length > SLAB_BYTES) {
+      this.newSlab(SLAB_BYTES);
+      this.base = 0;
+    } else {
+      this.base = base;
+    }
+    this.pos = this.base;
+  }
+
+  /** The finished message: a view of the slab, which moves on past it. */
+  finish(): Buffer {
+    return this.buf.subarray(this.base, this.pos);
+  }
+
+  /** Forget a message that failed: the next one starts at the same place. */
+  abandon(): void {
+    this.pos = this.base;
+  }
+
+  private newSlab(size: number): void {
+    this.buf = Buffer.allocUnsafeSlow(size);
+    this.dv = new DataView(this.buf.buffer, this.buf.byteOffset, this.buf.byteLength);
+  }
+
   /** Room for `n` more bytes; the message limit is enforced here. */
   ensure(n: number): void {
     if (this.pos + n > this.buf.length) this.grow(this.pos + n);
   }
 
+  /**
+   * Move the message to a bigger slab, at the same offset, so that every
+   * offset taken so far (array length slots, the body start) stays valid.
+   */
   private grow(need: number): void {
     // Padding and the 3-bytes-per-char string estimate may ask a little
     // past the limit; the exact check is done on the finished message.
-    if (need > MAX_MESSAGE_BYTES + 1024) {
+    if (need - this.base > MAX_MESSAGE_BYTES + 1024) {
       throw new MarshalError(`the message is longer than the D-Bus limit of ${MAX_MESSAGE_BYTES} bytes`);
     }
-    let size = this.buf.length * 2;
+    let size = Math.max(SLAB_BYTES, this.buf.length);
     while (size < need) size *= 2;
-    const next = Buffer.allocUnsafeSlow(size);
-    this.buf.copy(next, 0, 0, this.pos);
-    this.buf = next;
-    this.dv = new DataView(next.buffer, next.byteOffset, next.byteLength);
+    const old = this.buf;
+    this.newSlab(size);
+    old.copy(this.buf, this.base, this.base, this.pos);
   }
 
   /** Zero-pad to a multiple of `a` (a power of two). Caller ensured room. */
@@ -474,6 +512,12 @@ class Encoder {
         if (typeof v !== 'number' || (v >>> 0) !== v) throw this.intError(t, v, '0..4294967295');
         this.u32(v);
         return;
+      case STRUCT:
+        this.struct(t, v, depth);
+        return;
+      case A:
+        this.array(t, v, depth);
+        return;
       case I:
         if (typeof v !== 'number' || (v | 0) !== v) throw this.intError(t, v, '-2147483648..2147483647');
         this.u32(v);
@@ -548,12 +592,6 @@ class Encoder {
         }
         return;
       }
-      case STRUCT:
-        this.struct(t, v, depth);
-        return;
-      case A:
-        this.array(t, v, depth);
-        return;
       default:
         throw new MarshalError(`cannot marshal type '${t.sig}'`);
     }
@@ -646,12 +684,6 @@ class Encoder {
     }
   }
 
-  /** The message's bytes, copied out of the scratch buffer. */
-  take(): Buffer {
-    const out = Buffer.allocUnsafe(this.pos);
-    this.buf.copy(out, 0, 0, this.pos);
-    return out;
-  }
 }
 
 /**
@@ -683,7 +715,7 @@ function dictKey(t: TypeNode, k: string): unknown {
   throw new MarshalError(`dict key ${JSON.stringify(k)} is not a '${t.sig}'`);
 }
 
-const shared = new Encoder(SCRATCH_INITIAL);
+const shared = new Encoder(SLAB_BYTES);
 
 /**
  * The bytes of `msg` on the wire (little endian, protocol version 1),
@@ -701,25 +733,22 @@ const shared = new Encoder(SCRATCH_INITIAL);
 export function marshalMessage(msg: Message, fds?: number[]): Buffer {
   // A getter or proxy in a body could send another message while this one
   // is half-built: it gets an encoder of its own.
-  const enc = shared.busy ? new Encoder(1024) : shared;
+  const enc = shared.busy ? new Encoder(SLAB_MIN_ROOM) : shared;
   enc.busy = true;
-  enc.pos = 0;
+  enc.begin();
   const fdStart = fds === undefined ? 0 : fds.length;
   enc.fds = fds ?? null;
   enc.fdBase = fdStart;
   try {
     writeMessage(enc, msg);
-    return enc.take();
+    return enc.finish();
   } catch (e) {
+    enc.abandon();
     if (fds !== undefined) fds.length = fdStart;
     throw e;
   } finally {
     enc.busy = false;
     enc.fds = null;
-    if (enc === shared && enc.buf.length > SCRATCH_KEEP) {
-      shared.buf = Buffer.allocUnsafeSlow(SCRATCH_INITIAL);
-      shared.dv = new DataView(shared.buf.buffer, shared.buf.byteOffset, shared.buf.byteLength);
-    }
   }
 }
 
@@ -788,14 +817,15 @@ function writeMessage(enc: Encoder, msg: Message): void {
   if (type === ERROR && !errorName) throw missing('errorName');
   if ((type === ERROR || type === METHOD_RETURN) && !replySerial) throw missing('replySerial');
 
+  const base = enc.base;
   enc.ensure(16);
   const b = enc.buf;
-  b[0] = 0x6c; // 'l': little endian
-  b[1] = type;
-  b[2] = flags;
-  b[3] = 1; // protocol version
-  enc.u32At(8, serial);
-  enc.pos = 16;
+  b[base] = 0x6c; // 'l': little endian
+  b[base + 1] = type;
+  b[base + 2] = flags;
+  b[base + 3] = 1; // protocol version
+  enc.u32At(base + 8, serial);
+  enc.pos = base + 16;
 
   // Header fields in code order, each present when truthy (as dbus-next).
   if (path) {
@@ -845,7 +875,6 @@ function writeMessage(enc: Encoder, msg: Message): void {
     // UNIX_FDS is the last field: it goes where the body now starts (an
     // 8-aligned slot of exactly 8 bytes), and the body moves up by 8,
     // which keeps every alignment within it.
-    enc.pos = end;
     enc.ensure(8);
     enc.buf.copyWithin(bodyStart + 8, bodyStart, end);
     enc.pos = bodyStart;
@@ -854,10 +883,11 @@ function writeMessage(enc: Encoder, msg: Message): void {
     bodyStart += 8;
     end += 8;
   }
-  if (end > MAX_MESSAGE_BYTES) {
-    throw new MarshalError(`the message is ${end} bytes, longer than the D-Bus limit of ${MAX_MESSAGE_BYTES}`);
+  if (end - base > MAX_MESSAGE_BYTES) {
+    throw new MarshalError(`the message is ${end - base} bytes, longer than the D-Bus limit of ${MAX_MESSAGE_BYTES}`);
   }
-  enc.u32At(4, end - bodyStart);
-  enc.u32At(12, fieldsEnd - 16);
+  // The buffer may have been replaced while the body was written.
+  enc.u32At(base + 4, end - bodyStart);
+  enc.u32At(base + 12, fieldsEnd - base - 16);
   enc.pos = end;
 }
