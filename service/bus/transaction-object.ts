@@ -4,9 +4,12 @@
  * TransactionHandle (a snapshot plus an event stream) into properties and
  * signals, rate-limited so a chatty hook cannot flood the bus.
  *
- * Rate limits (rxjs; intervals configurable for tests):
- * - HookProgress: grouped per hook, each group throttled (leading and
- *   trailing) to one signal per 50 ms; the latest value is always sent.
+ * Rate limits (intervals configurable for tests):
+ * - HookProgress: per hook, at most one signal per PROGRESS_INTERVAL_MS
+ *   (56 ms), leading and trailing, the latest value always sent; the
+ *   signals a flush forces (before HookFinished, before Finished) restart
+ *   the interval too, so a hook gets at most 20 in any second: 18 spaced
+ *   ones and the 2 a flush can force.
  * - PropertiesChanged: never in the turn of the event loop of the change
  *   (so a method's reply goes first; see coalesce.ts), then at most one
  *   per 50 ms for the whole object, counting the emissions that the
@@ -19,6 +22,10 @@
  *   cap are counted per hook and reported as one
  *   `Message(hook, "[N lines suppressed; see GetLog]")` when the window
  *   rolls over or the hook finishes. The full output stays in the log.
+ *   The engine applies the same cap to each step's output before decoding
+ *   it (message-limiter.ts) and reports the lines it held back as
+ *   `messages-suppressed` counts, which join the same notices (at once
+ *   when no window is open: its window has ended).
  * - HookStarted, HookFinished and Finished are never dropped, nor delayed
  *   past the turn of the event loop in which they happen: when several
  *   hooks finish in one turn, the signals after the first HookFinished are
@@ -36,11 +43,10 @@
  * that the throttles only tick: a flush publishes the registers at once,
  * and the throttle's later trailing tick then finds nothing left to send.
  */
-import {
-  Subject, Subscription, asyncScheduler, groupBy, mergeMap, throttleTime, timer,
-} from 'rxjs';
+import { Subscription, timer } from 'rxjs';
 import type { TransactionHandle } from '../engine/api.js';
 import type { Logger } from '../engine/logger.js';
+import { MESSAGE_LINES_PER_WINDOW, MESSAGE_WINDOW_MS } from '../engine/message-limiter.js';
 import type { TransactionEvent, TransactionSnapshot } from '../engine/types.js';
 import { errorNameFor } from './error-names.js';
 import { toBusString, toPercent, toUint32, toUint64 } from './marshal.js';
@@ -50,8 +56,15 @@ import {
 import type { InterfaceImpl, ObjectRegistry } from './object-server.js';
 import { decodeLogOptions } from './options.js';
 
+/**
+ * Minimum spacing of HookProgress per hook, ms: 18 spaced signals fit in a
+ * second (17 x 56 = 952, 18 x 56 > 1000), leaving room for the 2 a flush
+ * can force, so a hook never gets more than 20 in any 1 s window.
+ */
+export const PROGRESS_INTERVAL_MS = 56;
+
 export interface RateLimits {
-  /** Minimum spacing of HookProgress per hook, ms. Default 50 (20/s). */
+  /** Minimum spacing of HookProgress per hook, ms. Default PROGRESS_INTERVAL_MS. */
   progressIntervalMs: number;
   /** Minimum spacing of PropertiesChanged per object, ms. Default 50. */
   propertiesIntervalMs: number;
@@ -62,10 +75,11 @@ export interface RateLimits {
 }
 
 export const DEFAULT_RATE_LIMITS: Readonly<RateLimits> = Object.freeze({
-  progressIntervalMs: 50,
+  progressIntervalMs: PROGRESS_INTERVAL_MS,
   propertiesIntervalMs: 50,
-  messagesPerWindow: 50,
-  messageWindowMs: 1000,
+  // The engine holds back each step's lines over the same cap (message-limiter.ts).
+  messagesPerWindow: MESSAGE_LINES_PER_WINDOW,
+  messageWindowMs: MESSAGE_WINDOW_MS,
 });
 
 /** Longest Message line or status text sent in a signal; GetLog has the rest. */
@@ -137,9 +151,12 @@ export class TransactionObject {
   private finishedThisTurn = false;
   /** Signals held to the end of the turn (see 'hook-finished'); null when not holding. */
   private held: [SignalName<typeof TRANSACTION>, unknown[]][] | null = null;
-  private readonly progressTick$ = new Subject<string>();
-  /** Progress not yet sent, per hook (the throttles only tick). */
+  /** Progress not yet sent, per hook (the timers only tick). */
   private readonly pendingProgress = new Map<string, { percent: number; status: string }>();
+  /** performance.now() of the last HookProgress sent, per hook. */
+  private readonly lastProgressAt = new Map<string, number>();
+  /** Per hook: a trailing HookProgress is due. */
+  private readonly progressTimers = new Map<string, NodeJS.Timeout>();
   /** Lines over the cap in the current window, per hook. */
   private readonly suppressed = new Map<string, number>();
   private windowSub: Subscription | null = null;
@@ -189,13 +206,6 @@ export class TransactionObject {
     this.registry.exportObject({ path: this.path, interfaces: [this.impl()] });
     this.exported = true;
 
-    this.subs.add(this.progressTick$.pipe(
-      groupBy((hook) => hook),
-      mergeMap((group) => group.pipe(
-        throttleTime(this.limits.progressIntervalMs, asyncScheduler, { leading: true, trailing: true }),
-      )),
-    ).subscribe((hook) => this.publishProgress(hook)));
-
     this.subs.add(this.handle.state$.subscribe({
       next: () => this.scheduleProperties(),
       error: (e: unknown) => this.log.error(`state stream failed: ${(e as Error).message}`, { transaction: this.id }),
@@ -227,8 +237,10 @@ export class TransactionObject {
     this.subs.unsubscribe();
     this.windowSub = null;
     this.clearPropertiesSchedule();
-    this.progressTick$.complete();
+    for (const t of this.progressTimers.values()) clearTimeout(t);
+    this.progressTimers.clear();
     this.pendingProgress.clear();
+    this.lastProgressAt.clear();
     this.suppressed.clear();
     if (this.exported) this.registry.unexportObject(this.path);
     this.exported = false;
@@ -245,10 +257,15 @@ export class TransactionObject {
         return;
       case 'hook-progress':
         this.pendingProgress.set(ev.hook, { percent: toPercent(ev.percent), status: toBusString(ev.status, MAX_LINE_BYTES) });
-        this.progressTick$.next(ev.hook);
+        this.scheduleProgress(ev.hook);
         return;
       case 'message':
         this.onMessage(ev.hook, ev.line);
+        return;
+      case 'messages-suppressed':
+        this.suppressed.set(ev.hook, (this.suppressed.get(ev.hook) ?? 0) + ev.count);
+        // No window open: the engine's window these lines fell in is over.
+        if (this.windowSub === null) this.publishSuppressed(ev.hook);
         return;
       case 'hook-finished':
         if (this.finishedThisTurn && this.held === null) {
@@ -303,10 +320,32 @@ export class TransactionObject {
     this.emit('Message', [toBusString(hook), `[${n} line${n === 1 ? '' : 's'} suppressed; see GetLog]`]);
   }
 
+  /**
+   * A HookProgress is owed for `hook`: now if the last one is an interval
+   * old (leading), else when it will be (trailing, with the value latest
+   * by then). One timer per hook at most.
+   */
+  private scheduleProgress(hook: string): void {
+    if (this.progressTimers.has(hook)) return;
+    const wait = (this.lastProgressAt.get(hook) ?? -Infinity) + this.limits.progressIntervalMs - performance.now();
+    if (wait <= 0) {
+      this.publishProgress(hook);
+      return;
+    }
+    // +1: a timer may fire up to a millisecond early by performance.now().
+    // A flush may have sent meanwhile, which restarts the interval: check again.
+    this.progressTimers.set(hook, setTimeout(() => {
+      this.progressTimers.delete(hook);
+      if (this.pendingProgress.has(hook)) this.scheduleProgress(hook);
+    }, Math.ceil(wait) + 1));
+  }
+
+  /** Send the hook's pending progress now, if any; a forced send counts for the spacing too. */
   private publishProgress(hook: string): void {
     const p = this.pendingProgress.get(hook);
     if (!p) return;
     this.pendingProgress.delete(hook);
+    this.lastProgressAt.set(hook, performance.now());
     this.emit('HookProgress', [toBusString(hook), p.percent, p.status]);
   }
 

@@ -41,6 +41,7 @@ import {
 } from './process-tree.js';
 import { writeFileAtomic } from './fs-atomic.js';
 import { replayJournal } from './recovery.js';
+import { MessageLimiter } from './message-limiter.js';
 import { runStep, type RunningStep, type StepOutcome } from './step-runner.js';
 import { Transaction, phaseOrder } from './transaction.js';
 import type {
@@ -812,6 +813,9 @@ export class Engine implements EngineApi {
     tx.log.write(h.name, `${rollback ? 'rollback ' : ''}${phase} step: ${quoteCommandLine(argv)}`);
     this.log.debug(`${rollback ? 'rollback ' : ''}${phase} step started`, fields);
     let lastStatus = '';
+    // Every line goes to the log as bytes; only those the Message cap lets
+    // through are decoded into events, the rest are counted (message-limiter.ts).
+    const messages = new MessageLimiter((count) => tx.emit({ type: 'messages-suppressed', hook: h.name, count }));
     // Trust again, now: a commit may run long after the prepare that
     // checked, and a program others can change must not run as root.
     const distrust = await programTrustProblem(argv[0]!, this.opts.trustedUid);
@@ -823,9 +827,12 @@ export class Engine implements EngineApi {
         timeoutMs: h.definition.timeoutSec === null ? null : h.definition.timeoutSec * 1000,
         killGraceMs: this.opts.killGraceMs,
       }, {
-        output: (_stream, line) => {
-          tx.log.write(h.name, line);
-          tx.emit({ type: 'message', hook: h.name, line });
+        outputLines: (_stream, buf, lines) => {
+          tx.log.writeLines(h.name, buf, lines);
+          const shown = messages.admit(lines.count);
+          for (let i = 0; i < shown; i++) {
+            tx.emit({ type: 'message', hook: h.name, line: buf.toString('utf8', lines.starts[i], lines.ends[i]) });
+          }
         },
         progress: (percent) => {
           if (!rollback) tx.setHook(index, { percent });
@@ -865,6 +872,8 @@ export class Engine implements EngineApi {
     if (!rollback && (tx.cancelRequested || run.deadlineHit)) step.cancel();
     const out = await step.done;
     run.current = null;
+    // The count of the last window goes out before hook-finished.
+    messages.flush();
     // Stopping: leave the step without a `done` record so the next start recovers it.
     if (this.closing) throw new PreStageError('Internal', 'the daemon is shutting down');
     await tx.journal!.append({

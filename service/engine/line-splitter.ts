@@ -10,13 +10,15 @@
  *
  * Two ways to receive the lines:
  * - `new LineSplitter(onLine)`: each line decoded to a string.
- * - `LineSplitter.bytes(onLine)`: each line as a byte range of a buffer, with
- *   a flag saying whether it is clean text (valid UTF-8, no '\r'). A hook
- *   may write a million lines a second and most of them are only copied
- *   into the transaction log, so nothing per line is decoded or allocated;
- *   the consumer decodes the few lines it shows. The clean flag costs two
- *   native scans per read chunk (memchr for '\r', a UTF-8 validation of
- *   the chunk's whole lines), not a loop over each line in JavaScript.
+ * - `LineSplitter.batches(onLines)`: the lines of each read chunk at once,
+ *   as byte ranges of the chunk (a LineBatch), each with a flag saying
+ *   whether it is clean text (valid UTF-8, no '\r'). A hook may write a
+ *   million lines a second and most of them are only copied into the
+ *   transaction log, so nothing per line is decoded, allocated or called:
+ *   the consumer handles a chunk's lines in one call (one timestamp, one
+ *   copy of the chunk) and decodes the few lines it shows. The clean flag
+ *   costs two native scans per chunk (memchr for '\r', a UTF-8 validation
+ *   of the chunk's whole lines), not a JavaScript loop over each line.
  *
  * Memory is bounded by maxLineBytes per splitter whatever the step writes.
  */
@@ -30,13 +32,30 @@ const CR = 0x0d;
 const EMPTY = Buffer.alloc(0);
 
 /**
- * One line (or piece of an overlong line) as bytes: `buf[start, end)`,
- * without its '\n'. The buffer is only valid during the call: the splitter
- * reuses its own, and a read chunk belongs to the stream. `clean`: the
- * bytes are valid UTF-8 and hold no '\r', so they can be copied as text
- * as they are (decoding them would give back the same bytes).
+ * Lines found in one buffer, in order: line i (i < count) is
+ * `buf[starts[i], ends[i])`, without its '\n'; `clean[i]` is 1 when those
+ * bytes are valid UTF-8 and hold no '\r', so they can be copied as text as
+ * they are (decoding would give back the same bytes). The splitter reuses
+ * the batch and the buffer may be its own: both are lent for the call only.
  */
-export type LineBytesHandler = (buf: Buffer, start: number, end: number, clean: boolean) => void;
+export class LineBatch {
+  count = 0;
+  readonly starts: Int32Array;
+  readonly ends: Int32Array;
+  readonly clean: Uint8Array;
+
+  constructor(capacity: number) {
+    this.starts = new Int32Array(capacity);
+    this.ends = new Int32Array(capacity);
+    this.clean = new Uint8Array(capacity);
+  }
+}
+
+/** Called with each batch: see LineBatch. */
+export type LineBatchHandler = (buf: Buffer, lines: LineBatch) => void;
+
+/** Lines per batch at most (a 64 KiB chunk of short lines comes in a few). */
+const BATCH_LINES = 1024;
 
 /**
  * Largest n <= end such that buf[start, n) does not end inside an incomplete
@@ -79,8 +98,12 @@ function checkMax(maxLineBytes: number): void {
  * boundaries. `end()` delivers a final line that had no '\n'.
  */
 export class LineSplitter {
-  /** Set once, by the constructor or by bytes(). */
-  private emit: LineBytesHandler;
+  /** String mode: the line callback; null in batch mode. */
+  private onLine: ((line: string) => void) | null;
+  /** Batch mode (set by batches()): the batch callback, the batch and the buffer its lines are in. */
+  private onBatch: LineBatchHandler | null = null;
+  private batch: LineBatch | null = null;
+  private batchBuf: Buffer | null = null;
   private readonly max: number;
   /** Bytes of the current, unfinished line (allocated on first need). */
   private pending: Buffer | null = null;
@@ -90,14 +113,16 @@ export class LineSplitter {
   /** Lines decoded to strings (invalid UTF-8 as U+FFFD). */
   constructor(onLine: (line: string) => void, maxLineBytes: number = MAX_LINE_BYTES) {
     checkMax(maxLineBytes);
-    this.emit = (buf, start, end) => onLine(buf.toString('utf8', start, end));
+    this.onLine = onLine;
     this.max = maxLineBytes;
   }
 
-  /** Lines as byte ranges, not decoded; see LineBytesHandler. */
-  static bytes(onLine: LineBytesHandler, maxLineBytes: number = MAX_LINE_BYTES): LineSplitter {
+  /** Lines as byte ranges in batches, not decoded; see LineBatch. */
+  static batches(onLines: LineBatchHandler, maxLineBytes: number = MAX_LINE_BYTES): LineSplitter {
     const s = new LineSplitter(() => {}, maxLineBytes);
-    s.emit = onLine;
+    s.onLine = null;
+    s.onBatch = onLines;
+    s.batch = new LineBatch(BATCH_LINES);
     return s;
   }
 
@@ -115,9 +140,10 @@ export class LineSplitter {
       this.flushPending();
       pos = nl + 1;
     }
-    // Every whole line from here to the chunk's last '\n' is checked at once:
-    // a valid UTF-8 run cut at '\n' bytes gives valid UTF-8 lines.
-    const last = buf.lastIndexOf(NL);
+    // Batch mode checks every whole line from here to the chunk's last '\n'
+    // at once: a valid UTF-8 run cut at '\n' bytes gives valid UTF-8 lines.
+    const batch = this.batch !== null;
+    const last = batch ? buf.lastIndexOf(NL) : -1;
     const allValid = last > pos && isUtf8(buf.subarray(pos, last));
     let cr = -1; // the next '\r' at or after pos; n when there is none
     while (pos < n) {
@@ -127,6 +153,8 @@ export class LineSplitter {
         // Overlong: pieces through the pending buffer, each checked itself.
         this.append(buf, pos, nl);
         this.flushPending();
+      } else if (!batch) {
+        this.onLine!(buf.toString('utf8', pos, nl));
       } else {
         let clean: boolean;
         if (allValid) {
@@ -135,10 +163,11 @@ export class LineSplitter {
         } else {
           clean = isCleanText(buf, pos, nl);
         }
-        this.emit(buf, pos, nl, clean);
+        this.add(buf, pos, nl, clean);
       }
       pos = nl + 1;
     }
+    this.deliver();
     if (pos < n) this.append(buf, pos, n);
   }
 
@@ -150,8 +179,43 @@ export class LineSplitter {
     this.pending = null;
   }
 
+  /** Queue one line of `buf` in the batch; a batch holds lines of one buffer only. */
+  private add(buf: Buffer, s: number, e: number, clean: boolean): void {
+    const b = this.batch!;
+    if (b.count > 0 && this.batchBuf !== buf) this.deliver();
+    this.batchBuf = buf;
+    b.starts[b.count] = s;
+    b.ends[b.count] = e;
+    b.clean[b.count] = clean ? 1 : 0;
+    if (++b.count === b.starts.length) this.deliver();
+  }
+
+  private deliver(): void {
+    const b = this.batch;
+    if (b === null || b.count === 0) return;
+    const buf = this.batchBuf!;
+    this.batchBuf = null;
+    try {
+      this.onBatch!(buf, b);
+    } finally {
+      b.count = 0;
+    }
+  }
+
+  /** One line or piece from the pending buffer, delivered at once (the buffer is reused next). */
+  private emitPending(p: Buffer, len: number): void {
+    if (this.batch === null) {
+      this.onLine!(p.toString('utf8', 0, len));
+      return;
+    }
+    this.add(p, 0, len, isCleanText(p, 0, len));
+    this.deliver();
+  }
+
   /** Append buf[s, e) (all of one line) to the pending line, emitting full pieces. */
   private append(buf: Buffer, s: number, e: number): void {
+    // Lines of this chunk queued before an overlong one go first.
+    this.deliver();
     while (s < e) {
       if (this.pendingLen === this.max) this.emitPiece();
       this.pending ??= Buffer.allocUnsafe(this.max);
@@ -170,15 +234,14 @@ export class LineSplitter {
     const p = this.pending!;
     let cut = utf8Boundary(p, 0, this.max);
     if (cut === 0) cut = this.max; // cannot happen with max >= 4; never emit nothing
-    this.emit(p, 0, cut, isCleanText(p, 0, cut));
+    this.emitPending(p, cut);
     p.copyWithin(0, cut, this.max);
     this.pendingLen = this.max - cut;
   }
 
   private flushPending(): void {
-    const p = this.pending ?? EMPTY;
     const len = this.pendingLen;
     this.pendingLen = 0;
-    this.emit(p, 0, len, isCleanText(p, 0, len));
+    this.emitPending(this.pending ?? EMPTY, len);
   }
 }

@@ -35,7 +35,7 @@ import type { Readable } from 'node:stream';
 import { getSystemErrorMap } from 'node:util';
 import { PreStageError } from './errors.js';
 import { SpawnerUnavailable, sharedSpawner, type ExitStatus, type Spawned, type Spawner } from './spawner.js';
-import { LineSplitter } from './line-splitter.js';
+import { LineSplitter, type LineBatch } from './line-splitter.js';
 import { NotifyParser, type NotifyUpdate } from './notify-parser.js';
 import {
   filterByEnv, processStartTime, processesSince, readProcStat, terminateGroup, terminateProcesses, type ProcessRef,
@@ -87,8 +87,17 @@ export interface StepSpec {
 }
 
 export interface StepSink {
-  /** One line of output, without its '\n'; lines over 64 KiB arrive in pieces. */
-  output(stream: 'stdout' | 'stderr', line: string): void;
+  /**
+   * One line of output, without its '\n', decoded; lines over 64 KiB arrive
+   * in pieces. Not called when the sink has outputLines.
+   */
+  output?(stream: 'stdout' | 'stderr', line: string): void;
+  /**
+   * The same lines undecoded, a read chunk's worth at a time (see
+   * LineBatch; `buf` and `lines` are lent for the call only). For a sink
+   * that decodes few of many lines.
+   */
+  outputLines?(stream: 'stdout' | 'stderr', buf: Buffer, lines: LineBatch): void;
   /** Latest value only, coalesced per read chunk. */
   progress(percent: number): void;
   /** Latest value only, coalesced per read chunk. */
@@ -501,8 +510,8 @@ class StepRun implements RunningStep {
     this.graceMs = spec.killGraceMs ?? DEFAULT_KILL_GRACE_MS;
     this.deadline = spec.timeoutMs === null ? null : this.t0 + spec.timeoutMs;
     this.done = new Promise((resolve) => { this.resolveDone = resolve; });
-    this.out = new LineSplitter((line) => this.call(() => sink.output('stdout', line)));
-    this.err = new LineSplitter((line) => this.call(() => sink.output('stderr', line)));
+    this.out = this.lineSplitter('stdout');
+    this.err = this.lineSplitter('stderr');
     this.notify = new NotifyParser({
       onIgnored: sink.notifyIgnored ? (line, reason) => this.ignored(line, reason) : undefined,
     });
@@ -663,6 +672,13 @@ class StepRun implements RunningStep {
   }
 
   // -- input ---------------------------------------------------------------
+
+  /** Lines in batches for sink.outputLines if it has it, else one by one decoded for sink.output. */
+  private lineSplitter(stream: 'stdout' | 'stderr'): LineSplitter {
+    const sink = this.sink;
+    if (sink.outputLines === undefined) return new LineSplitter((line) => this.call(() => sink.output?.(stream, line)));
+    return LineSplitter.batches((buf, lines) => this.call(() => sink.outputLines!(stream, buf, lines)));
+  }
 
   private onData(name: StreamName, chunk: Buffer): void {
     if (this.finished) return;

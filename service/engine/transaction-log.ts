@@ -14,19 +14,24 @@
  * the timer releases it, so thousands of idle transactions in history hold
  * none.
  *
- * A hook's output lines come as bytes (writeLine): a clean line (valid
- * UTF-8, no '\r') is copied into the batch behind a cached
- * `<time> <hook> ` prefix, never decoded, which is what makes 100 MB of
- * output cheap; any other line takes the text path, so the file is byte for
- * byte what write() of the decoded line gives (U+FFFD for invalid
- * sequences, '\r' escaped).
+ * A hook's output lines come as bytes, a read chunk's worth at a time
+ * (writeLines): clean lines (valid UTF-8, no '\r') are never decoded. Their
+ * bytes are copied once into a staging area behind the batch, then each is
+ * moved into place behind a `<time> <hook> ` prefix cached per millisecond
+ * (copyWithin: no allocation and no call into C++ per line, which is what
+ * makes 100 MB of output cheap). Any other line takes the text path, so the
+ * file is byte for byte what write() of the decoded line gives (U+FFFD for
+ * invalid sequences, '\r' escaped).
  */
 import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
+import type { LineBatch } from './line-splitter.js';
 
 const FLUSH_BYTES = 256 * 1024;
 const FLUSH_MS = 100;
+/** After the records in the batch buffer: the staging area of writeLines. */
+const STAGE_BYTES = 64 * 1024;
 const NL = 0x0a;
 
 export class TransactionLog {
@@ -37,7 +42,7 @@ export class TransactionLog {
   private timer: NodeJS.Timeout | null = null;
   private lastMs = 0;
   private lastIso = '';
-  /** `<time> <hook> ` as bytes for writeLine, for prefixMs and prefixHook. */
+  /** `<time> <hook> ` as bytes for writeLines, for prefixMs and prefixHook. */
   private prefix: Buffer | null = null;
   private prefixMs = 0;
   private prefixHook = '';
@@ -79,25 +84,25 @@ export class TransactionLog {
         return;
       }
     }
-    this.buf ??= Buffer.allocUnsafe(FLUSH_BYTES);
-    this.bufBytes += this.buf.write(line, this.bufBytes, 'utf8');
+    this.bufBytes += this.batch().write(line, this.bufBytes, 'utf8');
     this.armFlush();
   }
 
+  /** The batch buffer: FLUSH_BYTES of records, then STAGE_BYTES of staging. */
+  private batch(): Buffer {
+    return this.buf ??= Buffer.allocUnsafe(FLUSH_BYTES + STAGE_BYTES);
+  }
+
   /**
-   * Append one record whose text is the bytes `buf[start, end)`, one line of
-   * a hook's output; the bytes are copied before returning. `clean`: the
-   * caller has checked that they are valid UTF-8 without '\r' or '\n'
-   * (LineSplitter.bytes says so per line); they are then copied as they
-   * are. Otherwise the line is decoded and written as write() writes text.
-   * Either way the record is what write(hook, buf.toString('utf8', start,
-   * end)) would append.
+   * Append one record per line of `lines` (lines of `buf`, a hook's output;
+   * see LineBatch), all with the same time. The bytes are copied before
+   * returning. A clean line is copied as it is; any other is decoded and
+   * written as write() writes text. Either way each record is what
+   * write(hook, buf.toString('utf8', start, end)) would append.
    */
-  writeLine(hook: string, buf: Buffer, start: number, end: number, clean: boolean): void {
-    if (!clean) {
-      this.write(hook, buf.toString('utf8', start, end));
-      return;
-    }
+  writeLines(hook: string, buf: Buffer, lines: LineBatch): void {
+    const { count, starts, ends, clean } = lines;
+    if (count === 0) return;
     const now = Date.now();
     let prefix = this.prefix;
     if (prefix === null || now !== this.prefixMs || hook !== this.prefixHook) {
@@ -105,21 +110,45 @@ export class TransactionLog {
       this.prefixMs = now;
       this.prefixHook = hook;
     }
-    const need = prefix.length + (end - start) + 1;
-    if (this.bufBytes + need > FLUSH_BYTES) {
-      this.flush(true);
-      if (need > FLUSH_BYTES) {
-        this.writeOut(Buffer.concat([prefix, buf.subarray(start, end), Buffer.of(NL)]));
-        return;
+    const plen = prefix.length;
+    let i = 0;
+    while (i < count) {
+      if (clean[i] === 0) {
+        this.write(hook, buf.toString('utf8', starts[i], ends[i]));
+        i += 1;
+        continue;
       }
+      // A run of clean lines whose bytes fit the staging area: one copy in.
+      const base = starts[i]!;
+      let j = i;
+      while (j < count && clean[j] === 1 && ends[j]! - base <= STAGE_BYTES) j++;
+      if (j === i) {
+        // One line longer than the staging area (not from LineSplitter, whose lines are at most 64 KiB).
+        this.flush(true);
+        this.writeOut(Buffer.concat([prefix, buf.subarray(starts[i], ends[i]), Buffer.of(NL)]));
+        i += 1;
+        continue;
+      }
+      let out = this.batch();
+      buf.copy(out, FLUSH_BYTES, base, ends[j - 1]);
+      for (let k = i; k < j; k++) {
+        const s = FLUSH_BYTES + starts[k]! - base;
+        const e = FLUSH_BYTES + ends[k]! - base;
+        if (this.bufBytes + plen + (e - s) + 1 > FLUSH_BYTES) {
+          // Writes the records only; the staging area is kept with the buffer.
+          this.flush(true);
+          out = this.batch();
+        }
+        let o = this.bufBytes;
+        out.set(prefix, o);
+        o += plen;
+        out.copyWithin(o, s, e);
+        o += e - s;
+        out[o++] = NL;
+        this.bufBytes = o;
+      }
+      i = j;
     }
-    const out = this.buf ??= Buffer.allocUnsafe(FLUSH_BYTES);
-    let o = this.bufBytes;
-    out.set(prefix, o);
-    o += prefix.length;
-    o += buf.copy(out, o, start, end);
-    out[o++] = NL;
-    this.bufBytes = o;
     this.armFlush();
   }
 

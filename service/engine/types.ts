@@ -92,4 +92,10 @@ export type TransactionEvent =
   | { type: 'hook-progress'; hook: string; percent: number; status: string }
   | { type: 'hook-finished'; hook: string; result: StepResult; message: string }
   | { type: 'message'; hook: string; line: string }
+  /**
+   * `count` more output lines of `hook` that were written to the log but
+   * not emitted as `message` (over the Message cap; see message-limiter.ts).
+   * Reported at the end of each window and before the hook's hook-finished.
+   */
+  | { type: 'messages-suppressed'; hook: string; count: number }
   | { type: 'finished'; state: TransactionState; error: ErrorCode | ''; message: string };

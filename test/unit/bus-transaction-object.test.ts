@@ -8,7 +8,9 @@
 import test from 'ava';
 import { Variant } from 'dbus-next';
 import type { ExportedObject, MethodCall, ObjectRegistry } from '../../service/bus/object-server.js';
-import { TransactionObject, transactionProperties, type RateLimits } from '../../service/bus/transaction-object.js';
+import {
+  PROGRESS_INTERVAL_MS, TransactionObject, transactionProperties, type RateLimits,
+} from '../../service/bus/transaction-object.js';
 import { PreStageError } from '../../service/engine/errors.js';
 import { nullLogger } from '../../service/engine/logger.js';
 import { FakeEngine, type FakeTransaction } from '../helpers/fake-engine.js';
@@ -26,11 +28,11 @@ class Recorder implements ObjectRegistry {
   unexportObject(path: string) { return this.objects.delete(path); }
   isExported(path: string) { return this.objects.has(path); }
   emitSignal(_path: string, _iface: string, member: string, _sig: string, body: unknown[]) {
-    this.out.push({ at: Date.now(), member, body });
+    this.out.push({ at: performance.now(), member, body });
     return true;
   }
   emitPropertiesChanged(_path: string, _iface: string, changed: Record<string, unknown>) {
-    this.out.push({ at: Date.now(), member: 'PropertiesChanged', body: [changed] });
+    this.out.push({ at: performance.now(), member: 'PropertiesChanged', body: [changed] });
     return true;
   }
   members(): string[] { return this.out.map((e) => e.member); }
@@ -103,6 +105,51 @@ test.serial('10,000 progress events - at most ~20 HookProgress per second, the l
   obj.dispose();
 });
 
+/** The most signals of `list` in any window [t, t + 1000 ms). */
+function maxInOneSecond(list: Emitted[]): number {
+  let max = 0;
+  for (let i = 0, j = 0; i < list.length; i++) {
+    while (list[i]!.at - list[j]!.at >= 1000) j++;
+    max = Math.max(max, i - j + 1);
+  }
+  return max;
+}
+
+test.serial('a hook sending progress for 3 s gets at most 20 HookProgress in any second, flushes included', async (t) => {
+  const { tx, rec, obj } = setup();
+  tx.beginPhase('prepare');
+  tx.hookStarted('alpha');
+  const end = performance.now() + 3000;
+  let i = 0;
+  while (performance.now() < end) {
+    for (let k = 0; k < 50; k++) tx.progress('alpha', i++ % 100, `s${i}`);
+    await sleep(1);
+  }
+  // The flushes a hook's end forces: before HookFinished, and (after a
+  // rollback step of the same hook sent more) before Finished.
+  tx.progress('alpha', 42, 'last');
+  tx.hookFinished('alpha', 'failed', 'exit 1');
+  tx.progress('alpha', 7, 'rollback');
+  tx.finish('failed', 'HookFailed', 'alpha failed');
+  const progress = rec.of('HookProgress');
+  const max = maxInOneSecond(progress);
+  t.log(`${progress.length} HookProgress in ${((progress.at(-1)!.at - progress[0]!.at) / 1000).toFixed(2)} s, at most ${max} in one second`);
+  t.true(max <= 20, `${max} HookProgress in one second`);
+  t.true(progress.length >= 40, 'progress keeps flowing');
+  // Spaced by the interval, except the ones a flush forced (right before HookFinished or Finished).
+  for (let k = 1; k < progress.length; k++) {
+    const gap = progress[k]!.at - progress[k - 1]!.at;
+    const next = rec.out[rec.out.indexOf(progress[k]!) + 1]?.member;
+    if (next !== 'HookFinished' && next !== 'PropertiesChanged' && next !== 'Finished') {
+      t.true(gap >= PROGRESS_INTERVAL_MS - 0.5, `HookProgress ${k} came ${gap.toFixed(1)} ms after the one before`);
+    }
+  }
+  const beforeFinished = rec.out.slice(0, rec.members().indexOf('HookFinished'));
+  t.deepEqual(beforeFinished.filter((e) => e.member === 'HookProgress').at(-1)!.body, ['alpha', 42, 'last']);
+  t.deepEqual(progress.at(-1)!.body, ['alpha', 7, 'rollback']);
+  obj.dispose();
+});
+
 test.serial('progress is throttled per hook: a busy hook does not starve another', async (t) => {
   const { tx, rec, obj } = setup();
   tx.hookStarted('alpha');
@@ -156,6 +203,36 @@ test.serial('Message lines - the default cap is 50 per second', async (t) => {
   await sleep(750);
   t.is(rec.of('Message').length, 51);
   t.deepEqual(rec.of('Message').at(-1)!.body, ['alpha', '[70 lines suppressed; see GetLog]']);
+  obj.dispose();
+});
+
+test.serial('Message lines - engine counts join the window\'s notice; with no window open they are reported at once', async (t) => {
+  const { tx, rec, obj } = setup({ messageWindowMs: 200 });
+  for (let i = 0; i < 60; i++) tx.message('alpha', `line ${i}`);
+  tx.emit({ type: 'messages-suppressed', hook: 'alpha', count: 1000 });
+  t.is(rec.of('Message').length, 50, 'a count in an open window waits for its end');
+  await sleep(260);
+  t.deepEqual(rec.of('Message').at(-1)!.body, ['alpha', '[1010 lines suppressed; see GetLog]']);
+  t.is(rec.of('Message').length, 51);
+  // No window open now: the engine's window those lines were in has ended.
+  tx.emit({ type: 'messages-suppressed', hook: 'alpha', count: 1 });
+  t.deepEqual(rec.of('Message').at(-1)!.body, ['alpha', '[1 line suppressed; see GetLog]']);
+  await sleep(260);
+  t.is(rec.of('Message').length, 52, 'reported once');
+  obj.dispose();
+});
+
+test.serial('Message lines - an engine count before hook-finished is reported before HookFinished', async (t) => {
+  const { tx, rec, obj } = setup({ messageWindowMs: 10_000 });
+  tx.beginPhase('prepare');
+  tx.hookStarted('alpha');
+  for (let i = 0; i < 50; i++) tx.message('alpha', `l${i}`);
+  tx.emit({ type: 'messages-suppressed', hook: 'alpha', count: 950 });
+  tx.hookFinished('alpha', 'success', 'done');
+  const seq = rec.out.filter((e) => e.member === 'Message' || e.member === 'HookFinished');
+  t.is(seq.length, 52);
+  t.deepEqual(seq.at(-2)!.body, ['alpha', '[950 lines suppressed; see GetLog]']);
+  t.is(seq.at(-1)!.member, 'HookFinished');
   obj.dispose();
 });
 

@@ -17,11 +17,14 @@ function splitChunks(chunks: Uint8Array[], max?: number): string[] {
 
 interface ByteLine { bytes: Buffer; clean: boolean }
 
-/** The byte interface: each line copied during the call (the buffer is only lent). */
-function splitBytes(chunks: Uint8Array[], max?: number): ByteLine[] {
+/** The batch interface, flattened: each line copied during the call (buffer and batch are only lent). */
+function splitBytes(chunks: Uint8Array[], max?: number, batches?: number[]): ByteLine[] {
   const lines: ByteLine[] = [];
-  const s = LineSplitter.bytes((buf, start, end, clean) => {
-    lines.push({ bytes: Buffer.from(buf.subarray(start, end)), clean });
+  const s = LineSplitter.batches((buf, b) => {
+    batches?.push(b.count);
+    for (let i = 0; i < b.count; i++) {
+      lines.push({ bytes: Buffer.from(buf.subarray(b.starts[i], b.ends[i])), clean: b.clean[i] === 1 });
+    }
   }, max);
   for (const c of chunks) s.push(c);
   s.end();
@@ -185,7 +188,7 @@ test('utf8Boundary - moves a cut back to the start of an incomplete character on
   t.is(utf8Boundary(Buffer.from([0x80, 0x80, 0x80, 0x80, 0x80]), 0, 5), 5);
 });
 
-// -- the byte interface ---------------------------------------------------------
+// -- the batch interface ---------------------------------------------------------
 
 /** Byte lines agree with the string interface, and `clean` is exactly right. */
 function checkBytes(t: import('ava').ExecutionContext, chunks: Uint8Array[], max: number | undefined, what: string): boolean {
@@ -205,7 +208,7 @@ function checkBytes(t: import('ava').ExecutionContext, chunks: Uint8Array[], max
   return true;
 }
 
-test('LineSplitter.bytes - the same lines as decoding, and the right clean flag, at every pair of cuts', (t) => {
+test('LineSplitter.batches - the same lines as decoding, and the right clean flag, at every pair of cuts', (t) => {
   for (let i = 0; i <= SAMPLE.length; i++) {
     for (let j = i; j <= SAMPLE.length; j++) {
       if (!checkBytes(t, [SAMPLE.subarray(0, i), SAMPLE.subarray(i, j), SAMPLE.subarray(j)], undefined, `cuts ${i}, ${j}`)) return;
@@ -215,7 +218,7 @@ test('LineSplitter.bytes - the same lines as decoding, and the right clean flag,
   t.deepEqual(lines.map((l) => l.clean), [true, true, false, true], 'the line with \\r is not clean');
 });
 
-test('LineSplitter.bytes - random bytes (invalid UTF-8, NUL, CR) at every cut, also with overlong lines', (t) => {
+test('LineSplitter.batches - random bytes (invalid UTF-8, NUL, CR) at every cut, also with overlong lines', (t) => {
   for (let seed = 1; seed <= 20; seed++) {
     const bytes = randomBytes(200, seed);
     for (let i = 0; i <= bytes.length; i++) {
@@ -226,7 +229,7 @@ test('LineSplitter.bytes - random bytes (invalid UTF-8, NUL, CR) at every cut, a
   t.pass();
 });
 
-test('LineSplitter.bytes - one bad line makes only itself unclean; a CR only its own line', (t) => {
+test('LineSplitter.batches - one bad line makes only itself unclean; a CR only its own line', (t) => {
   const input = Buffer.concat([
     Buffer.from('ok €\n'), Buffer.from([0x62, 0xff, 0x0a]), Buffer.from('fine\nx\r\n\ry\nlast ✓\n'),
   ]);
@@ -236,7 +239,7 @@ test('LineSplitter.bytes - one bad line makes only itself unclean; a CR only its
   ]);
 });
 
-test('LineSplitter.bytes - overlong valid lines come in clean pieces that join to the line', (t) => {
+test('LineSplitter.batches - overlong valid lines come in clean pieces that join to the line', (t) => {
   const line = 'ab€'.repeat(40_000);
   const input = Buffer.from(`${line}\nnext\n`);
   const chunks: Buffer[] = [];
@@ -245,4 +248,20 @@ test('LineSplitter.bytes - overlong valid lines come in clean pieces that join t
   t.is(got.at(-1)!.bytes.toString(), 'next');
   t.is(Buffer.concat(got.slice(0, -1).map((l) => l.bytes)).toString(), line);
   t.true(got.every((l) => l.clean && l.bytes.length <= MAX_LINE_BYTES));
+});
+
+test('LineSplitter.batches - a chunk of many short lines comes in few batches, in order', (t) => {
+  const input = Buffer.from(Array.from({ length: 5000 }, (_, i) => `l${i}\n`).join(''));
+  const sizes: number[] = [];
+  const got = splitBytes([input.subarray(0, 30_001), input.subarray(30_001)], undefined, sizes);
+  t.deepEqual(got.map((l) => l.bytes.toString()), Array.from({ length: 5000 }, (_, i) => `l${i}`));
+  t.true(sizes.length <= 8, `${sizes.length} batches: ${sizes.join(' ')}`);
+  t.true(sizes.every((n) => n > 0 && n <= 1024));
+});
+
+test('LineSplitter.batches - the line a chunk finishes and an overlong line keep their place among batched lines', (t) => {
+  const max = 8;
+  const chunks = [Buffer.from('ab'), Buffer.from('c\nd\nlong-line-here\ne\nf')];
+  const got = splitBytes(chunks, max).map((l) => l.bytes.toString());
+  t.deepEqual(got, ['abc', 'd', 'long-lin', 'e-here', 'e', 'f']);
 });

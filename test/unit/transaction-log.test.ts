@@ -2,6 +2,7 @@ import test from 'ava';
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { LineBatch } from '../../service/engine/line-splitter.js';
 import { TransactionLog } from '../../service/engine/transaction-log.js';
 
 async function tmpLog(t: import('ava').ExecutionContext): Promise<TransactionLog> {
@@ -50,7 +51,19 @@ async function withoutTimes(log: TransactionLog): Promise<string> {
   return text.replace(/^\S+ /gm, 'T ');
 }
 
-test('transaction log - writeLine writes exactly what write() of the decoded line writes', async (t) => {
+/** A batch of the given [start, end, clean] lines. */
+function batchOf(lines: [number, number, boolean][]): LineBatch {
+  const b = new LineBatch(Math.max(1, lines.length));
+  for (const [s, e, clean] of lines) {
+    b.starts[b.count] = s;
+    b.ends[b.count] = e;
+    b.clean[b.count] = clean ? 1 : 0;
+    b.count++;
+  }
+  return b;
+}
+
+test('transaction log - writeLines writes exactly what write() of each decoded line writes', async (t) => {
   const lines: [Buffer, boolean][] = [
     [Buffer.from('plain ascii'), true],
     [Buffer.from(''), true],
@@ -61,35 +74,56 @@ test('transaction log - writeLine writes exactly what write() of the decoded lin
     [Buffer.from([0xed, 0xa0, 0x80]), false], // an encoded surrogate
     [Buffer.from('NUL\0inside'), true],
     [Buffer.from('x'.repeat(65536)), true],
+    [Buffer.from('after the long one'), true],
   ];
+  // All lines in one buffer between other bytes, as a read chunk holds them.
+  const parts: Buffer[] = [Buffer.from('<<')];
+  const bounds: [number, number, boolean][] = [];
+  let at = 2;
+  for (const [line, clean] of lines) {
+    bounds.push([at, at + line.length, clean]);
+    parts.push(line, Buffer.from('\n'));
+    at += line.length + 1;
+  }
+  const chunk = Buffer.concat(parts);
   const bytes = await tmpLog(t);
   const text = await tmpLog(t);
   for (let round = 0; round < 40; round++) {
-    for (const [line, clean] of lines) {
-      // In the middle of a larger buffer, as a read chunk lends it.
-      const chunk = Buffer.concat([Buffer.from('<<'), line, Buffer.from('>>')]);
-      bytes.writeLine(round % 2 ? 'hook-a' : '', chunk, 2, 2 + line.length, clean);
-      text.write(round % 2 ? 'hook-a' : '', line.toString('utf8'));
+    const hook = round % 2 ? 'hook-a' : '';
+    // Whole and in two batches, so runs start anywhere.
+    const cut = round % bounds.length;
+    if (round % 3 === 0) bytes.writeLines(hook, chunk, batchOf(bounds));
+    else {
+      bytes.writeLines(hook, chunk, batchOf(bounds.slice(0, cut)));
+      bytes.writeLines(hook, chunk, batchOf(bounds.slice(cut)));
     }
+    for (const [line] of lines) text.write(hook, line.toString('utf8'));
     bytes.write('hook-a', `event ${round}\nwith a newline`);
     text.write('hook-a', `event ${round}\nwith a newline`);
   }
   const got = await withoutTimes(bytes);
   t.is(got, await withoutTimes(text));
-  // 40 rounds of 10 records: more than one 256 KiB batch, so flushes happened in between.
-  t.is(got.split('\n').length - 1, 400);
-  t.true(got.includes('T hook-a b\uFFFDa\uFFFD\n'.replace(/\uFFFD/g, '\xef\xbf\xbd')));
+  // 40 rounds of 11 records: several 256 KiB batches, so flushes happened inside runs.
+  t.is(got.split('\n').length - 1, 440);
+  t.true(got.includes('T hook-a b\xef\xbf\xbda\xef\xbf\xbd\n'));
   t.true(got.includes('T - with a CR\\r\n'));
 });
 
-test('transaction log - writeLine keeps records in order with write() and tail() reads them', async (t) => {
+test('transaction log - writeLines keeps records in order with write() and tail() reads them', async (t) => {
   const log = await tmpLog(t);
   const chunk = Buffer.from('one\ntwo\nthree\n');
-  log.writeLine('h', chunk, 0, 3, true);
+  log.writeLines('h', chunk, batchOf([[0, 3, true]]));
   log.write('', 'an event');
-  log.writeLine('h', chunk, 4, 7, true);
-  log.writeLine('h', chunk, 8, 13, true);
+  log.writeLines('h', chunk, batchOf([[4, 7, true], [8, 13, true]]));
   const lines = await log.tail(10);
   t.deepEqual(lines.map((l) => l.slice(l.indexOf(' ') + 1)), ['h one', '- an event', 'h two', 'h three']);
   t.true(lines.every((l) => /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z /.test(l)));
+});
+
+test('transaction log - writeLines copes with a line longer than its staging area', async (t) => {
+  const log = await tmpLog(t);
+  const big = Buffer.from(`a\n${'y'.repeat(100_000)}\nb\n`);
+  log.writeLines('h', big, batchOf([[0, 1, true], [2, 100_002, true], [100_003, 100_004, true]]));
+  const lines = await log.tail(10);
+  t.deepEqual(lines.map((l) => l.slice(l.indexOf(' ') + 1)), ['h a', `h ${'y'.repeat(100_000)}`, 'h b']);
 });
