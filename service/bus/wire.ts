@@ -21,8 +21,8 @@
  * What must stay true:
  * - anything dbus-next would refuse to marshal is refused here too, with a
  *   `MarshalError` thrown synchronously (BusConnection.send's contract), and
- *   nothing is half-written: the bytes are built in a scratch buffer and
- *   copied out only when the whole message is done;
+ *   nothing is half-sent: the bytes are handed out only when the whole
+ *   message is done;
  * - the spec's limits hold for every message sent (dbus-daemon drops a
  *   connection that sends a malformed message, which would end the
  *   daemon): names and paths valid, strings without NUL, signatures valid
@@ -427,8 +427,9 @@ class Encoder {
   /** A string's UTF-8 bytes with a 4-byte length and a NUL (s, o). */
   string(s: string): void {
     const n = s.length;
-    // UTF-8 needs at most 3 bytes per UTF-16 unit; exact for huge ones.
-    const room = n > 1 << 20 ? Buffer.byteLength(s, 'utf8') : n * 3;
+    // UTF-8 needs at most 3 bytes per UTF-16 unit; exact for long ones,
+    // so a big string does not reserve three times its size.
+    const room = n > 1024 ? Buffer.byteLength(s, 'utf8') : n * 3;
     this.ensure(room + 8);
     this.pad(4);
     const b = this.buf;

@@ -95,6 +95,8 @@ const unicode: [string, string][] = [
   ['49 ASCII chars', 'y'.repeat(49)],
   ['non-ASCII at the end of a short string', 'abcdefé'],
   ['long mixed', `${'ab€'.repeat(100)}😀`],
+  ['over 1024 units with lone surrogates (sized exactly)', `${'é\ud800x🚀'.repeat(400)}\udc00`],
+  ['over 1024 ASCII chars', 'z'.repeat(5000)],
 ];
 for (const [title, s] of unicode) {
   test(`unicode: ${title}`, sameAsDbusNext, () => signal('sas', [s, [s, '', s]]));
@@ -609,10 +611,10 @@ test('refuses 65 nested variants (the spec allows 64 containers)', (t) => {
     sig = 'v';
   }
   t.throws(() => marshalMessage(signal('v', [deep])), { instanceOf: MarshalError, message: /more than 64 nested containers/ });
-  // 63 nested variants (64 containers with the outermost) are fine.
+  // 64 are fine.
   let ok: unknown = 'x';
   sig = 's';
-  for (let i = 0; i < 63; i++) {
+  for (let i = 0; i < 64; i++) {
     ok = v(sig, ok);
     sig = 'v';
   }
