@@ -15,7 +15,11 @@
  * works on the bytes of each chunk in place: it allocates nothing per line
  * (only the last STATUS of a chunk is decoded), and it returns one update per
  * chunk carrying the last PROGRESS, the last STATUS and the largest extension
- * seen in it. Memory is bounded by the line limit.
+ * seen in it. Memory is bounded by the line limit. The line a flood is made
+ * of, `PROGRESS=<n>`, is recognised and parsed in a single pass over its
+ * bytes (a third of the cost of finding its '\n' with indexOf first); any
+ * line that is not exactly that takes the general path, so the results do
+ * not depend on which path saw a line.
  */
 import { utf8Boundary } from './line-splitter.js';
 
@@ -42,6 +46,9 @@ export interface NotifyParserOptions {
 }
 
 const PROGRESS = Buffer.from('PROGRESS=');
+const PROGRESS_LEN = PROGRESS.length;
+/** Bytes after the 'P' of the shortest PROGRESS line, "PROGRESS=0\n". */
+const PROGRESS_LINE_MIN = PROGRESS_LEN + 1;
 const STATUS = Buffer.from('STATUS=');
 const EXTEND = Buffer.from('EXTEND_TIMEOUT_USEC=');
 const NL = 10;
@@ -127,6 +134,15 @@ export class NotifyParser {
       pos = nl + 1;
     }
     while (pos < n) {
+      if (buf[pos] === 0x50 && n - pos > PROGRESS_LINE_MIN) {
+        // The line a progress flood is made of, PROGRESS=<1-3 digits>\n,
+        // parsed in one pass over its bytes: no memchr call per line.
+        const v = this.progressLine(buf, pos, n);
+        if (v >= 0) {
+          pos = v;
+          continue;
+        }
+      }
       const nl = buf.indexOf(NL, pos);
       if (nl === -1) {
         if (n - pos > this.max) {
@@ -146,6 +162,26 @@ export class NotifyParser {
       pos = nl + 1;
     }
     return this.result();
+  }
+
+  /**
+   * If buf[pos, ...) holds a whole valid `PROGRESS=<0..100>` line within the
+   * limit, take its value and return the position after its '\n';
+   * otherwise -1, and the general path parses the line (same result).
+   */
+  private progressLine(buf: Buffer, pos: number, n: number): number {
+    for (let k = 1; k < PROGRESS_LEN; k++) if (buf[pos + k] !== PROGRESS[k]) return -1;
+    let i = pos + PROGRESS_LEN;
+    let v = 0;
+    const last = Math.min(n, i + 3);
+    for (; i < last; i++) {
+      const d = buf[i]! - 48;
+      if (d < 0 || d > 9) break;
+      v = v * 10 + d;
+    }
+    if (i === pos + PROGRESS_LEN || i >= n || buf[i] !== NL || v > 100 || i - pos > this.max) return -1;
+    this.progress = v;
+    return i + 1;
   }
 
   /** The stream ended: an unfinished last line counts as complete. */

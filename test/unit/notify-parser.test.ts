@@ -175,3 +175,23 @@ test('NotifyParser - a million PROGRESS lines in 64 KiB chunks: the last value, 
   t.is(last, 43);
   t.is(updates, Math.ceil(text.length / 65536));
 });
+
+test('NotifyParser - PROGRESS lines obey the line limit and keep their order with other lines, at every cut', (t) => {
+  // Limit 11: "PROGRESS=50" fits, "PROGRESS=100" (12 bytes) is an overlong line.
+  const input = Buffer.from('PROGRESS=5\nPROGRESS=100\nPROGRESS=1000\nPROGRESS=50\nPROGRESS=\nPROGRESS=7\n');
+  const want = parse([input], 11);
+  t.is(want.progress, 7);
+  t.deepEqual(want.ignored, [
+    ['PROGRESS=10', 'line longer than 11 bytes'],
+    ['PROGRESS=10', 'line longer than 11 bytes'],
+    ['PROGRESS=', 'PROGRESS is not an integer from 0 to 100'],
+  ]);
+  const updates: (number | null)[] = [];
+  const p = new NotifyParser({ maxLineBytes: 11 });
+  for (const line of ['PROGRESS=5\nPROGRESS=100\n', 'PROGRESS=50\nPROGRESS=1000\n']) updates.push(p.push(Buffer.from(line))?.progress ?? null);
+  t.deepEqual(updates, [5, 50], 'an overlong PROGRESS line after a valid one does not count');
+  for (let i = 0; i <= input.length; i++) {
+    const got = parse([input.subarray(0, i), input.subarray(i)], 11);
+    t.deepEqual({ ...got, updates: 0 }, { ...want, updates: 0 }, `cut at ${i}`);
+  }
+});
