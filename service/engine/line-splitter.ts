@@ -126,7 +126,11 @@ export class LineSplitter {
     return s;
   }
 
-  /** Feed the next chunk of the stream. */
+  /**
+   * Feed the next chunk of the stream. Nothing of it is kept past the call
+   * (an unfinished line is copied), so a reader may reuse the chunk's buffer
+   * for the next read (net.Socket's `onread` buffer).
+   */
   push(chunk: Uint8Array): void {
     if (this.ended) throw new Error('LineSplitter.push after end');
     const buf = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);

@@ -103,7 +103,11 @@ export class NotifyParser {
     this.carry = Buffer.allocUnsafe(this.max);
   }
 
-  /** Parse the next chunk; returns what it changed, or null if nothing. */
+  /**
+   * Parse the next chunk; returns what it changed, or null if nothing.
+   * Nothing of the chunk is kept past the call (an unfinished line is
+   * copied), so a reader may reuse its buffer for the next read.
+   */
   push(chunk: Uint8Array): NotifyUpdate | null {
     const buf = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
     this.reset();

@@ -265,3 +265,27 @@ test('LineSplitter.batches - the line a chunk finishes and an overlong line keep
   const got = splitBytes(chunks, max).map((l) => l.bytes.toString());
   t.deepEqual(got, ['abc', 'd', 'long-lin', 'e-here', 'e', 'f']);
 });
+
+test('LineSplitter - keeps nothing of a chunk: a reader may reuse its buffer for the next read', (t) => {
+  for (let i = 0; i <= SAMPLE.length; i++) {
+    // One buffer, refilled for each read and scribbled over after each push.
+    const buf = Buffer.alloc(SAMPLE.length);
+    const strings: string[] = [];
+    const bytes: string[] = [];
+    const s = new LineSplitter((l) => strings.push(l), 8);
+    const b = LineSplitter.batches((chunk, lines) => {
+      for (let k = 0; k < lines.count; k++) bytes.push(chunk.toString('utf8', lines.starts[k], lines.ends[k]));
+    }, 8);
+    for (const [from, to] of [[0, i], [i, SAMPLE.length]] as const) {
+      SAMPLE.copy(buf, 0, from, to);
+      s.push(buf.subarray(0, to - from));
+      b.push(buf.subarray(0, to - from));
+      buf.fill(0x78);
+    }
+    s.end();
+    b.end();
+    const want = splitChunks([SAMPLE], 8);
+    t.deepEqual(strings, want, `cut ${i}`);
+    t.deepEqual(bytes, want, `cut ${i}`);
+  }
+});

@@ -195,3 +195,25 @@ test('NotifyParser - PROGRESS lines obey the line limit and keep their order wit
     t.deepEqual({ ...got, updates: 0 }, { ...want, updates: 0 }, `cut at ${i}`);
   }
 });
+
+test('NotifyParser - keeps nothing of a chunk: a reader may reuse its buffer for the next read', (t) => {
+  const want = parse([INPUT]);
+  for (let i = 0; i <= INPUT.length; i++) {
+    const buf = Buffer.alloc(INPUT.length);
+    const ignored: [string, string][] = [];
+    const p = new NotifyParser({ onIgnored: (l, r) => ignored.push([l, r]) });
+    let progress: number | null = null;
+    let status: string | null = null;
+    const apply = (u: NotifyUpdate | null) => {
+      if (u?.progress != null) progress = u.progress;
+      if (u?.status != null) status = u.status;
+    };
+    for (const [from, to] of [[0, i], [i, INPUT.length]] as const) {
+      INPUT.copy(buf, 0, from, to);
+      apply(p.push(buf.subarray(0, to - from)));
+      buf.fill(0x78);
+    }
+    apply(p.end());
+    t.deepEqual([progress, status, ignored], [want.progress, want.status, want.ignored], `cut ${i}`);
+  }
+});
