@@ -6,7 +6,7 @@
  * test's teardown, leaving no process behind.
  */
 import { existsSync, promises as fsp, readdirSync, statSync } from 'node:fs';
-import type { ChildProcess } from 'node:child_process';
+import { execFileSync, type ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
 import type { ExecutionContext } from 'ava';
 import { startBus, type BusPolicy, type TestBus } from './bus.js';
@@ -22,24 +22,27 @@ import { makeTmpDir, removeDir, REPO_ROOT, writeFiles, type FileSpec } from './t
 export const DAEMON_ENTRY = path.join(REPO_ROOT, 'dist', 'bootc-prestaged.mjs');
 
 /**
- * Throws unless the bundle `entry` exists and is not older than any file
- * tsc emitted under dist/service: after a bare `tsc` the bundle would still
- * hold the previous code, and a test would pass or fail on yesterday's daemon.
+ * Makes sure the bundle `entry` holds the code tsc last emitted: a bundle
+ * older than any file under dist/service (a bare `tsc` since the last
+ * `npm run build`, here or by someone sharing the tree) is rebuilt with
+ * packaging/build.mjs's bundles step, which derives it from dist/ alone
+ * and writes by rename, so concurrent test workers may both do it. Without
+ * this a test would pass or fail on yesterday's daemon.
  */
-export function assertBuilt(entry: string): void {
-  const rebuild = "run 'npm run build' (tsc, then packaging/build.mjs; npm test runs it first)";
-  if (!existsSync(entry)) throw new Error(`${entry} does not exist: ${rebuild}`);
-  const built = statSync(entry).mtimeMs;
-  const visit = (dir: string): void => {
-    for (const e of readdirSync(dir, { withFileTypes: true })) {
-      const p = path.join(dir, e.name);
-      if (e.isDirectory()) visit(p);
-      else if (e.name.endsWith('.js') && statSync(p).mtimeMs > built) {
-        throw new Error(`${entry} is older than ${p}: ${rebuild}`);
-      }
-    }
-  };
-  visit(path.join(REPO_ROOT, 'dist', 'service'));
+export function ensureBuilt(entry: string): void {
+  const tscOutput = path.join(REPO_ROOT, 'dist', 'service');
+  if (!existsSync(tscOutput)) throw new Error(`${tscOutput} does not exist: run 'npm run build' (npm test runs it first)`);
+  const builtAt = existsSync(entry) ? statSync(entry).mtimeMs : -1;
+  const newer = (dir: string): boolean => readdirSync(dir, { withFileTypes: true }).some((e) => {
+    const p = path.join(dir, e.name);
+    return e.isDirectory() ? newer(p) : e.name.endsWith('.js') && statSync(p).mtimeMs > builtAt;
+  });
+  if (!newer(tscOutput)) return;
+  try {
+    execFileSync(process.execPath, [path.join(REPO_ROOT, 'packaging', 'build.mjs'), 'bundles'], { stdio: 'pipe' });
+  } catch (e) {
+    throw new Error(`${entry} is older than tsc's output and rebuilding it failed: ${String((e as { stderr?: Buffer }).stderr ?? e)}`);
+  }
 }
 
 export interface StartDaemonOptions {
@@ -103,7 +106,7 @@ function lastLines(lines: string[], n = 40): string {
  * ready in time.
  */
 export async function startDaemon(opts: StartDaemonOptions): Promise<TestDaemon> {
-  assertBuilt(DAEMON_ENTRY);
+  ensureBuilt(DAEMON_ENTRY);
   const owned: { dirs: string[]; sysroot: Sysroot | null } = { dirs: [], sysroot: null };
   const ownDir = async (prefix: string): Promise<string> => {
     const d = await makeTmpDir({ prefix });

@@ -6,7 +6,7 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import * as path from 'node:path';
-import { assertBuilt } from '../helpers/daemon.js';
+import { ensureBuilt } from '../helpers/daemon.js';
 import { exited, exitedWithin, lineCollector, spawnTied, terminate, type ExitInfo } from '../helpers/processes.js';
 import { FIXTURES_DIR, REPO_ROOT } from '../helpers/tmp.js';
 import { quoteCommandLine } from '../../service/engine/command-line.js';
@@ -34,7 +34,7 @@ export interface CliResult {
 }
 
 function cliArgv(args: string[], opts: CliOptions): { cmd: string; argv: string[] } {
-  assertBuilt(CLI_ENTRY);
+  ensureBuilt(CLI_ENTRY);
   const full = [CLI_ENTRY, ...(opts.address ? ['--address', opts.address] : []), ...args];
   if (opts.uid === undefined) return { cmd: process.execPath, argv: full };
   return {
