@@ -58,6 +58,20 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+/*
+ * vfork(): the child borrows this process's memory until it execs, so
+ * nothing is copied and we resume exactly when exec has succeeded (or the
+ * child gave up), with no pipe to wait on: about half the latency of
+ * fork() here. The child only makes system calls and writes child_errno.
+ * (posix_spawn would do the same, but glibc's leaves its two internal
+ * signals ignored in the program it starts.) -DUSE_VFORK=0 builds the
+ * fork() variant; the tests run both.
+ */
+#ifndef USE_VFORK
+#define USE_VFORK 1
+#endif
+static volatile int child_errno;
+
 /* Larger requests are a protocol error: the daemon never sends them. */
 #define MAX_FRAME (64u * 1024 * 1024)
 #define MAX_OUT_FDS 16
@@ -193,9 +207,20 @@ static void child(char **argv, char **envp, const int *out, uint32_t nout, int e
     execve(argv[0], argv, envp);
 fail:
     e = errno;
-    (void)!write(errfd, &e, sizeof e);
+    if (errfd >= 0) (void)!write(errfd, &e, sizeof e);
+    else child_errno = e;
     _exit(127);
 }
+
+#if USE_VFORK
+/* Its own frame, so that no variable of the caller lives across vfork(). */
+static __attribute__((noinline)) pid_t vfork_child(char **argv, char **envp, const int *out, uint32_t nout) {
+    child_errno = 0;
+    pid_t pid = vfork();
+    if (pid == 0) child(argv, envp, out, nout, -1);
+    return pid;
+}
+#endif
 
 static int32_t do_spawn(char **argv, char **envp, char **paths, uint32_t nout, uint64_t *start) {
     int out[MAX_OUT_FDS];
@@ -218,6 +243,19 @@ static int32_t do_spawn(char **argv, char **envp, char **paths, uint32_t nout, u
         if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) { result = -errno; close(fd); goto out; }
         out[opened] = fd;
     }
+#if USE_VFORK
+    pid_t pid = vfork_child(argv, envp, out, nout);
+    if (pid < 0) { result = -errno; goto out; }
+    /* Here the child has exec'ed or _exit'ed. */
+    if (child_errno != 0) {
+        while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
+        result = -child_errno;
+    } else {
+        /* Not reaped yet: SIGCHLD is only handled back in the main loop. */
+        *start = start_time(pid);
+        result = pid;
+    }
+#else
     if (pipe2(ep, O_CLOEXEC) < 0) { result = -errno; goto out; }
     pid_t pid = fork();
     if (pid < 0) { result = -errno; goto out; }
@@ -236,6 +274,7 @@ static int32_t do_spawn(char **argv, char **envp, char **paths, uint32_t nout, u
         *start = start_time(pid);
         result = pid;
     }
+#endif
 out:
     for (uint32_t i = 0; i < opened; i++) close(out[i]);
     if (ep[0] >= 0) close(ep[0]);

@@ -7,7 +7,7 @@
 import test from 'ava';
 import { chmodSync, closeSync, constants as fsc, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { readProcStat } from '../../service/engine/process-tree.js';
 import {
   Spawner, SpawnerUnavailable, decodeWaitStatus, locateSpawner, type ExitStatus,
@@ -164,7 +164,7 @@ test('runStep: the helper dying mid-step fails the step with a clear message onc
   const step = runStep({ argv: ['/bin/sh', '-c', 'sleep 0.5'], env: {}, timeoutMs: 30_000 }, sink);
   await step.started;
   const parent = readProcStat(step.pid)!.ppid;
-  t.is(readProcStat(parent)?.comm, 'bootc-prestage-');
+  t.is(readProcStat(parent)?.comm, basename(HELPER).slice(0, 15));
   process.kill(parent, 'SIGKILL');
   const out = await step.done;
   t.is(out.result, 'failed');

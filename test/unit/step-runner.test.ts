@@ -7,9 +7,10 @@ import test from 'ava';
 import { randomUUID } from 'node:crypto';
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { PreStageError } from '../../service/engine/errors.js';
+import { locateSpawner } from '../../service/engine/spawner.js';
 import { findProcessesByEnv, parseProcStat, readProcStat } from '../../service/engine/process-tree.js';
 import {
   formatDuration, MAX_IGNORED_REPORTS, runStep, type RunningStep, type StepOutcome, type StepSpec,
@@ -137,7 +138,7 @@ const NODE_SPAWN = process.env.BOOTC_PRESTAGE_SPAWNER === '';
 test('runStep - steps are started by the spawn helper (or, with it disabled, by the daemon itself)', async (t) => {
   const r = await run({ argv: [fixture('inspect.sh')] });
   // comm is cut at 15 bytes: "bootc-prestage-spawner" reads "bootc-prestage-".
-  t.is(kv(r.stdout).get('parent'), NODE_SPAWN ? 'node' : 'bootc-prestage-');
+  t.is(kv(r.stdout).get('parent'), NODE_SPAWN ? 'node' : basename(locateSpawner() ?? '?').slice(0, 15));
 });
 
 test('runStep - the step inherits no descriptor beyond 0-3', async (t) => {
