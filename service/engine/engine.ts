@@ -795,9 +795,16 @@ export class Engine implements EngineApi {
     if (this.closing) throw new PreStageError('Internal', 'the daemon is shutting down');
     const argvRaw = (phase === 'prepare' ? h.definition.prepare : phase === 'commit' ? h.definition.commit : h.definition.abort)!;
     const stateDir = this.hookStateDir(tx, h.name);
-    await fsp.mkdir(stateDir, { recursive: true, mode: 0o700 });
     const env = this.stepEnv(tx, phase, h, stateDir);
     const argv = expandArgv(argvRaw, env);
+    // Trust again, now: a commit may run long after the prepare that
+    // checked, and a program others can change must not run as root. The
+    // check's stat calls overlap the directory and the journal's sync (it is
+    // still done within milliseconds of the start); its verdict is applied
+    // below, after the step record, as before.
+    const trust = programTrustProblem(argv[0]!, this.opts.trustedUid)
+      .then((problem) => ({ problem }), (error: unknown) => ({ error }));
+    await fsp.mkdir(stateDir, { recursive: true, mode: 0o700 });
     const count = tx.snapshot().hooks.length;
     await tx.journal!.append({ t: 'step', phase, hook: h.name, rollback, usec: nowUsec() }, true);
     if (phase === 'prepare' && !rollback) tx.preparedStarted.add(h.name);
@@ -816,9 +823,9 @@ export class Engine implements EngineApi {
     // Every line goes to the log as bytes; only those the Message cap lets
     // through are decoded into events, the rest are counted (message-limiter.ts).
     const messages = new MessageLimiter((count) => tx.emit({ type: 'messages-suppressed', hook: h.name, count }));
-    // Trust again, now: a commit may run long after the prepare that
-    // checked, and a program others can change must not run as root.
-    const distrust = await programTrustProblem(argv[0]!, this.opts.trustedUid);
+    const verdict = await trust;
+    if ('error' in verdict) throw verdict.error;
+    const distrust = verdict.problem;
     let step: RunningStep;
     try {
       if (distrust) throw new PreStageError('InvalidHook', `not trusted: ${distrust}`);
