@@ -18,7 +18,7 @@
  *   run again, through the same queue new work waits in.
  */
 import { randomBytes } from 'node:crypto';
-import { promises as fsp } from 'node:fs';
+import { mkdirSync, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { BehaviorSubject, Subject, type Observable } from 'rxjs';
 import type {
@@ -804,7 +804,9 @@ export class Engine implements EngineApi {
     // below, after the step record, as before.
     const trust = programTrustProblem(argv[0]!, this.opts.trustedUid)
       .then((problem) => ({ problem }), (error: unknown) => ({ error }));
-    await fsp.mkdir(stateDir, { recursive: true, mode: 0o700 });
+    // Synchronous: a few local mkdir(2) calls cost less than a trip through
+    // the thread pool, which waits for a time slice on a busy machine.
+    mkdirSync(stateDir, { recursive: true, mode: 0o700 });
     const count = tx.snapshot().hooks.length;
     await tx.journal!.append({ t: 'step', phase, hook: h.name, rollback, usec: nowUsec() }, true);
     if (phase === 'prepare' && !rollback) tx.preparedStarted.add(h.name);
