@@ -11,6 +11,8 @@
  *             daemon and the client, each one ESM file with everything it
  *             imports (dbus-next, rxjs, winston, ...), plus a source map
  *             each and dist/bundled-licenses.txt.
+ *   spawner   dist/libexec/bootc-prestage-spawner, compiled from
+ *             service/spawner/spawner.c (service/spawner/build.mjs).
  *
  * Why bundles: the daemon is started by D-Bus activation, so its start-up
  * is on the path of the first call. Loaded from dist/service and
@@ -257,8 +259,19 @@ async function bundles() {
 }
 
 /** Every step, in the order `npm run build` runs them. */
+/**
+ * dist/libexec/bootc-prestage-spawner, the small C helper that forks hook
+ * steps (service/spawner/spawner.c). Without a C compiler: a warning, and
+ * the daemon spawns steps itself, slower.
+ */
+async function spawner() {
+  const { buildSpawner } = await import('../service/spawner/build.mjs');
+  buildSpawner();
+}
+
 const STEPS = [
   ['bundles', bundles],
+  ['spawner', spawner],
 ];
 
 const wanted = process.argv.slice(2);
