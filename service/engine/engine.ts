@@ -42,6 +42,7 @@ import {
 import { writeFileAtomic } from './fs-atomic.js';
 import { replayJournal } from './recovery.js';
 import { MessageLimiter } from './message-limiter.js';
+import { locateSpawner } from './spawner.js';
 import { runStep, type RunningStep, type StepOutcome } from './step-runner.js';
 import { Transaction, phaseOrder } from './transaction.js';
 import type {
@@ -116,6 +117,8 @@ export class Engine implements EngineApi {
   private running: Job | null = null;
   private runState: PhaseRun | null = null;
   private closing = false;
+  /** Whether the spawn helper's presence was logged (at the first phase). */
+  private spawnerChecked = false;
   private pumpScheduled = false;
   private idleWaiters: (() => void)[] = [];
 
@@ -548,6 +551,15 @@ export class Engine implements EngineApi {
     tx.beginPhase(phase, state, usec);
     tx.log.write('', `phase ${phase} started`);
     this.log.info(`${phase} phase started`, { transaction: tx.id, deployment: tx.deployment, phase });
+    if (!this.spawnerChecked) {
+      this.spawnerChecked = true;
+      const helper = locateSpawner();
+      if (helper === null) {
+        this.log.warn('no spawn helper (bootc-prestage-spawner not built, or disabled): steps are forked from the daemon itself, which is slower', {});
+      } else {
+        this.log.debug(`steps are started by ${helper}`, {});
+      }
+    }
     tx.emit({ type: 'phase-started', phase });
     this.phaseStartedSubject.next({ transaction: tx, phase });
   }
