@@ -346,18 +346,22 @@ test('runStep - notifyIgnored is capped per step, the rest counted in a warning'
 // -- timeout and cancel ---------------------------------------------------------
 
 test('runStep - timeout: SIGTERM to the group; a step that then exits 0 still timed out', async (t) => {
-  const r = await run({ argv: [fixture('trap-term.sh')], timeoutMs: 500, killGraceMs: 20_000 });
-  t.like(r.outcome, { result: 'timeout', exitCode: 0, signal: null, message: 'timed out after 0.5s' });
+  // The deadline runs from the spawn, so it must leave the shell time to set
+  // its trap even on a loaded CI machine (0.5 s did not, once).
+  const r = await run({ argv: [fixture('trap-term.sh')], timeoutMs: 2500, killGraceMs: 20_000 });
+  t.like(r.outcome, { result: 'timeout', exitCode: 0, signal: null, message: 'timed out after 2.5s' });
   t.deepEqual(r.stdout, ['ready', 'got TERM']);
   // Not the 20 s grace: the step stopped on SIGTERM.
   t.true(r.outcome.durationMs < 15_000);
 });
 
 test('runStep - timeout: a step that ignores SIGTERM is killed with SIGKILL after the grace', async (t) => {
-  const r = await run({ argv: [fixture('ignore-term.sh')], timeoutMs: 300, killGraceMs: 300 });
+  // As above: 0.3 s once reached the shell before its `trap '' TERM` did.
+  const r = await run({ argv: [fixture('ignore-term.sh')], timeoutMs: 2500, killGraceMs: 300 });
   t.like(r.outcome, { result: 'timeout', exitCode: null, signal: 'SIGKILL' });
-  t.is(r.outcome.message, 'timed out after 0.3s (killed with SIGKILL, still running 0.3s after SIGTERM)');
-  t.true(r.outcome.durationMs >= 600 - 50, String(r.outcome.durationMs));
+  t.is(r.outcome.message, 'timed out after 2.5s (killed with SIGKILL, still running 0.3s after SIGTERM)');
+  t.true(r.outcome.durationMs >= 2800 - 50, String(r.outcome.durationMs));
+  t.deepEqual(r.stdout, ['ready'], 'the step had set its trap before the deadline');
 });
 
 test('runStep - timeout 0 with no grace kills at once', async (t) => {
