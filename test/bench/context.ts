@@ -82,6 +82,18 @@ export async function runPrepare(ctx: Ctx, r: Running, opts: Record<string, bool
   return { path: p, id: p.slice(p.lastIndexOf('/') + 1), ms: fin.at - t0, state: String(fin.body[0]), t0 };
 }
 
+/**
+ * The pipe floor: `argv` with its stdout (or, `fd3`, its fd 3) piped to
+ * cat, which throws the bytes away. What any reader of a pipe costs the
+ * writer on this machine (the pipe's 64 KiB fill and drain, two processes
+ * taking turns on the CPUs), with none of the daemon's work; ms to exit.
+ */
+export function timePipedToCat(argv: string[], env: NodeJS.ProcessEnv, fd3 = false): Promise<number> {
+  const quoted = argv.map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ');
+  const cmd = fd3 ? `${quoted} 3>&1 >/dev/null | cat >/dev/null` : `${quoted} | cat >/dev/null`;
+  return timeProgram(['/bin/sh', '-c', `set -e; ${cmd}`], env);
+}
+
 /** Run a program with stdin, stdout, stderr at /dev/null (fd 3 too when `fd3`); ms to exit. */
 export async function timeProgram(argv: string[], env: NodeJS.ProcessEnv = process.env, fd3 = false): Promise<number> {
   const devnull = openSync('/dev/null', 'r+');

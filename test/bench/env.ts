@@ -392,10 +392,16 @@ export function vmField(pid: number, field = 'VmRSS'): number {
 
 /** CPU time (user + system) a process has used, in ms (clock ticks of 10 ms). */
 export function cpuMs(pid: number): number {
+  const { user, system } = cpuSplitMs(pid);
+  return user + system;
+}
+
+/** CPU time a process has used in user and in system (kernel) mode, in ms (clock ticks of 10 ms). */
+export function cpuSplitMs(pid: number): { user: number; system: number } {
   const text = readFileSync(`/proc/${pid}/stat`, 'latin1');
   const f = text.slice(text.lastIndexOf(')') + 2).split(' ');
   // Fields 14 and 15 (utime, stime) are f[11] and f[12].
-  return (Number(f[11]) + Number(f[12])) * 10;
+  return { user: Number(f[11]) * 10, system: Number(f[12]) * 10 };
 }
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));

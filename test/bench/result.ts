@@ -21,6 +21,8 @@ export interface Row {
 export interface Sizes {
   smoke: boolean;
   reps: number;
+  /** Repetitions of the progress and output benchmarks (short runs, noisy: more of them). */
+  ioReps: number;
   prepareHooks: number;
   progressLines: number;
   outputBytes: number;
@@ -34,6 +36,7 @@ export interface Sizes {
 export const FULL: Sizes = {
   smoke: false,
   reps: 3,
+  ioReps: 7,
   prepareHooks: 200,
   progressLines: 1_000_000,
   outputBytes: 100_000_000,
@@ -47,6 +50,7 @@ export const FULL: Sizes = {
 export const SMOKE: Sizes = {
   smoke: true,
   reps: 1,
+  ioReps: 1,
   prepareHooks: 5,
   progressLines: 10_000,
   outputBytes: 1_000_000,

@@ -56,7 +56,7 @@ async function main(): Promise<number> {
     strict: true,
   });
   const sizes = { ...(values.smoke ? SMOKE : FULL) };
-  if (values.reps) sizes.reps = sizes.startupReps = Math.max(1, Number(values.reps));
+  if (values.reps) sizes.reps = sizes.ioReps = sizes.startupReps = Math.max(1, Number(values.reps));
   const names = values.only ? values.only.split(',') : Object.keys(BENCHES);
   for (const n of names) if (!BENCHES[n]) throw new Error(`unknown benchmark '${n}'; known: ${Object.keys(BENCHES).join(', ')}`);
 
