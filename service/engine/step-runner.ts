@@ -360,6 +360,7 @@ class HelperPipePool {
   private refilling: { base: string; done: Promise<void> } | null = null;
   private idleTimer: NodeJS.Timeout | null = null;
   private serial = 0;
+  private exitHook = false;
 
   async take(n: number, helper: Spawner, base: string = tmpdir()): Promise<Fifo[]> {
     // Re-checked after every wait: a take for another directory may have run meanwhile.
@@ -404,6 +405,12 @@ class HelperPipePool {
     if (base === this.base) {
       this.fifos.push(...made);
       this.armIdle();
+      // Pooled FIFOs have names in the temporary directory: remove them when
+      // the daemon exits (a stop, or `npm start` ended), not only when idle.
+      if (!this.exitHook) {
+        this.exitHook = true;
+        process.once('exit', () => this.drop());
+      }
     } else {
       releaseFifos(made, true);
     }
