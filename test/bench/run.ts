@@ -5,8 +5,13 @@
  *   node dist/test/bench/run.js [--smoke] [--only NAME,...] [--reps N]
  *                               [--json FILE] [--markdown FILE] [--daemon FILE]
  *
- * --daemon runs another build of bootc-prestaged.js (a worktree of an
- * older commit, say), to measure a change before and after.
+ * The daemon measured is the shipped bundle, dist/bootc-prestaged.mjs
+ * (with the spawn helper beside it in dist/libexec/). --daemon runs another
+ * build instead (a worktree of an older commit, say: its
+ * dist/bootc-prestaged.mjs, or dist/service/bin/bootc-prestaged.js before
+ * the bundles), to measure a change before and after against the same
+ * baselines. --reps N repeats each measurement N times (defaults: 3, and 7
+ * for the short progress and output runs).
  *
  * --smoke runs every benchmark at a tiny size once (CI: the benchmarks
  * cannot rot); it judges nothing. Every ratio is of runs paired in the

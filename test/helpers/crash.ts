@@ -507,9 +507,16 @@ export async function checkRecovery(rig: CrashRig, snap: CrashSnapshot, txs: Tra
   // carry the child's pid and say nothing about who is still running.
   const fresh = new Set<string>(); // pid@index of lines by a process started after the crash
   const startedAfter = new Set<number>();
+  // A step started before the crash may write its `start` line after the
+  // snapshot: the daemon journals its pid as soon as the spawn helper has
+  // exec'd it, before the shell has run a line. Such a step is not new.
+  const startedBefore = new Set<number>([
+    ...snap.alive.map((p) => p.pid),
+    ...snap.journal.records.flatMap((r) => (r.t === 'pid' ? [r.pid] : [])),
+  ]);
   for (const r of after) {
     if (r.event === 'child') continue;
-    if (r.event === 'start') startedAfter.add(r.pid);
+    if (r.event === 'start' && !startedBefore.has(r.pid)) startedAfter.add(r.pid);
     if (startedAfter.has(r.pid)) fresh.add(`${r.pid}@${r.index}`);
   }
   const newRuns = after.filter((r) => fresh.has(`${r.pid}@${r.index}`));
