@@ -810,12 +810,9 @@ export class Engine implements EngineApi {
     const env = this.stepEnv(tx, phase, h, stateDir);
     const argv = expandArgv(argvRaw, env);
     // Trust again, now: a commit may run long after the prepare that
-    // checked, and a program others can change must not run as root. The
-    // check's stat calls overlap the directory and the journal's sync (it is
-    // still done within milliseconds of the start); its verdict is applied
-    // below, after the step record, as before.
-    const trust = programTrustProblem(argv[0]!, this.opts.trustedUid)
-      .then((problem) => ({ problem }), (error: unknown) => ({ error }));
+    // checked, and a program others can change must not run as root. Its
+    // verdict is applied below, after the step record, as before.
+    const distrust = programTrustProblem(argv[0]!, this.opts.trustedUid);
     // Synchronous: a few local mkdir(2) calls cost less than a trip through
     // the thread pool, which waits for a time slice on a busy machine.
     mkdirSync(stateDir, { recursive: true, mode: 0o700 });
@@ -837,9 +834,6 @@ export class Engine implements EngineApi {
     // Every line goes to the log as bytes; only those the Message cap lets
     // through are decoded into events, the rest are counted (message-limiter.ts).
     const messages = new MessageLimiter((count) => tx.emit({ type: 'messages-suppressed', hook: h.name, count }));
-    const verdict = await trust;
-    if ('error' in verdict) throw verdict.error;
-    const distrust = verdict.problem;
     let step: RunningStep;
     try {
       if (distrust) throw new PreStageError('InvalidHook', `not trusted: ${distrust}`);

@@ -392,6 +392,7 @@ class HelperPipePool {
   private async make(base: string, helper: Spawner): Promise<void> {
     const dir = mkdtempSync(join(base, 'bootc-prestage-step-'));
     const paths = Array.from({ length: PIPE_BATCH }, () => join(dir, String(this.serial++)));
+    fifoDirs.set(dir, PIPE_BATCH);
     const made: Fifo[] = [];
     try {
       await helper.mkfifos(paths);
@@ -399,6 +400,7 @@ class HelperPipePool {
       for (const p of paths) made.push({ read: openSync(p, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK), path: p });
     } catch (e) {
       for (const f of made) closeFd(f.read);
+      fifoDirs.delete(dir);
       rmSync(dir, { recursive: true, force: true });
       throw e;
     }
@@ -442,9 +444,19 @@ function releaseFifos(fifos: Fifo[], unused: boolean): void {
       f.read = -1;
       try { unlinkSync(f.path); } catch { /* the helper did, or never made it */ }
     }
-    try { rmdirSync(dirname(f.path)); } catch { /* not empty yet */ }
+    const dir = dirname(f.path);
+    const left = (fifoDirs.get(dir) ?? 1) - 1;
+    if (left > 0) {
+      fifoDirs.set(dir, left);
+      continue;
+    }
+    fifoDirs.delete(dir);
+    try { rmdirSync(dir); } catch { /* not ours to remove after all */ }
   }
 }
+
+/** FIFOs not yet released, by batch directory: the last one's release removes it (one rmdir per batch, not per FIFO). */
+const fifoDirs = new Map<string, number>();
 
 function closeFd(fd: number): void {
   if (fd < 0) return;
