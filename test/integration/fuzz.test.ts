@@ -572,6 +572,7 @@ test('fuzz - random calls to every object are all answered, never crash the daem
     byError: new Map<string, number>(),
   };
   const problems: string[] = [];
+  let lastChange: { i: number; call: FuzzCall; settledAt: number } | null = null;
   const problem = (what: string, call: FuzzCall, i: number) => {
     problems.push(`call ${i} (seed ${seed}): ${what}\n    ${describe(call)}`);
   };
@@ -634,6 +635,7 @@ test('fuzz - random calls to every object are all answered, never crash the daem
         }
         const t1 = Date.now();
         baseline = await waitForQuietState(capture, { stableMs: 150 });
+        lastChange = { i, call, settledAt: Date.now() };
         w.txPaths = baseline.transactions ?? w.txPaths;
         stats.ms.settle += Date.now() - t1;
         t0 += Date.now() - t1;
@@ -643,7 +645,12 @@ test('fuzz - random calls to every object are all answered, never crash the daem
       const now = await captureState(full ? capture : cheap);
       const diff = diffStates(baseline, now);
       if (diff.length > 0) {
-        problem(`the state changed after a call that ${succeeded ? 'succeeded but may not change anything' : 'failed'}: ${diff.slice(0, 8).join('; ')}`, call, i);
+        // Name the last call that was allowed to change the state, and how
+        // long ago its work settled: a late effect of it shows here.
+        const last = lastChange === null ? 'none'
+          : `call ${lastChange.i}, settled ${Date.now() - lastChange.settledAt} ms ago: ${describe(lastChange.call)}`;
+        problem(`the state changed after a call that ${succeeded ? 'succeeded but may not change anything' : 'failed'}: ${diff.slice(0, 8).join('; ')}`
+          + `\n    last call allowed to change the state: ${last}`, call, i);
         baseline = await waitForQuietState(capture);
         w.txPaths = baseline.transactions ?? w.txPaths;
       }
