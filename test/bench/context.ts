@@ -1,6 +1,7 @@
 /** What every benchmark shares: the bus, the sysroot, sizes, and a daemon per benchmark. */
 import { spawn } from 'node:child_process';
 import { openSync, closeSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import * as path from 'node:path';
 import { Variant } from 'dbus-next';
 import {
@@ -84,14 +85,18 @@ export async function runPrepare(ctx: Ctx, r: Running, opts: Record<string, bool
 
 /**
  * The pipe floor: `argv` with its stdout (or, `fd3`, its fd 3) piped to
- * cat, which throws the bytes away. What any reader of a pipe costs the
- * writer on this machine (the pipe's 64 KiB fill and drain, two processes
- * taking turns on the CPUs), with none of the daemon's work; ms to exit.
+ * cat, which throws the bytes away (or stores them in `file`, removed
+ * after). What any reader of a pipe costs the writer on this machine (the
+ * pipe's 64 KiB fill and drain, two processes taking turns on the CPUs),
+ * with none of the daemon's work; ms to exit.
  */
-export function timePipedToCat(argv: string[], env: NodeJS.ProcessEnv, fd3 = false): Promise<number> {
-  const quoted = argv.map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ');
-  const cmd = fd3 ? `${quoted} 3>&1 >/dev/null | cat >/dev/null` : `${quoted} | cat >/dev/null`;
-  return timeProgram(['/bin/sh', '-c', `set -e; ${cmd}`], env);
+export async function timePipedToCat(argv: string[], env: NodeJS.ProcessEnv, fd3 = false, file = '/dev/null'): Promise<number> {
+  const q = (a: string) => `'${a.replace(/'/g, `'\\''`)}'`;
+  const quoted = argv.map(q).join(' ');
+  const cmd = fd3 ? `${quoted} 3>&1 >/dev/null | cat >${q(file)}` : `${quoted} | cat >${q(file)}`;
+  const ms = await timeProgram(['/bin/sh', '-c', `set -e; ${cmd}`], env);
+  if (file !== '/dev/null') await rm(file, { force: true });
+  return ms;
 }
 
 /** Run a program with stdin, stdout, stderr at /dev/null (fd 3 too when `fd3`); ms to exit. */
