@@ -39,7 +39,7 @@ import { orderHooks } from './plan.js';
 import {
   findProcessRefsByEnv, isSameProcess, killProcessesByEnv, processStartTime, readProcStat, terminateGroup,
 } from './process-tree.js';
-import { writeFileAtomic } from './fs-atomic.js';
+import { mkdirp, writeFileAtomic } from './fs-atomic.js';
 import { replayJournal } from './recovery.js';
 import { MessageLimiter } from './message-limiter.js';
 import { locateSpawner } from './spawner.js';
@@ -159,7 +159,9 @@ export class Engine implements EngineApi {
    */
   static async open(o: EngineOptions): Promise<Engine> {
     const e = new Engine(o);
-    await fsp.mkdir(e.opts.stateDir, { recursive: true, mode: 0o700 });
+    await mkdirp(e.opts.stateDir, 0o700).catch((err: Error) => {
+      throw new Error(`cannot create the state directory ${e.opts.stateDir}: ${err.message}`);
+    });
     await e.lockStateDir();
     await fsp.mkdir(e.logDir(), { recursive: true, mode: 0o700 });
     await fsp.mkdir(e.hookStateRoot(), { recursive: true, mode: 0o700 });

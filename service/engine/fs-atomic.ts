@@ -61,12 +61,45 @@ export async function unlinkDurable(path: string): Promise<boolean> {
 }
 
 /**
+ * `mkdir -p`, one component at a time. Node's `recursive: true` loops
+ * forever where mkdir(2) says ENOENT under a parent that exists (procfs,
+ * sysfs: `--state-dir /proc/x/state` hung the daemon at start); here that
+ * is an error naming the directory. Returns the first directory created,
+ * or undefined when all existed, like `fsp.mkdir(dir, { recursive: true })`.
+ */
+export async function mkdirp(dir: string, mode: number): Promise<string | undefined> {
+  const full = nodePath.resolve(dir);
+  const parts = full.split('/').filter((p) => p !== '');
+  let first: string | undefined;
+  let cur = '';
+  for (const part of parts) {
+    cur += `/${part}`;
+    try {
+      await fsp.mkdir(cur, { mode });
+      first ??= cur;
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'EEXIST') throw e;
+      // EEXIST for a file too: only a directory (or a link to one) will do.
+      const st = await fsp.stat(cur);
+      if (!st.isDirectory()) {
+        const err = new Error(`ENOTDIR: not a directory, mkdir '${cur}'`) as NodeJS.ErrnoException;
+        err.code = 'ENOTDIR';
+        err.path = cur;
+        throw err;
+      }
+    }
+  }
+  return first;
+}
+
+/**
  * `mkdir -p` with `mode` applied exactly to every directory it creates
  * (umask does not apply); existing directories are left alone. The new
  * directories are made durable.
  */
 export async function mkdirDurable(dir: string, mode: number): Promise<void> {
-  const first = await fsp.mkdir(dir, { recursive: true, mode });
+  const first = await mkdirp(dir, mode);
   if (first === undefined) return;
   const created: string[] = [];
   for (let d = nodePath.resolve(dir); ; d = nodePath.dirname(d)) {
