@@ -226,6 +226,11 @@ rpmbuild('packaging - the RPM builds from a source tarball and contains the inst
   t.false(list.some((f) => f.startsWith('/usr/lib/bootc-prestage/node_modules')), 'no node_modules');
   t.false(list.some((f) => f.startsWith('/usr/lib/bootc-prestage/dist/service')), 'not the unbundled code');
   t.false(list.some((f) => f.startsWith('/usr/lib/bootc-prestage/dist/') && f.endsWith('.map')), 'no source maps of ours');
+  // The RPM says what it bundles (the list itself is checked by test/unit/packaging-bundled.test.ts).
+  const provides = (await run('rpm', ['-qp', '--provides', rpm])).stdout.split('\n');
+  for (const p of ['bundled(npm(dbus-next)) = ', 'bundled(npm(rxjs)) = ', 'bundled(npm(winston)) = ']) {
+    t.true(provides.some((l) => l.startsWith(p)), `${p} is provided: ${provides.join(', ')}`);
+  }
 });
 
 test.serial('packaging - the example image\'s hook parses, its program migrates through the real daemon', async (t) => {
