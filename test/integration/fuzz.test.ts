@@ -634,7 +634,10 @@ test('fuzz - random calls to every object are all answered, never crash the daem
           problem(`after this valid call, ListHooks('') fails: ${(e as Error).message}`, call, i);
         }
         const t1 = Date.now();
-        baseline = await waitForQuietState(capture, { stableMs: 150 });
+        // 300 ms without a change. With 150 ms, CI once saw a journal change
+        // after a later read-only call (seed 1649156195; not reproduced):
+        // possibly this call's work landing late on a loaded machine.
+        baseline = await waitForQuietState(capture, { stableMs: 300 });
         lastChange = { i, call, settledAt: Date.now() };
         w.txPaths = baseline.transactions ?? w.txPaths;
         stats.ms.settle += Date.now() - t1;
