@@ -63,5 +63,10 @@ export async function ensureDemoSysroot(sysroot: string): Promise<string[]> {
   await run('ostree', [`--repo=${path.join(sysroot, 'ostree', 'repo')}`, 'commit', '-b', `${OS}/stable`, `--tree=dir=${tree}`]);
   await run('ostree', ['admin', 'deploy', `--sysroot=${sysroot}`, `--os=${OS}`, `${OS}/stable`]);
   await fsp.rm(tree, { recursive: true, force: true });
-  return deploymentsOf(sysroot);
+  const deployments = await deploymentsOf(sysroot);
+  // ostree marks a deployment's root immutable (chattr +i), which protects a
+  // real system but leaves a checkout that `rm -rf` cannot remove. This demo
+  // lives under the checkout: lift it (where the filesystem has the flag).
+  for (const d of deployments) await run('chattr', ['-i', d]).catch(() => {});
+  return deployments;
 }
