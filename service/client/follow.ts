@@ -147,6 +147,13 @@ export function followTransaction(client: PreStageClient, path: string, opts: Fo
      * TransactionFinished came first and started the ending.
      */
     let finishedSignal: FinishedInfo | null = null;
+    /**
+     * The last Finished signal sent before the snapshot: its state is
+     * already in the snapshot, but its message is not (a success's summary
+     * is only in the signal). A fast phase (a dry run) can finish before
+     * the snapshot is read.
+     */
+    let finishedBefore: FinishedInfo | null = null;
 
     /**
      * Finished or TransactionFinished: re-read the properties (changes may
@@ -229,9 +236,12 @@ export function followTransaction(client: PreStageClient, path: string, opts: Fo
         case 'Message':
           queue.push({ type: 'message', hook: String(args[0]), line: String(args[1]) });
           break;
-        case 'Finished':
-          if (!before) onFinishedSignal({ state: String(args[0]), error: String(args[1]), message: String(args[2]) });
+        case 'Finished': {
+          const info = { state: String(args[0]), error: String(args[1]), message: String(args[2]) };
+          if (!before) onFinishedSignal(info);
+          else finishedBefore = info;
           break;
+        }
         default:
           break;
       }
@@ -254,7 +264,14 @@ export function followTransaction(client: PreStageClient, path: string, opts: Fo
     for (const item of [...consumer.backlog, ...early]) handle(item);
     if (finished) return;
     queue.push({ type: 'state', transaction: state });
-    if (!finishing && isDone(state)) finishWith(state);
+    if (!finishing && isDone(state)) {
+      // Every signal sent before the snapshot has been handled: the last
+      // Finished among them, if it ended in the snapshot's state, ended it.
+      // (Set by `handle`, which TypeScript cannot see through: widen it back.)
+      const before = finishedBefore as FinishedInfo | null;
+      const ended = before !== null && before.state === state.state ? before : undefined;
+      finishWith(state, ended);
+    }
   }
 
   return {

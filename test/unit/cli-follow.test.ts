@@ -254,3 +254,28 @@ test('rest reached through property changes: the Finished signal that follows gi
   t.like(evs[evs.length - 1], { type: 'finished', state: 'prepared', message: '2 hook(s) prepared' });
   t.is(evs.filter((e) => e.type === 'finished').length, 1);
 });
+
+test('a phase that finished before the snapshot: the Finished signal sent before it still gives the result message', async (t) => {
+  const s = new Script();
+  const f = start(s, { kind: 'rest' });
+  await tick();
+  // A dry run: over before GetAll is answered.
+  s.signal(MANAGER, 'org.containers.bootc.PreStage', 'TransactionStarted', [PATH, '/d', 'prepare']);
+  s.changed({ State: ['s', 'aborted'], Progress: ['u', 100] });
+  s.signal(PATH, IFACE, 'Finished', ['aborted', '', 'dry run: 1 hook(s) planned, nothing was run']);
+  s.signal(MANAGER, 'org.containers.bootc.PreStage', 'TransactionFinished', [PATH, 'aborted', '']);
+  s.answer(tx({ state: 'aborted', progress: 100 }));
+  const evs = await collect(f);
+  t.like(evs[evs.length - 1], { type: 'finished', state: 'aborted', message: 'dry run: 1 hook(s) planned, nothing was run' });
+  t.is(evs.filter((e) => e.type === 'finished').length, 1);
+});
+
+test('a Finished signal before the snapshot for another state (an earlier phase) gives no message', async (t) => {
+  const s = new Script();
+  const f = start(s, { kind: 'rest' });
+  await tick();
+  s.signal(PATH, IFACE, 'Finished', ['prepared', '', '1 hook(s) prepared']);
+  s.answer(tx({ state: 'failed', phase: 'commit', error: 'org.containers.bootc.PreStage.Error.HookFailed', errorMessage: 'commit failed' }));
+  const evs = await collect(f);
+  t.like(evs[evs.length - 1], { type: 'finished', state: 'failed', message: 'commit failed' });
+});
