@@ -48,8 +48,6 @@ export const DEFAULT_KILL_GRACE_MS = 5000;
 export const OUTPUT_DRAIN_MS = 1000;
 /** Each pipe reader's buffer: one read takes at most this much (a pipe holds 64 KiB). */
 const READ_BUFFER_BYTES = 64 * 1024;
-/** Readers made by fdReader: their data comes through `onread`, not 'data' events. */
-const readsByCallback = new WeakSet<Readable>();
 /** notifyIgnored is called at most this often per step; the rest are counted in one warning. */
 export const MAX_IGNORED_REPORTS = 100;
 /** Exit status meaning "nothing to do" (as in automake's test protocol). */
@@ -587,7 +585,7 @@ class StepRun implements RunningStep {
     releaseFifos(fifos, false);
     this.pid = started.pid;
     this.startTime = started.startTime;
-    this.attachReaders(fifos.map((f, i) => this.fdReader(f.read, STREAMS[i]!)));
+    this.attachReaders(fifos.map((f, i) => this.fdReader(f.read, STREAMS[i]!)), false);
     this.afterStart();
     const early = this.earlyExit;
     this.earlyExit = null;
@@ -638,9 +636,8 @@ class StepRun implements RunningStep {
     this.startTime = processStartTime(pid);
     child.on('error', () => { /* only kill() reports here, and we do not use it */ });
     child.once('exit', (code, signal) => this.onExit(code, signal));
-    this.attachReaders(pipes
-      ? pipes.map((p, i) => this.fdReader(p.read, STREAMS[i]!))
-      : [child.stdout!, child.stderr!, child.stdio[3] as Readable]);
+    if (pipes) this.attachReaders(pipes.map((p, i) => this.fdReader(p.read, STREAMS[i]!)), false);
+    else this.attachReaders([child.stdout!, child.stderr!, child.stdio[3] as Readable], true);
     this.afterStart();
   }
 
@@ -661,18 +658,16 @@ class StepRun implements RunningStep {
       // true: keep reading (false would pause the socket).
       onread: { buffer, callback: (n, buf) => { this.onData(name, (buf as Buffer).subarray(0, n)); return true; } },
     };
-    const socket = new Socket(opts);
-    readsByCallback.add(socket);
-    return socket;
+    return new Socket(opts);
   }
 
-  private attachReaders(readers: Readable[]): void {
+  /** `dataEvents`: the readers deliver through 'data' (Node's own stdio), not fdReader's onread. */
+  private attachReaders(readers: Readable[], dataEvents: boolean): void {
     this.readers = readers;
     this.openReaders = readers.length;
     readers.forEach((r, i) => {
       const name = STREAMS[i]!;
-      // Sockets made by fdReader deliver through their onread callback.
-      if (!readsByCallback.has(r)) r.on('data', (chunk: Buffer) => this.onData(name, chunk));
+      if (dataEvents) r.on('data', (chunk: Buffer) => this.onData(name, chunk));
       r.on('error', (e) => this.warn(`reading the step's ${name} failed: ${describeErrno(e)}`));
       r.once('close', () => {
         if (--this.openReaders === 0) this.readersClosed?.();

@@ -5,6 +5,7 @@
  */
 import { spawn } from 'node:child_process';
 import { createReadStream } from 'node:fs';
+import { rm } from 'node:fs/promises';
 import * as path from 'node:path';
 import { createInterface } from 'node:readline';
 import {
@@ -155,7 +156,7 @@ export async function benchProgress(ctx: Ctx): Promise<Row[]> {
     const longSeconds = ctx.sizes.smoke ? 1 : 3;
     await writeFile(long, `${longSeconds}\n`);
     const longRun = await runPrepare(ctx, r);
-    await (await import('node:fs/promises')).rm(long, { force: true });
+    await rm(long, { force: true });
     const lp = progressOf(longRun.path);
     if (lp.last !== 97) finalOk = false;
     ctx.note(`progress for ${longSeconds} s: ${lp.count} HookProgress in ${lp.seconds.toFixed(2)} s, at most ${lp.max} in 1 s, last ${lp.last}`);
@@ -280,7 +281,7 @@ export async function benchOutput(ctx: Ctx): Promise<Row[]> {
       // pile gigabytes into the state directory and the page cache (on this
       // VM, `awk | cat > FILE` in a loop without the rm gets 2-3x more system
       // time per run past about 1 GB). The daemon still writes all of it.
-      await (await import('node:fs/promises')).rm(logFile, { force: true });
+      await rm(logFile, { force: true });
       if (log.count !== lines || log.last !== lines) complete = false;
       logNote = `${log.count.toLocaleString('en')} of ${lines.toLocaleString('en')} lines in the log`;
       ctx.note(`output ${ctx.sizes.outputBytes / 1e6} MB: /dev/null ${base[k]!.toFixed(0)} ms, | cat ${floor[k]!.toFixed(0)} ms, `
@@ -379,7 +380,6 @@ export async function benchProperties(ctx: Ctx): Promise<Row[]> {
           + `GetAll p99 ${subj[k]!.p99.toFixed(2)} ms (${subj[k]!.calls} calls, ${subj[k]!.errors} errors)`);
       }
     } finally {
-      const { rm } = await import('node:fs/promises');
       await rm(control, { force: true });
       await r.tx.waitFor((s) => s.path === p && s.member === 'Finished', 60_000).catch(() => undefined);
     }
