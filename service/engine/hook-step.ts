@@ -7,16 +7,16 @@
  * spawned (recovery knows every step that may have run), and a step the
  * daemon stops during keeps no `done` record (the next start recovers it).
  */
-import { expandArgv, quoteCommandLine } from './command-line.js';
-import { PreStageError, toPreStageError } from './errors.js';
+import { expandArgv, quoteCommandLine } from '../model/command-line.js';
+import { PreStageError, toPreStageError } from '../model/errors.js';
 import { programTrustProblem } from './hook-discovery.js';
 import { nowUsec, type JournalHook } from './journal.js';
-import type { Logger } from './logger.js';
+import type { Logger } from '../model/logger.js';
 import { MessageLimiter } from './message-limiter.js';
 import type { StateDir } from './state-dir.js';
 import { runStep, type RunningStep, type StepOutcome } from './step-runner.js';
 import type { Transaction } from './transaction.js';
-import type { Phase } from './types.js';
+import type { Phase } from '../model/types.js';
 
 /** What a hook step needs of the engine. */
 export interface HookStepContext {
