@@ -1,9 +1,9 @@
 /**
- * A Logger (service/engine/logger.ts) that keeps every line it is given, for
+ * A Logger (service/model/logger.ts) that keeps every line it is given, for
  * tests that check what the daemon's parts log (a stack trace of an internal
  * error, a refused caller).
  */
-import type { LogFields, Logger } from '../../service/engine/logger.js';
+import type { LogFields, Logger } from '../../service/model/logger.js';
 
 export interface LoggedLine {
   level: 'error' | 'warn' | 'info' | 'debug';

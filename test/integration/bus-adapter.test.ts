@@ -21,7 +21,7 @@ import {
 } from '../../service/bus/members.js';
 import { exportService, type ExportOptions, type ServiceHandle } from '../../service/bus/service.js';
 import type { RateLimits } from '../../service/bus/transaction-object.js';
-import { ERROR_CODES, PreStageError } from '../../service/engine/errors.js';
+import { ERROR_CODES, PreStageError } from '../../service/model/errors.js';
 import { runNodeAs } from '../helpers/as-user.js';
 import { withBus, type TestBus } from '../helpers/bus.js';
 import { busctl, busctlCall, busctlGetProperty, NOBODY } from '../helpers/busctl.js';
