@@ -185,8 +185,7 @@ export function embeddedHelp(address: string, demo: DemoSysroot): string {
   const where = demo.deployments[0] !== undefined
     ? `Demo deployment (a real ostree sysroot under .state/): ${dep}`
     : `No demo deployment: ${demo.error ?? 'the demo sysroot has none'}.
-  Install ostree (scripts/setup demo) and restart, or pass --sysroot DIR of a real
-  ostree sysroot; DEPLOYMENT above stands for one of its deployments.`;
+  DEPLOYMENT above stands for a deployment of a real ostree sysroot (--sysroot DIR).`;
   return `
 No usable system bus: serving ${BUS_NAME} on a private bus.
   export DBUS_SYSTEM_BUS_ADDRESS=${address}
