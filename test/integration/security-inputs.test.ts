@@ -33,7 +33,7 @@ import * as path from 'node:path';
 import { createRequire } from 'node:module';
 import { Message, Variant } from 'dbus-next';
 import { busctlCall } from '../helpers/busctl.js';
-import { withDaemon } from '../helpers/daemon.js';
+import { deploymentsOf, withDaemon } from '../helpers/daemon.js';
 import {
   DBusError, MANAGER_IFACE, MANAGER_PATH, SERVICE, TestClient, TRANSACTION_IFACE,
 } from '../helpers/dbus-client.js';
@@ -471,7 +471,7 @@ test.serial('inputs - StartPreStage with wait - the queue is bounded: with 16 wa
     sysroot: { deployments: 18 },
     etcHooks: { 'slow.hook': '[Hook]\nPrepare=/bin/sleep 60\nAbort=/bin/true\n' },
   });
-  const deployments = (ctx.sysroot as { deployments: string[] }).deployments;
+  const deployments = deploymentsOf(ctx);
   const capture: CaptureOptions = { root: ctx.root, stateDir: ctx.stateDir, client: ctx.client };
   const start = (d: string) => ctx.client.call(SERVICE, MANAGER_PATH, MANAGER_IFACE, 'StartPreStage', 'sa{sv}',
     [d, { wait: v('b', true) }]) as Promise<[string]>;
