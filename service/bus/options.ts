@@ -8,6 +8,7 @@
 import { Variant } from 'dbus-next';
 import { invalidArgs } from '../engine/errors.js';
 import type { LogOptions, PhaseOptions, RegisterOptions, StartOptions } from '../engine/api.js';
+import { DEFAULT_RETRY_MAX_SEC, DEFAULT_RETRY_SEC } from '../engine/retry.js';
 import type { HookDefinition, ResolvedHook } from '../engine/types.js';
 import { toUint32 } from './marshal.js';
 
@@ -163,6 +164,11 @@ export const HOOK_DEFINITION = {
   Environment: 'as',
   Required: 'b',
   TimeoutSec: 'u',
+  RootDirectory: 's',
+  BindPaths: 'as',
+  BindReadOnlyPaths: 'as',
+  RetrySec: 'u',
+  RetryMaxSec: 'u',
 } as const;
 
 /** Keys ListHooks adds to each definition. */
@@ -171,6 +177,9 @@ export const HOOK_ENTRY_EXTRA = {
   Origin: 's',
   Refused: 's',
   Digest: 's',
+  PrepareRoot: 's',
+  CommitRoot: 's',
+  AbortRoot: 's',
 } as const;
 
 /**
@@ -193,6 +202,12 @@ export function decodeHookDefinition(dict: unknown): HookDefinition {
     environment: o.Environment ?? [],
     required: o.Required ?? true,
     timeoutSec: timeout === undefined ? DEFAULT_HOOK_TIMEOUT_SEC : (timeout === 0 ? null : timeout),
+    // Absent (or an empty RootDirectory, as ListHooks encodes "the default"): the hook-file default.
+    ...(o.RootDirectory !== undefined && o.RootDirectory !== '' ? { rootDirectory: o.RootDirectory } : {}),
+    ...(o.BindPaths !== undefined && o.BindPaths.length > 0 ? { bindPaths: o.BindPaths } : {}),
+    ...(o.BindReadOnlyPaths !== undefined && o.BindReadOnlyPaths.length > 0 ? { bindReadOnlyPaths: o.BindReadOnlyPaths } : {}),
+    ...(o.RetrySec !== undefined ? { retrySec: o.RetrySec } : {}),
+    ...(o.RetryMaxSec !== undefined ? { retryMaxSec: o.RetryMaxSec } : {}),
   };
 }
 
@@ -208,6 +223,11 @@ export function encodeHookDefinition(def: HookDefinition): Record<keyof typeof H
     Environment: new Variant('as', def.environment),
     Required: new Variant('b', def.required),
     TimeoutSec: new Variant('u', toUint32(def.timeoutSec ?? 0)),
+    RootDirectory: new Variant('s', def.rootDirectory ?? ''),
+    BindPaths: new Variant('as', def.bindPaths ?? []),
+    BindReadOnlyPaths: new Variant('as', def.bindReadOnlyPaths ?? []),
+    RetrySec: new Variant('u', toUint32(def.retrySec ?? DEFAULT_RETRY_SEC)),
+    RetryMaxSec: new Variant('u', toUint32(def.retryMaxSec ?? DEFAULT_RETRY_MAX_SEC)),
   };
 }
 
@@ -219,5 +239,8 @@ export function encodeHookEntry(hook: ResolvedHook): [string, Record<string, Var
     Origin: new Variant('s', hook.origin),
     Refused: new Variant('s', hook.refused ?? ''),
     Digest: new Variant('s', hook.digest),
+    PrepareRoot: new Variant('s', hook.roots.prepare ?? ''),
+    CommitRoot: new Variant('s', hook.roots.commit ?? ''),
+    AbortRoot: new Variant('s', hook.roots.abort ?? ''),
   }];
 }

@@ -32,6 +32,7 @@ import { discoverHooks } from './hook-discovery.js';
 import { isValidHookName } from './hook-name.js';
 import { validateDefinition } from './hook-file.js';
 import { registerHookFile, unregisterHookFile } from './hook-store.js';
+import { locateBwrap } from './new-root.js';
 import {
   JournalStore, nowUsec, type BeginRecord, type JournalHook,
 } from './journal.js';
@@ -136,6 +137,8 @@ export class Engine implements EngineApi {
       stepPath: this.opts.stepPath,
       killGraceMs: this.opts.killGraceMs,
       trustedUid: this.opts.trustedUid,
+      bootedRoot: this.sysroot.bootedRoot,
+      bwrap: () => locateBwrap(),
       isClosing: () => this.closing,
       transactions: () => this.txs.values(),
       phaseStarted: (tx, phase) => this.phaseStartedSubject.next({ transaction: tx, phase }),
@@ -240,7 +243,7 @@ export class Engine implements EngineApi {
     }
     const set = await this.resolveHooks(dep.path);
     const hooks = set.hooks.map<JournalHook>((h) => ({
-      name: h.name, definition: h.definition, source: h.source, digest: h.digest, refused: h.refused,
+      name: h.name, definition: h.definition, source: h.source, digest: h.digest, refused: h.refused, origin: h.origin,
     }));
     if (o.dryRun) {
       const tx = await this.create(dep.path, dep.key, hooks, set.fingerprint, true);
@@ -339,7 +342,7 @@ export class Engine implements EngineApi {
       .map((h) => ({ name: h.name, after: h.definition.after, before: h.definition.before, source: h.source }));
     nodes.push({ name, after: definition.after, before: definition.before, source: `definition of hook '${name}'` });
     orderHooks(nodes);
-    const file = await registerHookFile(this.opts.root, name, definition, o.runtime);
+    const file = await registerHookFile(this.opts.root, name, definition, o.runtime, this.opts.trustedUid);
     this.log.info(`registered hook ${name}`, { hook: name, file });
     return file;
   }

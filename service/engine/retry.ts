@@ -26,7 +26,8 @@ export interface RetryPolicy {
 
 export type RetryDecision =
   | { retry: true; attempt: number; dueUsec: number; windowEndUsec: number; status: string }
-  | { retry: false; message: string };
+  /** `deadline`: the phase deadline comes first (the step then ends as timed out). */
+  | { retry: false; message: string; reason: 'disabled' | 'window' | 'deadline' };
 
 /**
  * What to do after attempt `attempt` (1-based) exited 75 at `nowUsec`, the
@@ -38,20 +39,20 @@ export function decideRetry(
 ): RetryDecision {
   const base = `exited with status ${EXIT_TEMPFAIL} (try again later)`;
   if (policy.windowSec <= 0) {
-    return { retry: false, message: `${base}; RetryMaxSec= is 0, so it is not retried` };
+    return { retry: false, reason: 'disabled', message: `${base}; RetryMaxSec= is 0, so it is not retried` };
   }
   const windowEndUsec = firstUsec + policy.windowSec * 1e6;
   const dueUsec = nowUsec + policy.intervalSec * 1e6;
   if (dueUsec > windowEndUsec) {
     return {
-      retry: false,
+      retry: false, reason: 'window',
       message: `${base} at attempt ${attempt}; its retry window of ${policy.windowSec}s (RetryMaxSec=) closes ` +
         `before the next attempt would start, ${policy.intervalSec}s later`,
     };
   }
   if (phaseDeadlineUsec !== null && dueUsec > phaseDeadlineUsec) {
     return {
-      retry: false,
+      retry: false, reason: 'deadline',
       message: `${base} at attempt ${attempt}; the phase deadline comes before the next attempt would start, ${policy.intervalSec}s later`,
     };
   }

@@ -105,6 +105,7 @@ export function describeRecord(r: JournalRecord): string {
     case 'step': return `${r.rollback ? 'rollback ' : ''}step ${r.phase} ${r.hook}`;
     case 'pid': return `pid ${r.phase} ${r.hook}`;
     case 'done': return `${r.rollback ? 'rollback ' : ''}done ${r.phase} ${r.hook} ${r.result}`;
+    case 'retry': return `${r.rollback ? 'rollback ' : ''}retry ${r.phase} ${r.hook} attempt ${r.attempt}`;
   }
 }
 
