@@ -206,8 +206,9 @@ export function decodeHookDefinition(dict: unknown): HookDefinition {
     ...(o.RootDirectory !== undefined && o.RootDirectory !== '' ? { rootDirectory: o.RootDirectory } : {}),
     ...(o.BindPaths !== undefined && o.BindPaths.length > 0 ? { bindPaths: o.BindPaths } : {}),
     ...(o.BindReadOnlyPaths !== undefined && o.BindReadOnlyPaths.length > 0 ? { bindReadOnlyPaths: o.BindReadOnlyPaths } : {}),
-    ...(o.RetrySec !== undefined ? { retrySec: o.RetrySec } : {}),
-    ...(o.RetryMaxSec !== undefined ? { retryMaxSec: o.RetryMaxSec } : {}),
+    // The defaults are absent, as ListHooks' encoding of an unset key reads back.
+    ...(o.RetrySec !== undefined && o.RetrySec !== DEFAULT_RETRY_SEC ? { retrySec: o.RetrySec } : {}),
+    ...(o.RetryMaxSec !== undefined && o.RetryMaxSec !== DEFAULT_RETRY_MAX_SEC ? { retryMaxSec: o.RetryMaxSec } : {}),
   };
 }
 

@@ -57,6 +57,7 @@ export const BUSYBOX = '/usr/bin/busybox';
 export const BUSYBOX_APPLETS = [
   'sh', 'cat', 'echo', 'printf', 'ls', 'touch', 'mkdir', 'rm', 'sleep', 'test', '[', 'true', 'false',
   'id', 'env', 'grep', 'readlink', 'stat', 'ps', 'kill', 'tr', 'head', 'wc', 'mv', 'cp', 'ln', 'pwd',
+  'sed', 'cut', 'sync', 'setsid', 'tail', 'awk', 'chmod', 'date',
 ];
 
 /**

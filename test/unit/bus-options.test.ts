@@ -118,6 +118,18 @@ test('hook definition - unknown keys and wrong types are InvalidArgs', (t) => {
   invalidArgs(t, () => decodeHookDefinition({ Required: v('s', 'yes') }), "'Required'", "type 'b'");
 });
 
+test('hook definition - RootDirectory, BindPaths, BindReadOnlyPaths, RetrySec, RetryMaxSec decode and encode back', (t) => {
+  const def = {
+    description: '', prepare: ['/a'], commit: null, abort: null, after: [], before: [], environment: [], required: true,
+    timeoutSec: 300, rootDirectory: '${BOOTC_PRESTAGE_DEPLOYMENT}', bindPaths: ['-/srv/x:/x'], bindReadOnlyPaths: ['/opt'],
+    retrySec: 5, retryMaxSec: 600,
+  };
+  t.deepEqual(decodeHookDefinition(encodeHookDefinition(def)), def);
+  // The defaults as ListHooks encodes them read back as unset.
+  t.deepEqual(decodeHookDefinition({ Prepare: v('as', ['/a']), RootDirectory: v('s', ''), RetrySec: v('u', 30), RetryMaxSec: v('u', 0), BindPaths: v('as', []) }),
+    { description: '', prepare: ['/a'], commit: null, abort: null, after: [], before: [], environment: [], required: true, timeoutSec: 300 });
+});
+
 test('hook definition - encode then decode is the identity', (t) => {
   const def = {
     description: 'd', prepare: ['/a', 'x y'], commit: null, abort: ['/c'],
