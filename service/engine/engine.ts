@@ -23,20 +23,19 @@
 import { randomBytes } from 'node:crypto';
 import * as path from 'node:path';
 import { BehaviorSubject, Subject, type Observable } from 'rxjs';
-import type {
-  EngineApi, EngineStatus, PhaseOptions, RegisterOptions, StartOptions, TransactionHandle,
-} from './api.js';
+import type { EngineApi, EngineStatus, TransactionHandle } from './api.js';
+import type { PhaseOptions, RegisterOptions, StartOptions } from '../model/options.js';
 import { Sysroot } from './deployments.js';
-import { PreStageError, toPreStageError } from './errors.js';
+import { PreStageError, toPreStageError } from '../model/errors.js';
 import { discoverHooks } from './hook-discovery.js';
-import { isValidHookName } from './hook-name.js';
-import { validateDefinition } from './hook-file.js';
+import { isValidHookName } from '../model/hook-name.js';
+import { validateDefinition } from '../model/hook-file.js';
 import { registerHookFile, unregisterHookFile } from './hook-store.js';
 import { locateBwrap } from './new-root.js';
 import {
   JournalStore, nowUsec, type BeginRecord, type JournalHook,
 } from './journal.js';
-import type { Logger } from './logger.js';
+import type { Logger } from '../model/logger.js';
 import { PhaseRunner, type Job } from './phase-runner.js';
 import { orderHooks } from './plan.js';
 import { terminateGroup } from './process-tree.js';
@@ -45,7 +44,7 @@ import { StateDir, historyToPrune } from './state-dir.js';
 import { Transaction } from './transaction.js';
 import type {
   HookDefinition, HookSet, Phase, TransactionSnapshot,
-} from './types.js';
+} from '../model/types.js';
 
 export const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 export const MIN_HISTORY = 20;

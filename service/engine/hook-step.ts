@@ -9,22 +9,21 @@
  */
 import { existsSync } from 'node:fs';
 import * as path from 'node:path';
-import { expandArgv, expandVariables, quoteCommandLine } from './command-line.js';
-import { PreStageError, toPreStageError } from './errors.js';
+import { expandArgv, expandVariables, quoteCommandLine } from '../model/command-line.js';
+import { PreStageError, toPreStageError } from '../model/errors.js';
 import { programInRootProblem, programTrustProblem, rootDirectoryProblem } from './hook-discovery.js';
-import { retryPolicyOf } from './hook-file.js';
+import { parseBindEntry, type BindSpec } from '../model/bind-paths.js';
+import { retryPolicyOf } from '../model/hook-file.js';
 import { nowUsec, type JournalHook } from './journal.js';
-import {
-  bwrapArgv, bwrapMissingMessage, parseBindEntry, programInRoot, stepRoot, type BindSpec,
-} from './new-root.js';
+import { bwrapArgv, bwrapMissingMessage, programInRoot, stepRoot } from './new-root.js';
 import type { RetryWait } from './recovery.js';
 import { EXIT_TEMPFAIL, decideRetry, retryStatus } from './retry.js';
-import type { Logger } from './logger.js';
+import type { Logger } from '../model/logger.js';
 import { MessageLimiter } from './message-limiter.js';
 import type { StateDir } from './state-dir.js';
 import { runStep, type RunningStep, type StepOutcome } from './step-runner.js';
 import type { Transaction } from './transaction.js';
-import type { Phase } from './types.js';
+import type { Phase } from '../model/types.js';
 
 /** What a hook step needs of the engine. */
 export interface HookStepContext {

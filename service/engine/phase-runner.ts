@@ -9,15 +9,15 @@
  * (a failing one is reported, the rest still run), and a hook's state
  * directory is removed only once its last step succeeded.
  */
-import { expandArgv, quoteCommandLine } from './command-line.js';
-import type { ErrorCode } from './errors.js';
+import { expandArgv, quoteCommandLine } from '../model/command-line.js';
+import type { ErrorCode } from '../model/errors.js';
 import { runHookStep, stepCommand, stepEnv, type HookStepContext, type PhaseRun } from './hook-step.js';
 import type { RetryWait } from './recovery.js';
 import { nowUsec, type JournalStore } from './journal.js';
 import { locateSpawner } from './spawner.js';
 import type { RunningStep } from './step-runner.js';
 import { phaseOrder, type Transaction } from './transaction.js';
-import type { Phase, TransactionSnapshot, TransactionState } from './types.js';
+import type { Phase, TransactionSnapshot, TransactionState } from '../model/types.js';
 
 export type JobKind = 'prepare' | 'commit' | 'abort' | 'rollback' | 'dry-run';
 

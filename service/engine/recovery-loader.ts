@@ -8,16 +8,16 @@
  * recovery job is queued, and recovery jobs are queued before any new work
  * (`Engine.open` returns only after `loadTransactions` has).
  */
-import type { ErrorCode } from './errors.js';
+import type { ErrorCode } from '../model/errors.js';
 import type { BeginRecord, JournalStore } from './journal.js';
-import type { Logger } from './logger.js';
+import type { Logger } from '../model/logger.js';
 import type { Job } from './phase-runner.js';
 import {
   findProcessRefsByEnv, killProcessesByEnv, readProcStat, terminateGroup,
 } from './process-tree.js';
 import { replayJournal, type Replayed } from './recovery.js';
 import type { Transaction } from './transaction.js';
-import type { TransactionState } from './types.js';
+import type { TransactionState } from '../model/types.js';
 
 /** What loading needs of the engine. */
 export interface RecoveryContext {

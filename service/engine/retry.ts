@@ -12,10 +12,6 @@
 
 /** sysexits.h EX_TEMPFAIL. */
 export const EXIT_TEMPFAIL = 75;
-/** RetrySec= when the file does not say. */
-export const DEFAULT_RETRY_SEC = 30;
-/** RetryMaxSec= when the file does not say: no retry, 75 is a failure. */
-export const DEFAULT_RETRY_MAX_SEC = 0;
 
 export interface RetryPolicy {
   /** Seconds between the end of an attempt and the start of the next. */

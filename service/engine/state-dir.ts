@@ -10,7 +10,7 @@
  */
 import { mkdirSync, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { PreStageError } from './errors.js';
+import { PreStageError } from '../model/errors.js';
 import { mkdirp, writeFileAtomic } from './fs-atomic.js';
 import { isSameProcess, processStartTime } from './process-tree.js';
 

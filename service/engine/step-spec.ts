@@ -5,9 +5,9 @@
  */
 import { isAbsolute } from 'node:path';
 import { getSystemErrorMap } from 'node:util';
-import { PreStageError } from './errors.js';
+import { PreStageError } from '../model/errors.js';
 import type { LineBatch } from './line-splitter.js';
-import type { StepResult } from './types.js';
+import type { StepResult } from '../model/types.js';
 
 /** SIGTERM -> SIGKILL delay when StepSpec.killGraceMs is not given (systemd uses 90 s; hooks are short). */
 export const DEFAULT_KILL_GRACE_MS = 5000;

@@ -2,10 +2,9 @@ import test from 'ava';
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { expandVariables } from '../../service/engine/command-line.js';
-import {
-  BindSyntaxError, bwrapArgv, bwrapMissingMessage, locateBwrap, parseBindEntry, parseBindValue, programInRoot, stepRoot,
-} from '../../service/engine/new-root.js';
+import { BindSyntaxError, parseBindEntry, parseBindValue } from '../../service/model/bind-paths.js';
+import { expandVariables } from '../../service/model/command-line.js';
+import { bwrapArgv, bwrapMissingMessage, locateBwrap, programInRoot, stepRoot } from '../../service/engine/new-root.js';
 
 const MOUNTS = {
   root: '/sysroot/ostree/deploy/os/deploy/abc.0', etc: '/booted/etc', var: '/sysroot/ostree/deploy/os/var',

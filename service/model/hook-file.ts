@@ -21,14 +21,18 @@
 import { CommandLineSyntaxError, quoteWord, splitCommandLine } from './command-line.js';
 import { PreStageError } from './errors.js';
 import { isValidHookName } from './hook-name.js';
-import { BindSyntaxError, parseBindEntry } from './new-root.js';
-import { DEFAULT_RETRY_MAX_SEC, DEFAULT_RETRY_SEC } from './retry.js';
+import { BindSyntaxError, parseBindEntry } from './bind-paths.js';
 import type { HookDefinition } from './types.js';
 
 /** TimeoutSec= when the file does not say. */
 export const DEFAULT_TIMEOUT_SEC = 300;
 /** The largest finite TimeoutSec= (7 days); beyond that, write `infinity`. */
 export const MAX_TIMEOUT_SEC = 7 * 24 * 3600;
+
+/** RetrySec= when the file does not say (README "Hooks", docs/hooks.md "Retry later"). */
+export const DEFAULT_RETRY_SEC = 30;
+/** RetryMaxSec= when the file does not say: no retry, exit 75 is a failure. */
+export const DEFAULT_RETRY_MAX_SEC = 0;
 
 /** Size limits, in bytes of UTF-8 unless noted. */
 export const LIMITS = Object.freeze({
