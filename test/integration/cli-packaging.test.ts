@@ -13,7 +13,7 @@ import { parseDaemonArgs } from '../../service/daemon/args.js';
 import { parseCommandLine } from '../../service/cli/args.js';
 import { splitCommandLine } from '../../service/model/command-line.js';
 import { parseHookFile } from '../../service/model/hook-file.js';
-import { withDaemon } from '../helpers/daemon.js';
+import { deploymentsOf, withDaemon } from '../helpers/daemon.js';
 import { REPO_ROOT, tmpDir, writeFiles } from '../helpers/tmp.js';
 import { runCli } from './cli-harness.js';
 
