@@ -257,11 +257,11 @@ test.serial('packaging - the example image\'s hook parses, its program migrates 
       files: { 'usr/libexec/example-app/migrate': { content: await fsp.readFile(path.join(ex, 'example-app-migrate')), mode: 0o755 } },
     },
   });
-  const sysroot = ctx.sysroot as { deployments: string[]; path: string; osname: string };
+  const [staged] = deploymentsOf(ctx);
+  const sysroot = ctx.sysroot as { path: string; osname: string };
   const state = path.join(sysroot.path, 'ostree', 'deploy', sysroot.osname, 'var', 'lib', 'example-app');
   await fsp.mkdir(state, { recursive: true, mode: 0o755 });
   await fsp.writeFile(path.join(state, 'state'), 'version=1\nname=Web\nport=80\n');
-  const [staged] = sysroot.deployments;
   const r = await runCli(['start', staged!], { address: ctx.bus.address });
   t.is(r.code, 0, `${r.stdout}\n${r.stderr}`);
   t.regex(r.stdout, /\[example-app-migrate\] prepared /);
