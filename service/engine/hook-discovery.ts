@@ -362,7 +362,8 @@ export function programsOf(
     }
     // A root that needs a deployment not given (ListHooks of host hooks) stays unchecked: null.
     const root = stepRoot(def.rootDirectory, origin === 'deployment', phase, env, expandVariables);
-    if (root === null && deployment !== '') {
+    // Unknown only while listing without a deployment, and only when it names the deployment.
+    if (root === null && (deployment !== '' || !def.rootDirectory!.includes('${BOOTC_PRESTAGE_DEPLOYMENT}'))) {
       throw new PreStageError('InvalidHook',
         `${source}: RootDirectory=${def.rootDirectory} expands to '${expandVariables(def.rootDirectory!, env)}', which is not an absolute path`);
     }
