@@ -42,6 +42,8 @@ async function setup(t: ExecutionContext): Promise<Setup> {
     log: nullLogger, stateDir, store, stepPath: DEFAULT_PATH, killGraceMs: 500,
     // The owner of /bin/sh, so the programs are trusted whoever runs the tests.
     trustedUid: statSync('/bin/sh').uid,
+    // Host-root steps only here (new-root steps: test/integration/new-root.test.ts).
+    bootedRoot: '/', bwrap: () => null,
     isClosing: () => false,
     transactions: () => txs,
     phaseStarted: (_tx, phase) => phases.push(phase),
