@@ -175,7 +175,7 @@ test('prepare - the phase deadline stops the running step; the phase ends Timeou
   t.deepEqual(await s.ran(), ['a-prepare', 'a-abort']);
   const snap = tx.snapshot();
   t.is(snap.state, 'failed');
-  t.is(snap.error, 'Timeout');
+  t.is(snap.error, 'Timeout', snap.errorMessage);
   t.regex(snap.errorMessage, /exceeded its 1s deadline; rolled back$/);
 });
 
