@@ -352,3 +352,34 @@ test('retry - a SIGKILL of the daemon during the wait resumes the wait after the
   t.is(steps.length, 2);
   t.true(steps[1]!.usec >= retry.dueUsec, 'the resumed attempt waited until its due time');
 });
+
+test('retry - a SIGKILL during a commit step\'s wait resumes that wait; the commit steps before it are not run again', async (t) => {
+  const dir = await countDir(t);
+  const script = `n=$(cat ${dir}/count 2>/dev/null || echo 0); n=$((n+1)); echo $n > ${dir}/count; if [ $n -le 1 ]; then exit 75; fi; exit 0`;
+  const { ctx, client, staged } = await retryRig(t,
+    `[Hook]\nPrepare=/bin/true\nCommit=/bin/sh -c '${script}'\nRetrySec=3\nRetryMaxSec=600\n`);
+  const first = path.join(ctx.root, 'etc/bootc/pre-stage.d/first.hook');
+  await fsp.writeFile(first, `[Hook]\nPrepare=/bin/true\nCommit=/bin/sh -c 'echo run >> ${dir}/first'\n`);
+  const p = await client.startPreStage(staged);
+  t.is((await waitRest(client, p)).state, 'prepared');
+  await client.commitPreStage(staged);
+  const id = (await client.transactionProperties(p)).id;
+  for (;;) {
+    if (journalOf(ctx, id).some((r) => r.t === 'retry' && r.phase === 'commit')) break;
+    await sleep(20);
+  }
+  await ctx.daemon.kill('SIGKILL');
+  await ctx.restart();
+  const c2 = await PreStageClient.connect({ address: ctx.bus.address, callTimeoutMs: 30_000 });
+  t.teardown(() => c2.close());
+  let s = await c2.transactionProperties(p);
+  const deadline = Date.now() + 60_000;
+  while (!(s.phase === 'commit' && RESTING.includes(s.state)) && Date.now() < deadline) {
+    await sleep(50);
+    s = await c2.transactionProperties(p);
+  }
+  t.is(s.state, 'committed', s.errorMessage);
+  t.is(await fsp.readFile(path.join(dir, 'count'), 'utf8'), '2\n');
+  t.is(await fsp.readFile(path.join(dir, 'first'), 'utf8'), 'run\n', 'the commit step before it ran once');
+  t.deepEqual(s.hooks.map((h) => [h.name, h.result]), [['first', 'success'], ['retry', 'success']]);
+});
