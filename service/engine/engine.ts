@@ -28,6 +28,7 @@ import type { PhaseOptions, RegisterOptions, StartOptions } from '../model/optio
 import { Sysroot } from './deployments.js';
 import { PreStageError, toPreStageError } from '../model/errors.js';
 import { HookRegistry } from './hook-registry.js';
+import { locateBwrap } from './new-root.js';
 import {
   JournalStore, nowUsec, type BeginRecord, type JournalHook,
 } from './journal.js';
@@ -133,6 +134,8 @@ export class Engine implements EngineApi {
       stepPath: this.opts.stepPath,
       killGraceMs: this.opts.killGraceMs,
       trustedUid: this.opts.trustedUid,
+      bootedRoot: this.sysroot.bootedRoot,
+      bwrap: () => locateBwrap(),
       isClosing: () => this.closing,
       transactions: () => this.txs.values(),
       phaseStarted: (tx, phase) => this.phaseStartedSubject.next({ transaction: tx, phase }),
@@ -237,7 +240,7 @@ export class Engine implements EngineApi {
     }
     const set = await this.hooks.forTransaction(dep.path);
     const hooks = set.hooks.map<JournalHook>((h) => ({
-      name: h.name, definition: h.definition, source: h.source, digest: h.digest, refused: h.refused,
+      name: h.name, definition: h.definition, source: h.source, digest: h.digest, refused: h.refused, origin: h.origin,
     }));
     if (o.dryRun) {
       const tx = await this.create(dep.path, dep.key, hooks, set.fingerprint, true);

@@ -16,13 +16,14 @@
  * what was opened, not on a path that could change between check and read).
  */
 import { createHash } from 'node:crypto';
-import { constants as C, promises as fsp, statSync, type Dirent, type Stats } from 'node:fs';
+import { constants as C, lstatSync, promises as fsp, readlinkSync, statSync, type Dirent, type Stats } from 'node:fs';
 import * as nodePath from 'node:path';
 import { expandVariables } from '../model/command-line.js';
 import { PreStageError } from '../model/errors.js';
 import { environmentRecord, LIMITS, parseHookFile } from '../model/hook-file.js';
 import { HOOK_FILE_SUFFIX, isValidHookName } from '../model/hook-name.js';
 import { nullLogger, type Logger } from '../model/logger.js';
+import { programInRoot, stepRoot } from './new-root.js';
 import { orderHooks } from './plan.js';
 import type { HookDefinition, HookOrigin, HookSet, Phase, ResolvedHook } from '../model/types.js';
 
@@ -283,7 +284,7 @@ async function buildHook(
   programStats: Map<string, Promise<Stats | null>>, log: Logger,
 ): Promise<ResolvedHook> {
   const { cand } = entry;
-  const { definition, warnings } = parseHookFile(entry.bytes, cand.source);
+  const { definition, warnings, lines } = parseHookFile(entry.bytes, cand.source);
   const digest = createHash('sha256').update(entry.bytes).digest('hex');
 
   const problems: string[] = [];
@@ -298,7 +299,21 @@ async function buildHook(
     const problem = st && untrusted(st, trustedUid, `directory ${targetDir}`);
     if (problem) problems.push(problem);
   }
-  for (const { key, program } of programsOf(cand.name, cand.source, definition, deployment)) {
+  const roots: Partial<Record<Phase, string>> = {};
+  for (const { key, phase, program, root } of programsOf(cand.name, cand.source, definition, deployment, cand.dir.origin)) {
+    roots[phase] = root ?? definition.rootDirectory!;
+    if (root === null) continue;
+    if (root !== '/') {
+      // The root itself: InvalidHook, as a malformed value would be.
+      const where = definition.rootDirectory !== undefined
+        ? `${cand.source}:${lines.RootDirectory ?? 0}: RootDirectory=${definition.rootDirectory}`
+        : `${cand.source}: the ${phase} step's root, the deployment`;
+      const rp = rootDirectoryProblem(root, trustedUid);
+      if (rp) throw new PreStageError('InvalidHook', `${where} (${root}) ${rp}`);
+      const problem = programInRootProblem(program, root, trustedUid, `${key}= program`);
+      if (problem) problems.push(problem);
+      continue;
+    }
     let p = programStats.get(program);
     if (!p) {
       // A missing program is not refused here: the step fails when it runs.
@@ -318,7 +333,7 @@ async function buildHook(
 
   return {
     name: cand.name, definition, source: cand.source, origin: cand.dir.origin,
-    digest, refused, warnings,
+    digest, refused, warnings, roots,
   };
 }
 
@@ -330,9 +345,9 @@ async function buildHook(
  * so a registered hook can never make discovery fail.
  */
 export function programsOf(
-  name: string, source: string, def: HookDefinition, deployment: string,
-): { key: string; program: string }[] {
-  const out: { key: string; program: string }[] = [];
+  name: string, source: string, def: HookDefinition, deployment: string, origin: HookOrigin = 'etc',
+): { key: string; phase: Phase; program: string; root: string | null }[] {
+  const out: { key: string; phase: Phase; program: string; root: string | null }[] = [];
   const steps: [string, Phase, string[] | null][] = [
     ['Prepare', 'prepare', def.prepare], ['Commit', 'commit', def.commit], ['Abort', 'abort', def.abort],
   ];
@@ -349,9 +364,103 @@ export function programsOf(
       throw new PreStageError('InvalidHook',
         `${source}: ${key}= program '${argv[0]}' expands to '${program}', which is not an absolute path`);
     }
-    out.push({ key, program: nodePath.normalize(program) });
+    // A root that needs a deployment not given (ListHooks of host hooks) stays unchecked: null.
+    const root = stepRoot(def.rootDirectory, origin === 'deployment', phase, env, expandVariables);
+    // Unknown only while listing without a deployment, and only when it names the deployment.
+    if (root === null && (deployment !== '' || !def.rootDirectory!.includes('${BOOTC_PRESTAGE_DEPLOYMENT}'))) {
+      throw new PreStageError('InvalidHook',
+        `${source}: RootDirectory=${def.rootDirectory} expands to '${expandVariables(def.rootDirectory!, env)}', which is not an absolute path`);
+    }
+    out.push({ key, phase, program: nodePath.normalize(program), root });
   }
   return out;
+}
+
+/**
+ * Why `root` cannot be a step's root directory, or null: it must exist, be
+ * a directory (links resolved on the host: the root is a host path), be
+ * owned by the trusted uid (or root) and not be writable by group or
+ * others, and so must every directory above it (ancestorProblem).
+ */
+export function rootDirectoryProblem(root: string, trustedUid: number): string | null {
+  let st: Stats;
+  try {
+    st = statSync(root);
+  } catch (e) {
+    const code = errnoOf(e);
+    return code === 'ENOENT' ? 'does not exist' : `cannot be used: ${code ?? (e as Error).message}`;
+  }
+  if (!st.isDirectory()) return 'is not a directory';
+  const own = untrusted(st, st.uid === 0 ? 0 : trustedUid, 'it');
+  if (own) return `is not trusted: ${own}`;
+  const dirs = ancestorsOf(nodePath.resolve(root));
+  const above = ancestorProblem(dirs, dirs.map(statOrNull), true, trustedUid, 'it');
+  return above ? `is not trusted: ${above}` : null;
+}
+
+/**
+ * Why the program a step names cannot run in `root`, or null: the path is
+ * taken inside the root (new-root.ts programInRoot), its links are resolved
+ * within the root, never on the host (resolveInRootSync), and the file and
+ * every directory between it and the root must pass the trust checks of a
+ * host program. A program missing from the root is refused: nothing else
+ * could run in its place.
+ */
+export function programInRootProblem(program: string, root: string, trustedUid: number, what = 'program'): string | null {
+  const inside = programInRoot(program, root);
+  let resolved: string;
+  try {
+    resolved = resolveInRootSync(root, inside);
+  } catch (e) {
+    return `${what} ${inside} in ${root}: ${errnoOf(e) === 'ELOOP' ? 'too many levels of symbolic links' : (e as Error).message}`;
+  }
+  const label = `${what} ${inside} in ${root}`;
+  const st = statOrNull(resolved);
+  if (st === null) return `${label} does not exist`;
+  if (!st.isFile()) return `${label} is not a regular file`;
+  const own = untrusted(st, trustedUid, label);
+  if (own) return own;
+  // The directories from the file up to (not including) the root: the root
+  // and its ancestors were checked by rootDirectoryProblem.
+  const base = nodePath.resolve(root);
+  const dirs: string[] = [];
+  for (let d = nodePath.dirname(resolved); d.startsWith(`${base}/`); d = nodePath.dirname(d)) dirs.push(d);
+  return ancestorProblem(dirs, dirs.map(statOrNull), true, trustedUid, label);
+}
+
+/** resolveInRoot, synchronously (a step's trust check right before it runs). */
+export function resolveInRootSync(root: string, rel: string): string {
+  const split = (p: string) => p.split('/').filter((c) => c !== '' && c !== '.');
+  let pending = split(rel);
+  const done: string[] = [];
+  let links = 0;
+  while (pending.length > 0) {
+    const c = pending.shift()!;
+    if (c === '..') {
+      done.pop();
+      continue;
+    }
+    const p = nodePath.join(root, ...done, c);
+    let st: Stats;
+    try {
+      st = lstatSync(p);
+    } catch {
+      return nodePath.join(root, ...done, c, ...pending);
+    }
+    if (!st.isSymbolicLink()) {
+      done.push(c);
+      continue;
+    }
+    if (++links > 40) {
+      const err = new Error(`too many levels of symbolic links resolving ${rel} in ${root}`) as NodeJS.ErrnoException;
+      err.code = 'ELOOP';
+      throw err;
+    }
+    const target = readlinkSync(p);
+    if (target.startsWith('/')) done.length = 0;
+    pending = [...split(target), ...pending];
+  }
+  return nodePath.join(root, ...done);
 }
 
 /** The directories above `file`, nearest first, through '/'. */

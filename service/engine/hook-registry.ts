@@ -53,7 +53,7 @@ export class HookRegistry {
       .map((h) => ({ name: h.name, after: h.definition.after, before: h.definition.before, source: h.source }));
     nodes.push({ name, after: definition.after, before: definition.before, source: `definition of hook '${name}'` });
     orderHooks(nodes);
-    const file = await registerHookFile(this.root, name, definition, runtime);
+    const file = await registerHookFile(this.root, name, definition, runtime, this.trustedUid);
     this.log.info(`registered hook ${name}`, { hook: name, file });
     return file;
   }

@@ -7,10 +7,17 @@
  * spawned (recovery knows every step that may have run), and a step the
  * daemon stops during keeps no `done` record (the next start recovers it).
  */
-import { expandArgv, quoteCommandLine } from '../model/command-line.js';
+import { existsSync } from 'node:fs';
+import * as path from 'node:path';
+import { expandArgv, expandVariables, quoteCommandLine } from '../model/command-line.js';
 import { PreStageError, toPreStageError } from '../model/errors.js';
-import { programTrustProblem } from './hook-discovery.js';
+import { programInRootProblem, programTrustProblem, rootDirectoryProblem } from './hook-discovery.js';
+import { parseBindEntry, type BindSpec } from '../model/bind-paths.js';
+import { retryPolicyOf } from '../model/hook-file.js';
 import { nowUsec, type JournalHook } from './journal.js';
+import { bwrapArgv, bwrapMissingMessage, programInRoot, stepRoot } from './new-root.js';
+import type { RetryWait } from './recovery.js';
+import { EXIT_TEMPFAIL, decideRetry, retryStatus } from './retry.js';
 import type { Logger } from '../model/logger.js';
 import { MessageLimiter } from './message-limiter.js';
 import type { StateDir } from './state-dir.js';
@@ -27,6 +34,10 @@ export interface HookStepContext {
   readonly killGraceMs: number;
   /** Owner that hook programs must have. */
   readonly trustedUid: number;
+  /** The booted deployment's root: its `etc` is a new-root step's /etc. */
+  readonly bootedRoot: string;
+  /** Where bwrap is (new-root.ts locateBwrap); null: new-root steps fail. */
+  bwrap(): string | null;
   /** The daemon is stopping: start nothing, record no outcome. */
   isClosing(): boolean;
 }
@@ -35,6 +46,8 @@ export interface HookStepContext {
 export interface PhaseRun {
   current: RunningStep | null;
   deadlineHit: boolean;
+  /** When the phase deadline cuts it (epoch µs), null for none: a retry never waits past it. */
+  deadlineUsec: number | null;
 }
 
 /** One step being run: who, in which phase, and what it reported last. */
@@ -55,6 +68,51 @@ interface PlannedStep {
   env: Record<string, string>;
   /** Why the program may not run as root, or null. */
   distrust: string | null;
+  /** The root it runs in (`/`: the host's). */
+  root: string;
+  /** Why it cannot run at all (a root missing, bwrap missing), or null: a failure. */
+  failure: string | null;
+  /** Why it is skipped without running (its deployment root is gone), or null. */
+  skip: string | null;
+}
+
+/** What a new-root step gets mounted, and how it is started (new-root.ts). */
+export interface StepCommand {
+  root: string;
+  /** The argv as run: bwrap's when the root is not `/`. */
+  argv: string[];
+  /** Set when the step cannot start (a root that needs a deployment not given, no bwrap). */
+  problem: string | null;
+}
+
+/**
+ * The command a step runs, as data: the expanded argv, wrapped in bwrap
+ * when its root is not the host's. Pure but for locating bwrap; dry runs
+ * show it, runs exec it.
+ */
+export function stepCommand(
+  h: JournalHook, phase: Phase, env: Record<string, string>, argv: string[],
+  o: { bootedRoot: string; stateDirectory: string | null; bwrap: string | null },
+): StepCommand {
+  const root = stepRoot(h.definition.rootDirectory, h.origin === 'deployment', phase, env, expandVariables);
+  if (root === null) {
+    return { root: h.definition.rootDirectory ?? '', argv, problem: `RootDirectory=${h.definition.rootDirectory} does not expand to an absolute path` };
+  }
+  if (root === '/') return { root, argv, problem: null };
+  const binds: BindSpec[] = [];
+  for (const [entries, ro] of [[h.definition.bindPaths, false], [h.definition.bindReadOnlyPaths, true]] as const) {
+    for (const e of entries ?? []) {
+      const b = parseBindEntry(e, ro);
+      binds.push({ ...b, source: expandVariables(b.source, env), destination: b.destination.startsWith('${') ? expandVariables(b.destination, env) : b.destination });
+    }
+  }
+  const inner = [programInRoot(argv[0]!, root), ...argv.slice(1)];
+  const mounts = {
+    root, etc: path.join(o.bootedRoot, 'etc'), var: path.resolve(env.BOOTC_PRESTAGE_DEPLOYMENT ?? '/', '..', '..', 'var'),
+    stateDirectory: o.stateDirectory, binds,
+  };
+  if (o.bwrap === null) return { root, argv: bwrapArgv('bwrap', mounts, inner), problem: bwrapMissingMessage(root) };
+  return { root, argv: bwrapArgv(o.bwrap, mounts, inner), problem: null };
 }
 
 /** The environment of a step: the hook's own, then the BOOTC_PRESTAGE_* keys (docs/design.md). */
@@ -82,28 +140,137 @@ export function stepEnv(
  */
 export async function runHookStep(
   ctx: HookStepContext, tx: Transaction, run: PhaseRun, phase: Phase, index: number, h: JournalHook, rollback: boolean,
+  resume: RetryWait | null = null,
 ): Promise<StepOutcome> {
   assertRunning(ctx);
-  const planned = planStep(ctx, tx, phase, h);
-  await recordStepStart(tx, phase, h, rollback);
   const scope: StepScope = {
     tx, phase, index, hook: h, rollback,
     label: `${rollback ? 'rollback ' : ''}${phase}`,
     fields: { transaction: tx.id, hook: h.name, phase, deployment: tx.deployment },
     lastStatus: '',
   };
-  announceStep(ctx, scope, planned.argv);
-  // Every line goes to the log as bytes; only those the Message cap lets
-  // through are decoded into events, the rest are counted (message-limiter.ts).
-  const messages = new MessageLimiter((count) => tx.emit({ type: 'messages-suppressed', hook: h.name, count }));
-  const step = spawnStep(ctx, scope, planned, messages);
-  const out = await awaitStep(ctx, scope, run, step);
-  // The count of the last window goes out before hook-finished.
-  messages.flush();
-  // Stopping: leave the step without a `done` record so the next start recovers it.
-  assertRunning(ctx);
+  const policy = retryPolicyOf(h.definition);
+  // Attempts after a 75 (retry.ts); a resumed wait starts where the journal left it.
+  let attempt = resume?.attempt ?? 1;
+  let firstUsec = resume?.firstUsec ?? nowUsec();
+  let out: StepOutcome;
+  if (resume !== null) {
+    announceResume(ctx, scope, resume);
+    const cut = await waitForRetry(ctx, scope, run, resume.dueUsec, attempt);
+    if (cut !== null) {
+      assertRunning(ctx);
+      await recordOutcome(ctx, scope, cut);
+      return cut;
+    }
+  }
+  for (;;) {
+    const planned = planStep(ctx, tx, phase, h);
+    await recordStepStart(tx, phase, h, rollback);
+    if (attempt === 1) firstUsec = nowUsec();
+    announceStep(ctx, scope, planned, attempt);
+    // Every line goes to the log as bytes; only those the Message cap lets
+    // through are decoded into events, the rest are counted (message-limiter.ts).
+    const messages = new MessageLimiter((count) => tx.emit({ type: 'messages-suppressed', hook: h.name, count }));
+    const step = spawnStep(ctx, scope, planned, messages);
+    out = await awaitStep(ctx, scope, run, step);
+    // The count of the last window goes out before hook-finished.
+    messages.flush();
+    // Stopping: leave the step without a `done` record so the next start recovers it.
+    assertRunning(ctx);
+    if (out.result !== 'failed' || out.exitCode !== EXIT_TEMPFAIL || out.signal !== null) break;
+    const cutByPhase = !rollback && (tx.cancelRequested || run.deadlineHit);
+    if (cutByPhase) break;
+    const d = decideRetry(policy, attempt, firstUsec, nowUsec(), run.deadlineUsec);
+    if (!d.retry) {
+      out = { ...out, message: d.message, ...(d.reason === 'deadline' ? { result: 'timeout' as const } : {}) };
+      break;
+    }
+    await tx.journal!.append({
+      t: 'retry', phase, hook: h.name, rollback, attempt: d.attempt, firstUsec,
+      dueUsec: d.dueUsec, windowEndUsec: d.windowEndUsec, message: d.status, usec: nowUsec(),
+    }, true);
+    tx.log.write(h.name, `${scope.label} step exited ${EXIT_TEMPFAIL} (try again later): ${d.status}`);
+    ctx.log.info(`${scope.label} step asked to be retried: ${d.status}`, scope.fields);
+    attempt = d.attempt;
+    const cut = await waitForRetry(ctx, scope, run, d.dueUsec, attempt);
+    if (cut !== null) {
+      out = cut;
+      break;
+    }
+  }
   await recordOutcome(ctx, scope, out);
   return out;
+}
+
+/** After a restart: the hook is shown running again, waiting for its next attempt. */
+function announceResume(ctx: HookStepContext, s: StepScope, w: RetryWait): void {
+  const { tx, hook: h, index } = s;
+  tx.patch({ currentHook: h.name });
+  if (!s.rollback) {
+    tx.setHook(index, { result: 'running', status: retryStatus(w.dueUsec - nowUsec(), w.attempt) });
+    tx.emit({ type: 'hook-started', hook: h.name, index, count: tx.snapshot().hooks.length });
+  }
+  tx.log.write(h.name, `${s.label} step: resuming the wait for attempt ${w.attempt} after a restart`);
+  ctx.log.info(`${s.label} step: resuming the wait for attempt ${w.attempt}`, s.fields);
+}
+
+/**
+ * Wait until `dueUsec`, showing "retrying in N s (attempt k)" once a
+ * second. Returns null when the attempt is due, or the outcome that ends
+ * the step when a Cancel or the phase deadline cut the wait (a rollback
+ * step only stops for the deadline, as its runs do).
+ */
+function waitForRetry(
+  ctx: HookStepContext, s: StepScope, run: PhaseRun, dueUsec: number, attempt: number,
+): Promise<StepOutcome | null> {
+  const { tx, hook: h, index } = s;
+  const t0 = performance.now();
+  const show = () => {
+    const status = retryStatus(dueUsec - nowUsec(), attempt);
+    s.lastStatus = status;
+    if (!s.rollback) tx.setHook(index, { status });
+    tx.emit({ type: 'hook-progress', hook: h.name, percent: tx.snapshot().hooks[index]?.percent ?? 0, status });
+  };
+  return new Promise<StepOutcome | null>((resolve) => {
+    let tick: NodeJS.Timeout | null = null;
+    let due: NodeJS.Timeout | null = null;
+    const end = (v: StepOutcome | null) => {
+      if (tick) clearInterval(tick);
+      if (due) clearTimeout(due);
+      if (run.current === waiter) run.current = null;
+      resolve(v);
+    };
+    const cutOutcome = (): StepOutcome => {
+      const timeout = run.deadlineHit;
+      return {
+        result: timeout ? 'timeout' : 'cancelled', exitCode: EXIT_TEMPFAIL, signal: null, leftovers: 0,
+        durationMs: Math.round(performance.now() - t0),
+        message: `${timeout ? 'the phase deadline came' : 'cancelled'} while waiting to retry (attempt ${attempt})`,
+      };
+    };
+    const waiter: RunningStep = {
+      pid: 0, startTime: null, started: Promise.resolve(), done: Promise.resolve(null as unknown as StepOutcome),
+      cancel: () => {
+        if (s.rollback && !run.deadlineHit) return;
+        end(cutOutcome());
+      },
+    };
+    if (!s.rollback && (tx.cancelRequested || run.deadlineHit)) {
+      resolve(cutOutcome());
+      return;
+    }
+    run.current = waiter;
+    show();
+    tick = setInterval(() => {
+      if (ctx.isClosing()) return;
+      show();
+    }, 1000);
+    // Timers may fire a little before the wall clock says: never start an attempt early.
+    const arm = () => {
+      due = setTimeout(() => (nowUsec() >= dueUsec ? end(null) : arm()), Math.max(1, Math.ceil((dueUsec - nowUsec()) / 1000)));
+    };
+    arm();
+  });
 }
 
 function assertRunning(ctx: HookStepContext): void {
@@ -120,11 +287,30 @@ function planStep(ctx: HookStepContext, tx: Transaction, phase: Phase, h: Journa
   const stateDir = ctx.stateDir.hookStateDir(tx.deploymentKey, h.name);
   const env = stepEnv(ctx.stepPath, tx, phase, h, stateDir);
   const argv = expandArgv(argvRaw, env);
-  // Trust again, now: a commit may run long after the prepare that
-  // checked, and a program others can change must not run as root.
-  const distrust = programTrustProblem(argv[0]!, ctx.trustedUid);
   ctx.stateDir.makeHookStateDir(tx.deploymentKey, h.name);
-  return { argv, env, distrust };
+  const root = stepRoot(h.definition.rootDirectory, h.origin === 'deployment', phase, env, expandVariables);
+  if (root === '/') {
+    // Trust again, now: a commit may run long after the prepare that
+    // checked, and a program others can change must not run as root.
+    const distrust = programTrustProblem(argv[0]!, ctx.trustedUid);
+    return { argv, env, distrust, root, failure: null, skip: null };
+  }
+  let bwrap: string | null = null;
+  let cmd: StepCommand;
+  try {
+    bwrap = ctx.bwrap();
+    cmd = stepCommand(h, phase, env, argv, { bootedRoot: ctx.bootedRoot, stateDirectory: stateDir, bwrap });
+  } catch (e) {
+    return { argv, env, distrust: null, root: root ?? '', failure: (e as Error).message, skip: null };
+  }
+  if (root !== null && !existsSync(root) && root === tx.deployment && phase === 'abort') {
+    // The deployment that was this step's root is gone: nothing of it can run.
+    return { argv, env, distrust: null, root, failure: null, skip: `skipped: its root ${root} (the deployment) is gone` };
+  }
+  const rootProblem = root === null ? null : rootDirectoryProblem(root, ctx.trustedUid);
+  const failure = cmd.problem ?? (rootProblem ? `the root directory ${root} ${rootProblem}` : null);
+  const distrust = failure === null ? programInRootProblem(argv[0]!, root!, ctx.trustedUid) : null;
+  return { argv: cmd.argv, env, distrust, root: cmd.root, failure, skip: null };
 }
 
 /** The durable `step` record; from here on a rollback undoes this hook's prepare. */
@@ -133,17 +319,21 @@ async function recordStepStart(tx: Transaction, phase: Phase, h: JournalHook, ro
   if (phase === 'prepare' && !rollback) tx.preparedStarted.add(h.name);
 }
 
-function announceStep(ctx: HookStepContext, s: StepScope, argv: string[]): void {
+function announceStep(ctx: HookStepContext, s: StepScope, planned: PlannedStep, attempt: number): void {
   const { tx, hook: h, index } = s;
   const count = tx.snapshot().hooks.length;
   tx.patch({ currentHook: h.name });
-  if (!s.rollback) {
+  if (attempt > 1) {
+    // A retry: the hook is already shown running; HookStarted went out once.
+    if (!s.rollback) tx.setHook(index, { status: `attempt ${attempt}` });
+  } else if (!s.rollback) {
     tx.setHook(index, { result: 'running', percent: 0, status: '' });
     tx.emit({ type: 'hook-started', hook: h.name, index, count });
   } else {
     tx.emit({ type: 'message', hook: h.name, line: `rolling back: running the abort step` });
   }
-  tx.log.write(h.name, `${s.label} step: ${quoteCommandLine(argv)}`);
+  const where = planned.root === '/' ? '' : ` (in ${planned.root})`;
+  tx.log.write(h.name, `${s.label} step${attempt > 1 ? `, attempt ${attempt}` : ''}${where}: ${quoteCommandLine(planned.argv)}`);
   ctx.log.debug(`${s.label} step started`, s.fields);
 }
 
@@ -155,6 +345,13 @@ function announceStep(ctx: HookStepContext, s: StepScope, argv: string[]): void 
 function spawnStep(ctx: HookStepContext, s: StepScope, planned: PlannedStep, messages: MessageLimiter): RunningStep {
   const { tx, hook: h, index, rollback } = s;
   try {
+    if (planned.skip !== null) {
+      return {
+        pid: 0, startTime: null, cancel() {}, started: Promise.resolve(),
+        done: Promise.resolve<StepOutcome>({ result: 'skipped', exitCode: null, signal: null, message: planned.skip, durationMs: 0, leftovers: 0 }),
+      };
+    }
+    if (planned.failure) throw new PreStageError('Internal', planned.failure);
     if (planned.distrust) throw new PreStageError('InvalidHook', `not trusted: ${planned.distrust}`);
     return runStep({
       argv: planned.argv, env: planned.env,

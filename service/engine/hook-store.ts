@@ -7,7 +7,7 @@ import { isDeepStrictEqual } from 'node:util';
 import * as nodePath from 'node:path';
 import { PreStageError } from '../model/errors.js';
 import { mkdirDurable, unlinkDurable, writeFileAtomic } from './fs-atomic.js';
-import { ETC_HOOK_DIR, RUN_HOOK_DIR, programsOf } from './hook-discovery.js';
+import { ETC_HOOK_DIR, RUN_HOOK_DIR, programsOf, rootDirectoryProblem } from './hook-discovery.js';
 import { parseHookFile, serializeHookFile, validateDefinition } from '../model/hook-file.js';
 import { HOOK_FILE_SUFFIX, isValidHookName } from '../model/hook-name.js';
 import type { HookDefinition } from '../model/types.js';
@@ -35,13 +35,18 @@ function checkName(name: string): void {
  * file is either fully written or unchanged.
  */
 export async function registerHookFile(
-  root: string, name: string, def: HookDefinition, runtime: boolean,
+  root: string, name: string, def: HookDefinition, runtime: boolean, trustedUid = 0,
 ): Promise<string> {
   checkName(name);
   validateDefinition(def, `definition of hook '${name}'`);
   // A program that expands to a relative path would make every later
   // discovery (ListHooks, StartPreStage) fail on this file: refuse it now.
-  programsOf(name, `definition of hook '${name}'`, def, '');
+  // Likewise a RootDirectory= that names no usable directory (one that needs
+  // a deployment is checked when a deployment's hooks are resolved).
+  for (const { root } of programsOf(name, `definition of hook '${name}'`, def, '')) {
+    const problem = root !== null && root !== '/' ? rootDirectoryProblem(root, trustedUid) : null;
+    if (problem) throw new PreStageError('InvalidHook', `definition of hook '${name}': RootDirectory=${def.rootDirectory} (${root}) ${problem}`);
+  }
   const dir = hookWriteDir(root, runtime);
   const path = nodePath.join(dir, `${name}${HOOK_FILE_SUFFIX}`);
   const text = serializeHookFile(def);

@@ -18,7 +18,7 @@ import { promises as fsp, constants as fsc, writeSync } from 'node:fs';
 import * as path from 'node:path';
 import type { ErrorCode } from '../model/errors.js';
 import { fsyncDir } from './fs-atomic.js';
-import type { HookDefinition, Phase, StepResult, TransactionState } from '../model/types.js';
+import type { HookDefinition, HookOrigin, Phase, StepResult, TransactionState } from '../model/types.js';
 
 export const JOURNAL_VERSION = 1;
 const SUFFIX = '.jnl';
@@ -29,6 +29,12 @@ export interface JournalHook {
   source: string;
   digest: string;
   refused: string | null;
+  /**
+   * Where the file was found: it decides the default root of the prepare
+   * step (new-root.ts stepRoot). Absent in journals written before roots
+   * existed; those steps run on the host root, as they did then.
+   */
+  origin?: HookOrigin;
 }
 
 export type JournalRecord =
@@ -40,7 +46,16 @@ export type JournalRecord =
   | { t: 'state'; state: TransactionState; error: ErrorCode | ''; message: string; usec: number }
   | { t: 'step'; phase: Phase; hook: string; rollback: boolean; usec: number }
   | { t: 'pid'; phase: Phase; hook: string; pid: number; start: string | null }
-  | { t: 'done'; phase: Phase; hook: string; rollback: boolean; result: StepResult; message: string; usec: number };
+  | { t: 'done'; phase: Phase; hook: string; rollback: boolean; result: StepResult; message: string; usec: number }
+  /**
+   * The step exited 75 and waits for attempt `attempt` at `dueUsec`
+   * (retry.ts); durable before the wait, so a restart resumes the wait,
+   * not the work. It ends the attempt as a `done` record would.
+   */
+  | {
+    t: 'retry'; phase: Phase; hook: string; rollback: boolean; attempt: number;
+    firstUsec: number; dueUsec: number; windowEndUsec: number; message: string; usec: number;
+  };
 
 export type BeginRecord = Extract<JournalRecord, { t: 'begin' }>;
 

@@ -9,9 +9,10 @@
  * (a failing one is reported, the rest still run), and a hook's state
  * directory is removed only once its last step succeeded.
  */
-import { quoteCommandLine } from '../model/command-line.js';
+import { expandArgv, quoteCommandLine } from '../model/command-line.js';
 import type { ErrorCode } from '../model/errors.js';
-import { runHookStep, type HookStepContext, type PhaseRun } from './hook-step.js';
+import { runHookStep, stepCommand, stepEnv, type HookStepContext, type PhaseRun } from './hook-step.js';
+import type { RetryWait } from './recovery.js';
 import { nowUsec, type JournalStore } from './journal.js';
 import { locateSpawner } from './spawner.js';
 import type { RunningStep } from './step-runner.js';
@@ -29,6 +30,12 @@ export interface Job {
   reason?: string;
   /** The state to end in after a recovery rollback. */
   rollbackState?: 'failed' | 'cancelled';
+  /**
+   * Recovery of a phase interrupted while a step waited to be retried: go
+   * on from that hook, resuming its wait (the hooks before it are done).
+   * `deadlineUsec` is the phase's original deadline, null for none.
+   */
+  resume?: { wait: RetryWait; deadlineUsec: number | null };
 }
 
 /** What the phase runner needs of the engine. */
@@ -126,8 +133,17 @@ export class PhaseRunner {
     const count = tx.hooks.length;
     tx.hooks.forEach((h, i) => {
       const argv = h.definition.prepare;
-      const msg = h.refused ? `refused: ${h.refused}`
-        : argv ? `would run: ${quoteCommandLine(argv)}` : 'no Prepare step';
+      let msg = h.refused ? `refused: ${h.refused}` : argv ? `would run: ${quoteCommandLine(argv)}` : 'no Prepare step';
+      if (!h.refused && argv) {
+        // In a new root, the command as it would run: bwrap's argv (new-root.ts).
+        const stateDirectory = this.ctx.stateDir.hookStateDir(tx.deploymentKey, h.name);
+        const env = stepEnv(this.ctx.stepPath, tx, 'prepare', h, stateDirectory);
+        const cmd = stepCommand(h, 'prepare', env, expandArgv(argv, env),
+          { bootedRoot: this.ctx.bootedRoot, stateDirectory, bwrap: this.ctx.bwrap() });
+        if (cmd.root !== '/') {
+          msg = `would run in ${cmd.root}: ${quoteCommandLine(cmd.argv)}${cmd.problem ? ` (but: ${cmd.problem})` : ''}`;
+        }
+      }
       tx.emit({ type: 'hook-started', hook: h.name, index: i, count });
       tx.setHook(i, { result: 'skipped', status: msg });
       tx.log.write(h.name, msg);
@@ -139,10 +155,16 @@ export class PhaseRunner {
   private async runPrepare(job: Job): Promise<void> {
     const tx = job.tx;
     if (tx.cancelRequested) return;
-    await this.supersede(tx);
-    await this.beginPhase(tx, 'prepare', 'preparing', job.timeoutSec);
-    const run = this.startRun(tx, job.timeoutSec);
-    let failure = await this.runPrepareSteps(tx, run);
+    let run: TimedRun;
+    if (job.resume) {
+      await this.resumePhase(tx, 'preparing', job);
+      run = this.startRun(tx, job.timeoutSec, job.resume.deadlineUsec);
+    } else {
+      await this.supersede(tx);
+      await this.beginPhase(tx, 'prepare', 'preparing', job.timeoutSec);
+      run = this.startRun(tx, job.timeoutSec);
+    }
+    let failure = await this.runPrepareSteps(tx, run, job.resume?.wait ?? null);
     this.stopRun(run);
     if (!failure && tx.cancelRequested) failure = { code: 'Cancelled', message: 'cancelled' };
     if (!failure && run.deadlineHit) failure = { code: 'Timeout', message: `the prepare phase exceeded its ${job.timeoutSec}s deadline` };
@@ -165,9 +187,12 @@ export class PhaseRunner {
    * Every prepare step in plan order, until a required one fails or a
    * cancel or the deadline stops the phase. Returns the required failure.
    */
-  private async runPrepareSteps(tx: Transaction, run: PhaseRun): Promise<{ code: ErrorCode; message: string } | null> {
+  private async runPrepareSteps(
+    tx: Transaction, run: PhaseRun, resume: RetryWait | null,
+  ): Promise<{ code: ErrorCode; message: string } | null> {
     const count = tx.hooks.length;
-    for (let i = 0; i < count; i++) {
+    const from = resume === null ? 0 : Math.max(0, tx.hooks.findIndex((h) => h.name === resume.hook));
+    for (let i = from; i < count; i++) {
       if (tx.cancelRequested || run.deadlineHit) break;
       const h = tx.hooks[i]!;
       if (h.refused) {
@@ -178,7 +203,7 @@ export class PhaseRunner {
         this.skipHook(tx, i, count, 'no Prepare step', false);
         continue;
       }
-      const out = await runHookStep(this.ctx, tx, run, 'prepare', i, h, false);
+      const out = await runHookStep(this.ctx, tx, run, 'prepare', i, h, false, i === from ? resume : null);
       if (out.result === 'success' || out.result === 'skipped') continue;
       if (tx.cancelRequested || run.deadlineHit) break;
       if (!h.definition.required) {
@@ -259,9 +284,16 @@ export class PhaseRunner {
   private async runFinalPhase(job: Job, phase: 'commit' | 'abort'): Promise<void> {
     const tx = job.tx;
     if (job.reason) tx.log.write('', job.reason);
-    await this.beginPhase(tx, phase, phase === 'commit' ? 'committing' : 'aborting', job.timeoutSec);
-    const run = this.startRun(tx, job.timeoutSec);
-    const { failures, requiredFailed, timedOut } = await this.runFinalSteps(tx, run, phase);
+    const state = phase === 'commit' ? 'committing' : 'aborting';
+    let run: TimedRun;
+    if (job.resume) {
+      await this.resumePhase(tx, state, job);
+      run = this.startRun(tx, job.timeoutSec, job.resume.deadlineUsec);
+    } else {
+      await this.beginPhase(tx, phase, state, job.timeoutSec);
+      run = this.startRun(tx, job.timeoutSec);
+    }
+    const { failures, requiredFailed, timedOut } = await this.runFinalSteps(tx, run, phase, job.resume?.wait ?? null);
     this.stopRun(run);
     await this.ctx.stateDir.cleanDeploymentState(tx.deploymentKey);
     if (requiredFailed) {
@@ -274,14 +306,25 @@ export class PhaseRunner {
   }
 
   private async runFinalSteps(
-    tx: Transaction, run: PhaseRun, phase: 'commit' | 'abort',
+    tx: Transaction, run: PhaseRun, phase: 'commit' | 'abort', resume: RetryWait | null,
   ): Promise<{ failures: string[]; requiredFailed: boolean; timedOut: boolean }> {
     const order = phaseOrder(tx.hooks, phase);
     const failures: string[] = [];
     let requiredFailed = false;
     let timedOut = false;
     const count = order.length;
-    for (let i = 0; i < count; i++) {
+    // A resumed phase goes on from the waiting hook; failures before it are in the journal's
+    // done records and the hook list, so the end state counts them from there.
+    const from = resume === null ? 0 : Math.max(0, order.findIndex((h) => h.name === resume.hook));
+    if (resume !== null) {
+      tx.snapshot().hooks.slice(0, from).forEach((st, k) => {
+        if (st.result !== 'failed' && st.result !== 'timeout') return;
+        failures.push(`${st.name} ${st.status}`);
+        if (order[k]!.definition.required) requiredFailed = true;
+        if (st.result === 'timeout') timedOut = true;
+      });
+    }
+    for (let i = from; i < count; i++) {
       const h = order[i]!;
       if (h.refused) {
         this.skipHook(tx, i, count, `refused: ${h.refused}`, true);
@@ -293,7 +336,7 @@ export class PhaseRunner {
         await this.ctx.stateDir.removeHookState(tx.deploymentKey, h.name);
         continue;
       }
-      const out = await runHookStep(this.ctx, tx, run, phase, i, h, false);
+      const out = await runHookStep(this.ctx, tx, run, phase, i, h, false, i === from ? resume : null);
       if (out.result === 'success' || out.result === 'skipped') {
         await this.ctx.stateDir.removeHookState(tx.deploymentKey, h.name);
         continue;
@@ -317,14 +360,31 @@ export class PhaseRunner {
       base + (errors.length ? `; rollback incomplete: ${errors.join('; ')}` : '; the steps that ran were rolled back'));
   }
 
-  private startRun(tx: Transaction, timeoutSec: number): TimedRun {
-    const run: TimedRun = { current: null, deadlineHit: false };
-    if (timeoutSec > 0) {
+  /**
+   * Go on with a phase interrupted while a step waited to be retried: no
+   * new `phase` record (it would forget the hooks already done), only the
+   * state again, journaled before it is published.
+   */
+  private async resumePhase(tx: Transaction, state: TransactionState, job: Job): Promise<void> {
+    const usec = nowUsec();
+    await tx.journal!.append({ t: 'state', state, error: '', message: '', usec }, true);
+    tx.patch({ state });
+    tx.log.write('', `${job.reason ?? 'resuming'}`);
+    this.ctx.log.info(`${tx.snapshot().phase} phase resumed: a step waits to be retried`, { transaction: tx.id, deployment: tx.deployment });
+    this.logSpawnerOnce();
+  }
+
+  /** `deadlineUsec`: an absolute deadline (a resumed phase keeps its original one). */
+  private startRun(tx: Transaction, timeoutSec: number, deadlineUsec: number | null = null): TimedRun {
+    const end = deadlineUsec ?? (timeoutSec > 0 ? nowUsec() + timeoutSec * 1e6 : null);
+    const run: TimedRun = { current: null, deadlineHit: false, deadlineUsec: end };
+    // setTimeout fires at once beyond 2^31-1 ms (24.8 days): such a deadline is never reached here.
+    if (end !== null && (end - nowUsec()) / 1000 < 2 ** 31 - 1) {
       run.timer = setTimeout(() => {
         run.deadlineHit = true;
-        tx.log.write('', `phase deadline of ${timeoutSec}s reached`);
+        tx.log.write('', `phase deadline${timeoutSec > 0 ? ` of ${timeoutSec}s` : ''} reached`);
         run.current?.cancel();
-      }, timeoutSec * 1000);
+      }, Math.max(0, (end - nowUsec()) / 1000));
     }
     this.current = run;
     return run;

@@ -87,6 +87,19 @@ async function recoverOne(ctx: RecoveryContext, tx: Transaction, v: Replayed): P
     await ctx.finish(tx, 'cancelled', 'Cancelled', 'the daemon restarted before this transaction ran; start it again');
     return;
   }
+  const w = v.waiting;
+  const waitingOnly = w !== null && !w.rollback && w.phase === v.phase && v.pids.length === 0
+    && (v.state === 'preparing' || v.state === 'committing' || v.state === 'aborting');
+  if (waitingOnly) {
+    // Nothing ran at the crash: a step waited to be retried. Resume the
+    // wait, not the work (README "Hooks", retry.ts).
+    const deadlineUsec = v.phaseTimeoutSec > 0 ? v.startedUsec + v.phaseTimeoutSec * 1e6 : null;
+    ctx.enqueue({
+      tx, kind: v.phase, timeoutSec: v.phaseTimeoutSec, resume: { wait: w, deadlineUsec },
+      reason: `the daemon stopped while ${w.hook} waited to be retried; resuming the wait for attempt ${w.attempt}`,
+    });
+    return;
+  }
   if (v.phase === 'prepare') {
     queueRollback(ctx, tx, v);
     return;

@@ -26,12 +26,30 @@ export interface Replayed {
   finishedUsec: number;
   hooks: HookStatus[];
   preparedStarted: Set<string>;
+  /** The phase's own deadline in seconds (0: none), from its `phase` record. */
+  phaseTimeoutSec: number;
+  /**
+   * A step waiting to be retried (a `retry` record not followed by another
+   * attempt), or null: recovery resumes that wait instead of the work.
+   */
+  waiting: RetryWait | null;
   /** Processes recorded as started whose step has no `done` record. */
   pids: { pid: number; start: string | null }[];
   /** Not in a resting state: the daemon stopped while it was running. */
   interrupted: boolean;
   /** Why the journal could not be trusted in full, or null. */
   damage: string | null;
+}
+
+export interface RetryWait {
+  phase: Phase;
+  hook: string;
+  rollback: boolean;
+  /** The attempt that is due (2 for the first retry). */
+  attempt: number;
+  firstUsec: number;
+  dueUsec: number;
+  windowEndUsec: number;
 }
 
 export type ReplayResult = { ok: true; value: Replayed } | { ok: false; reason: string };
@@ -55,6 +73,8 @@ export function replayJournal(j: ReadJournal): ReplayResult {
   let hooks: HookStatus[] = order.map((name) => ({ name, result: 'pending', percent: 0, status: '' }));
   const preparedStarted = new Set<string>();
   const running = new Map<string, { pid: number; start: string | null }>();
+  let waiting: RetryWait | null = null;
+  let phaseTimeoutSec = 0;
 
   const setHook = (name: string, p: Partial<HookStatus>) => {
     const i = order.indexOf(name);
@@ -67,6 +87,8 @@ export function replayJournal(j: ReadJournal): ReplayResult {
         break;
       case 'phase':
         phase = r.phase;
+        phaseTimeoutSec = r.timeoutSec;
+        waiting = null;
         startedUsec = r.usec;
         finishedUsec = 0;
         error = '';
@@ -90,11 +112,21 @@ export function replayJournal(j: ReadJournal): ReplayResult {
         if (r.phase === 'prepare' && !r.rollback) preparedStarted.add(r.hook);
         if (!r.rollback) setHook(r.hook, { result: 'running', percent: 0 });
         running.set(`${r.phase}/${r.hook}`, { pid: 0, start: null });
+        waiting = null;
         break;
       case 'pid':
         running.set(`${r.phase}/${r.hook}`, { pid: r.pid, start: r.start });
         break;
+      case 'retry':
+        running.delete(`${r.phase}/${r.hook}`);
+        waiting = {
+          phase: r.phase, hook: r.hook, rollback: r.rollback, attempt: r.attempt,
+          firstUsec: r.firstUsec, dueUsec: r.dueUsec, windowEndUsec: r.windowEndUsec,
+        };
+        if (!r.rollback) setHook(r.hook, { result: 'running', status: r.message });
+        break;
       case 'done':
+        waiting = null;
         running.delete(`${r.phase}/${r.hook}`);
         if (!r.rollback) setHook(r.hook, { result: r.result, percent: 100, status: r.message });
         break;
@@ -112,7 +144,7 @@ export function replayJournal(j: ReadJournal): ReplayResult {
     ok: true,
     value: {
       begin, phase, state, error, message, startedUsec, finishedUsec, hooks,
-      preparedStarted, pids, interrupted, damage,
+      preparedStarted, pids, interrupted, damage, phaseTimeoutSec, waiting,
     },
   };
 }

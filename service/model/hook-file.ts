@@ -25,12 +25,18 @@
 import { CommandLineSyntaxError, quoteWord, splitCommandLine } from './command-line.js';
 import { PreStageError } from './errors.js';
 import { isValidHookName } from './hook-name.js';
+import { BindSyntaxError, parseBindEntry } from './bind-paths.js';
 import type { HookDefinition } from './types.js';
 
 /** TimeoutSec= when the file does not say. */
 export const DEFAULT_TIMEOUT_SEC = 300;
 /** The largest finite TimeoutSec= (7 days); beyond that, write `infinity`. */
 export const MAX_TIMEOUT_SEC = 7 * 24 * 3600;
+
+/** RetrySec= when the file does not say (README "Hooks", docs/hooks.md "Retry later"). */
+export const DEFAULT_RETRY_SEC = 30;
+/** RetryMaxSec= when the file does not say: no retry, exit 75 is a failure. */
+export const DEFAULT_RETRY_MAX_SEC = 0;
 
 /** Size limits, in bytes of UTF-8 unless noted. */
 export const LIMITS = Object.freeze({
@@ -48,6 +54,8 @@ export const LIMITS = Object.freeze({
   orderNames: 256,
   /** Description=. */
   descriptionBytes: 1024,
+  /** BindPaths= entries, and separately BindReadOnlyPaths= entries, accumulated. */
+  bindEntries: 64,
 });
 
 /**
@@ -152,6 +160,35 @@ function checkTimeout(t: number | null): void {
   }
 }
 
+/** RootDirectory=: an absolute path (or one starting with ${VAR}), no '.' or '..' components. */
+function checkRootDirectory(r: string): void {
+  checkString(r, 'RootDirectory');
+  if (r === '') throw new CheckError('RootDirectory must not be empty (leave it out for the default, or write / for the host root)');
+  if (!(r.startsWith('/') || r.startsWith('${'))) {
+    throw new CheckError(`RootDirectory '${truncate(r)}' must be an absolute path (or start with \${VAR}, e.g. \${BOOTC_PRESTAGE_DEPLOYMENT})`);
+  }
+  if (r.split('/').some((c) => c === '..' || c === '.')) {
+    throw new CheckError(`RootDirectory '${truncate(r)}' must not contain '.' or '..' components`);
+  }
+}
+
+function checkBindEntry(e: string, key: 'BindPaths' | 'BindReadOnlyPaths'): void {
+  checkString(e, `${key} entry '${truncate(e)}'`);
+  try {
+    parseBindEntry(e, key === 'BindReadOnlyPaths');
+  } catch (err) {
+    if (err instanceof BindSyntaxError) throw new CheckError(err.message);
+    throw err;
+  }
+}
+
+function checkRetry(v: number, key: 'RetrySec' | 'RetryMaxSec'): void {
+  const min = key === 'RetrySec' ? 1 : 0;
+  if (!Number.isInteger(v) || v < min || v > MAX_TIMEOUT_SEC) {
+    throw new CheckError(`${key} must be a whole number of seconds from ${min} to ${MAX_TIMEOUT_SEC} (7 days); got ${v}`);
+  }
+}
+
 function truncate(s: string, n = 64): string {
   return s.length > n ? `${s.slice(0, n)}...` : s;
 }
@@ -188,6 +225,19 @@ function parseTimeout(v: string): number | null {
   return secs;
 }
 
+/** RetrySec=/RetryMaxSec=: `N`, `N s|sec|min|h`; no infinity (a retry window must close). */
+function parseRetry(v: string, key: 'RetrySec' | 'RetryMaxSec'): number {
+  const m = /^(\d+)\s*(s|sec|min|h)?$/.exec(v);
+  if (!m) {
+    throw new CheckError(
+      `${key}=${truncate(v)} is not a duration: write whole seconds (30), or a number with s, min or h (5min)`);
+  }
+  const secs = Number(m[1]) * TIMEOUT_UNITS[m[2] ?? '']!;
+  if (key === 'RetrySec' && secs === 0) throw new CheckError('RetrySec=0 would retry without a pause; the least is 1 s');
+  if (secs > MAX_TIMEOUT_SEC) throw new CheckError(`${key}=${v} is more than 7 days (${MAX_TIMEOUT_SEC} s)`);
+  return secs;
+}
+
 function splitWords(v: string): string[] {
   try {
     return splitCommandLine(v);
@@ -204,6 +254,8 @@ export interface ParsedHookFile {
   definition: HookDefinition;
   /** Non-fatal remarks (unknown keys and sections), each starting `path:line: `. */
   warnings: string[];
+  /** The line of each key's last assignment, for messages about its value found later (RootDirectory=). */
+  lines: Record<string, number>;
 }
 
 /** A default definition: what a `[Hook]` section with no keys means. */
@@ -233,6 +285,7 @@ export function parseHookFile(input: string | Uint8Array, path: string): ParsedH
 
   const def = emptyDefinition();
   const warnings: string[] = [];
+  const lines: Record<string, number> = {};
   let section: 'none' | 'hook' | 'other' = 'none';
   let sawHook = false;
 
@@ -264,6 +317,7 @@ export function parseHookFile(input: string | Uint8Array, path: string): ParsedH
     const value = l.slice(eq + 1).trim();
     try {
       assign(def, key, value, (w) => warnings.push(`${path}:${lineNo}: ${w}`));
+      lines[key] = lineNo;
     } catch (e) {
       if (e instanceof CheckError) fail(lineNo, e.message);
       throw e;
@@ -303,7 +357,7 @@ export function parseHookFile(input: string | Uint8Array, path: string): ParsedH
   if (def.prepare === null && def.commit === null && def.abort === null) {
     fail(null, 'the hook has no step: set at least one of Prepare=, Commit= or Abort=');
   }
-  return { definition: def, warnings };
+  return { definition: def, warnings, lines };
 }
 
 const utf8Fatal = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
@@ -416,6 +470,44 @@ function assign(def: HookDefinition, key: string, value: string, warn: (w: strin
     case 'TimeoutSec':
       def.timeoutSec = value === '' ? DEFAULT_TIMEOUT_SEC : parseTimeout(value);
       return;
+    case 'RootDirectory':
+      if (value === '') {
+        delete def.rootDirectory;
+        return;
+      }
+      const words = splitWords(value);
+      if (words.length !== 1) {
+        throw new CheckError(`RootDirectory=${truncate(value)} must be one path (quote a path with spaces)`);
+      }
+      checkRootDirectory(words[0]!);
+      def.rootDirectory = words[0]!;
+      return;
+    case 'BindPaths':
+    case 'BindReadOnlyPaths': {
+      const field = key === 'BindPaths' ? 'bindPaths' : 'bindReadOnlyPaths';
+      if (value === '') {
+        delete def[field];
+        return;
+      }
+      const entries = splitWords(value);
+      entries.forEach((e) => checkBindEntry(e, key));
+      const all = [...(def[field] ?? []), ...entries];
+      if (all.length > LIMITS.bindEntries) {
+        throw new CheckError(`${key} has ${all.length} entries in total; the limit is ${LIMITS.bindEntries}`);
+      }
+      def[field] = all;
+      return;
+    }
+    case 'RetrySec':
+    case 'RetryMaxSec': {
+      const field = key === 'RetrySec' ? 'retrySec' : 'retryMaxSec';
+      if (value === '') {
+        delete def[field];
+        return;
+      }
+      def[field] = parseRetry(value, key);
+      return;
+    }
     default:
       // X- keys are extensions for other tools, as in systemd units.
       if (!key.startsWith('X-')) warn(`unknown key '${truncate(key)}' in [${SECTION}], ignored`);
@@ -482,6 +574,29 @@ export function validateDefinition(def: HookDefinition, where: string): void {
     checkQuotable(e, `entry '${truncate(e)}'`);
   }));
 
+  if (def.rootDirectory !== undefined) {
+    if (typeof def.rootDirectory !== 'string') fail('RootDirectory', 'must be a string');
+    run('RootDirectory', () => checkRootDirectory(def.rootDirectory!));
+    run('RootDirectory', () => checkQuotable(def.rootDirectory!, 'RootDirectory'));
+  }
+  for (const [key, field] of [['BindPaths', 'bindPaths'], ['BindReadOnlyPaths', 'bindReadOnlyPaths']] as const) {
+    const v: unknown = def[field];
+    if (v === undefined) continue;
+    if (!isStrings(v)) fail(key, 'must be a list of strings');
+    const list = v as string[];
+    if (list.length > LIMITS.bindEntries) fail(key, `has ${list.length} entries; the limit is ${LIMITS.bindEntries}`);
+    run(key, () => list.forEach((e) => {
+      checkBindEntry(e, key);
+      checkQuotable(e, `entry '${truncate(e)}'`);
+    }));
+  }
+  for (const [key, field] of [['RetrySec', 'retrySec'], ['RetryMaxSec', 'retryMaxSec']] as const) {
+    const v: unknown = def[field];
+    if (v === undefined) continue;
+    if (typeof v !== 'number') fail(key, 'must be a number');
+    run(key, () => checkRetry(v as number, key));
+  }
+
   if (typeof def.required !== 'boolean') fail('Required', 'must be a boolean');
   if (def.timeoutSec !== null && typeof def.timeoutSec !== 'number') fail('TimeoutSec', 'must be a number or null');
   run('TimeoutSec', () => checkTimeout(def.timeoutSec));
@@ -526,6 +641,11 @@ function render(def: HookDefinition): string {
   for (const e of def.environment) out.push(`Environment=${quoteWord(e)}`);
   out.push(`Required=${def.required ? 'yes' : 'no'}`);
   out.push(`TimeoutSec=${def.timeoutSec === null ? 'infinity' : def.timeoutSec}`);
+  if (def.rootDirectory !== undefined) out.push(`RootDirectory=${quoteWord(def.rootDirectory)}`);
+  for (const e of def.bindPaths ?? []) out.push(`BindPaths=${quoteWord(e)}`);
+  for (const e of def.bindReadOnlyPaths ?? []) out.push(`BindReadOnlyPaths=${quoteWord(e)}`);
+  if (def.retrySec !== undefined) out.push(`RetrySec=${def.retrySec}`);
+  if (def.retryMaxSec !== undefined) out.push(`RetryMaxSec=${def.retryMaxSec}`);
   return `${out.join('\n')}\n`;
 }
 
@@ -552,6 +672,11 @@ function wrap(prefix: string, words: readonly string[], continuation: boolean): 
   }
   lines.push(cur);
   return lines;
+}
+
+/** The retry policy of a definition, defaults applied (retry.ts). */
+export function retryPolicyOf(def: HookDefinition): { intervalSec: number; windowSec: number } {
+  return { intervalSec: def.retrySec ?? DEFAULT_RETRY_SEC, windowSec: def.retryMaxSec ?? DEFAULT_RETRY_MAX_SEC };
 }
 
 /** The hook's Environment= as a record, later entries winning. */

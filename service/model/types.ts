@@ -21,6 +21,19 @@ export interface HookDefinition {
   required: boolean;
   /** Seconds; null means infinity. */
   timeoutSec: number | null;
+  /**
+   * RootDirectory= before ${VAR} expansion; absent: the default of the
+   * hook's origin and phase (docs/hooks.md). `/` runs on the host root.
+   */
+  rootDirectory?: string;
+  /** BindPaths= entries (`[-]SRC[:DST[:OPTS]]`), in file order; absent: none. */
+  bindPaths?: string[];
+  /** BindReadOnlyPaths= entries, likewise. */
+  bindReadOnlyPaths?: string[];
+  /** RetrySec=: seconds between attempts after exit 75; absent: 30. */
+  retrySec?: number;
+  /** RetryMaxSec=: the retry window in seconds; absent or 0: no retry. */
+  retryMaxSec?: number;
 }
 
 /** Where a hook file was found, highest precedence first. */
@@ -39,6 +52,12 @@ export interface ResolvedHook {
   refused: string | null;
   /** Non-fatal remarks (unknown keys, ...), each naming file and line. */
   warnings: string[];
+  /**
+   * The root each of its steps runs in (new-root.ts stepRoot): `/` for the
+   * host, a host path for a new root, the unexpanded RootDirectory= when it
+   * needs a deployment and none was given. Only steps the hook has.
+   */
+  roots: Partial<Record<Phase, string>>;
 }
 
 /** The effective hook set for one deployment. */

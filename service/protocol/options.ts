@@ -7,7 +7,7 @@
  * and the expected type; what a value means (is the deployment real, is the
  * argv absolute, is there an ordering cycle) is the engine's to judge.
  */
-import { DEFAULT_TIMEOUT_SEC } from '../model/hook-file.js';
+import { DEFAULT_RETRY_MAX_SEC, DEFAULT_RETRY_SEC, DEFAULT_TIMEOUT_SEC } from '../model/hook-file.js';
 import { invalidArgs } from '../model/errors.js';
 import type { LogOptions, PhaseOptions, RegisterOptions, StartOptions } from '../model/options.js';
 import type { HookDefinition, ResolvedHook } from '../model/types.js';
@@ -208,6 +208,11 @@ export const HOOK_DEFINITION = {
   Environment: 'as',
   Required: 'b',
   TimeoutSec: 'u',
+  RootDirectory: 's',
+  BindPaths: 'as',
+  BindReadOnlyPaths: 'as',
+  RetrySec: 'u',
+  RetryMaxSec: 'u',
 } as const;
 
 /** Keys ListHooks adds to each definition. */
@@ -216,6 +221,9 @@ export const HOOK_ENTRY_EXTRA = {
   Origin: 's',
   Refused: 's',
   Digest: 's',
+  PrepareRoot: 's',
+  CommitRoot: 's',
+  AbortRoot: 's',
 } as const;
 
 /**
@@ -238,6 +246,13 @@ export function decodeHookDefinition(dict: unknown): HookDefinition {
     environment: o.Environment ?? [],
     required: o.Required ?? true,
     timeoutSec: timeout === undefined ? DEFAULT_TIMEOUT_SEC : (timeout === 0 ? null : timeout),
+    // Absent (or an empty RootDirectory, as ListHooks encodes "the default"): the hook-file default.
+    ...(o.RootDirectory !== undefined && o.RootDirectory !== '' ? { rootDirectory: o.RootDirectory } : {}),
+    ...(o.BindPaths !== undefined && o.BindPaths.length > 0 ? { bindPaths: o.BindPaths } : {}),
+    ...(o.BindReadOnlyPaths !== undefined && o.BindReadOnlyPaths.length > 0 ? { bindReadOnlyPaths: o.BindReadOnlyPaths } : {}),
+    // The defaults are absent, as ListHooks' encoding of an unset key reads back.
+    ...(o.RetrySec !== undefined && o.RetrySec !== DEFAULT_RETRY_SEC ? { retrySec: o.RetrySec } : {}),
+    ...(o.RetryMaxSec !== undefined && o.RetryMaxSec !== DEFAULT_RETRY_MAX_SEC ? { retryMaxSec: o.RetryMaxSec } : {}),
   };
 }
 
@@ -253,6 +268,11 @@ export function encodeHookDefinition(def: HookDefinition): Record<keyof typeof H
     Environment: typed('as', def.environment),
     Required: typed('b', def.required),
     TimeoutSec: typed('u', toUint32(def.timeoutSec ?? 0)),
+    RootDirectory: typed('s', def.rootDirectory ?? ''),
+    BindPaths: typed('as', def.bindPaths ?? []),
+    BindReadOnlyPaths: typed('as', def.bindReadOnlyPaths ?? []),
+    RetrySec: typed('u', toUint32(def.retrySec ?? DEFAULT_RETRY_SEC)),
+    RetryMaxSec: typed('u', toUint32(def.retryMaxSec ?? DEFAULT_RETRY_MAX_SEC)),
   };
 }
 
@@ -264,5 +284,8 @@ export function encodeHookEntry(hook: ResolvedHook): [string, Record<string, Typ
     Origin: typed('s', hook.origin),
     Refused: typed('s', hook.refused ?? ''),
     Digest: typed('s', hook.digest),
+    PrepareRoot: typed('s', hook.roots.prepare ?? ''),
+    CommitRoot: typed('s', hook.roots.commit ?? ''),
+    AbortRoot: typed('s', hook.roots.abort ?? ''),
   }];
 }

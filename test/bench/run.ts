@@ -23,6 +23,7 @@ import { parseArgs } from 'node:util';
 import * as path from 'node:path';
 import { DAEMON_ENTRY, cleanUpOnSignal, makeSysroot, startBus, type Bus, type Sysroot } from './env.js';
 import type { Ctx } from './context.js';
+import { benchNewRoot } from './new-root-bench.js';
 import { benchOutput, benchPrepare, benchProgress, benchProperties } from './phase-benches.js';
 import { FULL, SMOKE, type Row } from './result.js';
 import { benchHistoryScaling, benchHookScaling, benchStartup } from './service-benches.js';
@@ -35,6 +36,7 @@ const BENCHES: Record<string, (ctx: Ctx) => Promise<Row[]>> = {
   startup: benchStartup,
   hooks: benchHookScaling,
   history: benchHistoryScaling,
+  newroot: benchNewRoot,
 };
 
 function table(rows: Row[]): string {

@@ -80,8 +80,12 @@ export interface RecordLine {
   tx: string;
 }
 
-/** A hook file running step.sh for every phase. */
-export function crashHookFile(h: CrashHook, crashDir: string, after: string | null): string {
+/**
+ * A hook file running step.sh for every phase. `newRoot`: every step runs
+ * in the deployment (RootDirectory=, a busybox userspace), with the crash
+ * directory bound in at its own path.
+ */
+export function crashHookFile(h: CrashHook, crashDir: string, after: string | null, newRoot = false): string {
   const step = `/bin/sh ${crashDir}/step.sh ${h.child}`;
   return [
     '[Hook]',
@@ -92,6 +96,7 @@ export function crashHookFile(h: CrashHook, crashDir: string, after: string | nu
     ...(after ? [`After=${after}`] : []),
     'TimeoutSec=120',
     `Environment=CRASH_DIR=${crashDir}`,
+    ...(newRoot ? ['RootDirectory=${BOOTC_PRESTAGE_DEPLOYMENT}', `BindPaths=${crashDir}`] : []),
     '',
   ].join('\n');
 }
@@ -105,6 +110,7 @@ export function describeRecord(r: JournalRecord): string {
     case 'step': return `${r.rollback ? 'rollback ' : ''}step ${r.phase} ${r.hook}`;
     case 'pid': return `pid ${r.phase} ${r.hook}`;
     case 'done': return `${r.rollback ? 'rollback ' : ''}done ${r.phase} ${r.hook} ${r.result}`;
+    case 'retry': return `${r.rollback ? 'rollback ' : ''}retry ${r.phase} ${r.hook} attempt ${r.attempt}`;
   }
 }
 
@@ -150,6 +156,13 @@ export interface CrashRigOptions {
   deployments?: number;
   /** Extra daemon arguments. */
   args?: string[];
+  /**
+   * Run every step in the deployment (bubblewrap, a PID namespace of its
+   * own): step.sh then records pids as `<pid namespace> * 1e7 + <pid>`
+   * (unique, never a host pid), and reads the daemon's pid from
+   * CRASH_DIR/daemon, since its parent chain ends at the namespace's init.
+   */
+  newRoot?: boolean;
 }
 
 /** One daemon with the three crash hooks, and what it takes to crash it. */
@@ -169,9 +182,10 @@ export class CrashRig {
     await fsp.writeFile(path.join(dir, 'record'), '');
     await fsp.writeFile(path.join(dir, 'control'), '0\n');
     const etcHooks: Record<string, string> = {};
-    HOOKS.forEach((h, i) => { etcHooks[`${h.name}.hook`] = crashHookFile(h, dir, i > 0 ? HOOKS[i - 1]!.name : null); });
+    await fsp.writeFile(path.join(dir, 'daemon'), 'none\n');
+    HOOKS.forEach((h, i) => { etcHooks[`${h.name}.hook`] = crashHookFile(h, dir, i > 0 ? HOOKS[i - 1]!.name : null, o.newRoot); });
     const ctx = await withDaemon(t, {
-      sysroot: { deployments: o.deployments ?? 3 },
+      sysroot: { deployments: o.deployments ?? 3, ...(o.newRoot ? { userspace: true } : {}) },
       etcHooks,
       ...(o.args ? { args: o.args } : {}),
       // Start-up under load (other test files, other rigs) can be slow.
@@ -183,7 +197,16 @@ export class CrashRig {
     });
     const client = await PreStageClient.connect({ address: ctx.bus.address, callTimeoutMs: 30_000 });
     t.teardown(() => client.close());
-    return new CrashRig(t, ctx, client, dir);
+    const rig = new CrashRig(t, ctx, client, dir);
+    await rig.noteDaemon();
+    return rig;
+  }
+
+  /** CRASH_DIR/daemon: the running daemon's pid, for steps in a PID namespace (step.sh). */
+  async noteDaemon(): Promise<void> {
+    const f = path.join(this.dir, 'daemon');
+    await fsp.writeFile(`${f}.tmp`, `${this.ctx.daemon.hasExited ? 'none' : this.ctx.daemon.pid}\n`);
+    await fsp.rename(`${f}.tmp`, f);
   }
 
   get sysroot(): Sysroot {
@@ -363,7 +386,10 @@ export class CrashRig {
     if (!this.ctx.daemon.hasExited) await this.ctx.daemon.stop();
     await this.retireBlocks(gone);
     for (const [hook, phase] of o.block ?? []) await this.block(hook, phase, 'any');
+    // Until the new pid is written, a step reads 'none': it matches no retired block.
+    await fsp.writeFile(path.join(this.dir, 'daemon'), 'none\n');
     await this.ctx.restart(o.bootedRoot ? { bootedRoot: o.bootedRoot } : {});
+    await this.noteDaemon();
   }
 
   /**

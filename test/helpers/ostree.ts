@@ -43,6 +43,39 @@ export interface TreeSpec {
   files?: Record<string, FileSpec>;
   /** Keys of usr/lib/os-release (ID and PRETTY_NAME have defaults). */
   osRelease?: Record<string, string>;
+  /**
+   * Give the tree a userspace of its own (addBusyboxUserspace): busybox as
+   * /usr/bin/busybox with sh, cat and friends as links, /bin -> usr/bin, and
+   * the mount points a new-root step needs.
+   */
+  userspace?: boolean;
+}
+
+/** Where busybox-static installs its one static binary (Debian). */
+export const BUSYBOX = '/usr/bin/busybox';
+/** The applets linked to it in a userspace tree. */
+export const BUSYBOX_APPLETS = [
+  'sh', 'cat', 'echo', 'printf', 'ls', 'touch', 'mkdir', 'rm', 'sleep', 'test', '[', 'true', 'false',
+  'id', 'env', 'grep', 'readlink', 'stat', 'ps', 'kill', 'tr', 'head', 'wc', 'mv', 'cp', 'ln', 'pwd',
+  'sed', 'cut', 'sync', 'setsid', 'tail', 'awk', 'chmod', 'date',
+];
+
+/**
+ * Make `dir` a tree with a working userspace: busybox-static's binary copied
+ * in (it needs no libraries), one link per applet, /bin and /sbin as links
+ * to usr/bin as on a merged-/usr system, and empty /proc, /sys, /dev, /run,
+ * /tmp and /var for bubblewrap's mounts (the tree is bound read-only, so
+ * they cannot be made later). Every file is root's, as ostree commits it.
+ */
+export async function addBusyboxUserspace(dir: string): Promise<void> {
+  const bin = path.join(dir, 'usr', 'bin');
+  await fsp.mkdir(bin, { recursive: true, mode: 0o755 });
+  await fsp.copyFile(BUSYBOX, path.join(bin, 'busybox'));
+  await fsp.chmod(path.join(bin, 'busybox'), 0o755);
+  for (const a of BUSYBOX_APPLETS) await fsp.symlink('busybox', path.join(bin, a));
+  await fsp.symlink('usr/bin', path.join(dir, 'bin'));
+  await fsp.symlink('usr/bin', path.join(dir, 'sbin'));
+  for (const d of ['proc', 'sys', 'dev', 'run', 'tmp', 'var']) await fsp.mkdir(path.join(dir, d), { recursive: true, mode: 0o755 });
 }
 
 export interface MakeSysrootOptions extends TreeSpec {
@@ -160,6 +193,7 @@ async function commitTree(repo: string, osname: string, tree: TreeSpec, generati
       files[path.join('usr/lib/bootc/pre-stage.d', name)] = spec;
     }
     await writeFiles(dir, files);
+    if (tree.userspace) await addBusyboxUserspace(dir);
     // Hooks are refused unless root-owned and not group/other-writable;
     // commit every file as root whatever the tree's owner.
     await run('ostree', [`--repo=${repo}`, 'commit', `--branch=${osname}/stable`,
@@ -228,6 +262,7 @@ export async function buildSysroot(opts: MakeSysrootOptions = {}, into?: string)
     ...(opts.hooks ? { hooks: opts.hooks } : {}),
     ...(opts.files ? { files: opts.files } : {}),
     ...(opts.osRelease ? { osRelease: opts.osRelease } : {}),
+    ...(opts.userspace ? { userspace: true } : {}),
   };
   const s = new SysrootImpl(dir, osname, tree, 0);
   try {
@@ -318,6 +353,7 @@ export async function makeSysroot(opts: MakeSysrootOptions = {}): Promise<Sysroo
     ...(opts.hooks ? { hooks: opts.hooks } : {}),
     ...(opts.files ? { files: opts.files } : {}),
     ...(opts.osRelease ? { osRelease: opts.osRelease } : {}),
+    ...(opts.userspace ? { userspace: true } : {}),
   }, tpl.generations);
   const rel = (p: string) => path.join(dir, path.relative(tpl.path, p));
   s.deployments = tpl.deployments.map(rel);

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { REPO_ROOT, tmpDir } from '../helpers/tmp.js';
 
 const RUNNER = path.join(REPO_ROOT, 'dist', 'test', 'bench', 'run.js');
-const BENCHES = ['prepare', 'progress', 'output', 'properties', 'startup', 'hooks', 'history'];
+const BENCHES = ['prepare', 'progress', 'output', 'properties', 'startup', 'hooks', 'history', 'newroot'];
 
 interface Report {
   command: string;
@@ -46,6 +46,7 @@ test('bench --smoke - every benchmark runs and reports finite numbers in one tab
     startup: /^start-up to owning the name$/,
     hooks: /^ListHooks with N hook files/,
     history: /^start-up with N finished transactions/,
+    newroot: /^start cost of a step in a new root/,
   };
   t.is(Object.keys(expectRows).length, BENCHES.length);
   for (const [bench, re] of Object.entries(expectRows)) {

@@ -465,7 +465,7 @@ test('hooks - RegisterHook decodes the definition; ListHooks encodes every key; 
       definition: { description: 'Check', prepare: ['/usr/bin/check'], commit: null, abort: null, after: [], before: [],
         environment: ['A=1'], required: true, timeoutSec: 300 },
       source: `${DEPLOYMENT}/usr/lib/bootc/pre-stage.d/compat-check.hook`, origin: 'deployment',
-      digest: 'f'.repeat(64), refused: null, warnings: [],
+      digest: 'f'.repeat(64), refused: null, warnings: [], roots: { prepare: DEPLOYMENT },
     }],
     masked: [], fingerprint: 'x',
   };
@@ -473,7 +473,9 @@ test('hooks - RegisterHook decodes the definition; ListHooks encodes every key; 
   t.deepEqual(unwrapVariants(hooks), [['compat-check', {
     Description: 'Check', Prepare: ['/usr/bin/check'], Commit: [], Abort: [], After: [], Before: [],
     Environment: ['A=1'], Required: true, TimeoutSec: 300,
+    RootDirectory: '', BindPaths: [], BindReadOnlyPaths: [], RetrySec: 30, RetryMaxSec: 0,
     Source: `${DEPLOYMENT}/usr/lib/bootc/pre-stage.d/compat-check.hook`, Origin: 'deployment', Refused: '', Digest: 'f'.repeat(64),
+    PrepareRoot: DEPLOYMENT, CommitRoot: '', AbortRoot: '',
   }]]);
   // Anyone may list hooks: busctl as nobody decodes the same reply.
   const r = await busctlCall(bus.address, BUS_NAME, MANAGER_PATH, MANAGER.name, 'ListHooks', ['s', ''], { uid: NOBODY, json: true });

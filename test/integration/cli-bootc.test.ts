@@ -62,7 +62,8 @@ function staged(ctx: DaemonContext): Sysroot {
 test.serial('start --staged - prepares the deployment bootc reports as staged', async (t) => {
   const dir = await tmpDir(t, { mode: 0o755 });
   const ctx = await withDaemon(t, {
-    sysroot: { deployments: 2, hooks: { 'mark.hook': hookFile({ prepare: `touch ${dir}/prepared` }) } },
+    // The image's hook runs in the staged deployment (busybox userspace), with the test's directory bound in.
+    sysroot: { deployments: 2, userspace: true, hooks: { 'mark.hook': `${hookFile({ prepare: `touch ${dir}/prepared` })}BindPaths=${dir}\n` } },
   });
   const sysroot = staged(ctx);
   const bootc = await standIn(t, sysroot);
@@ -121,10 +122,10 @@ async function readAll(stream: Readable | null | undefined): Promise<string> {
 
 test.serial('upgrade - download-only, the prepare phase, then from-downloaded; --progress-fd speaks bootc\'s format', async (t) => {
   const dir = await tmpDir(t, { mode: 0o755 });
-  const ctx = await withDaemon(t, { sysroot: { deployments: 1 } });
+  const ctx = await withDaemon(t, { sysroot: { deployments: 1, userspace: true } });
   const sysroot = staged(ctx);
   await publishImage(t, sysroot, {
-    'usr/lib/bootc/pre-stage.d/from-image.hook': hookFile({ prepare: `echo ran > ${dir}/image-hook` }),
+    'usr/lib/bootc/pre-stage.d/from-image.hook': `${hookFile({ prepare: `echo ran > ${dir}/image-hook` })}BindPaths=${dir}\n`,
   });
   const bootc = await standIn(t, sysroot, { BOOTC_STANDIN_DEPLOY_REF: 'testos/next' });
   const cli = spawnCli(['upgrade', '--apply', '--sysroot', sysroot.path, '--progress-fd', '3'],
@@ -160,7 +161,7 @@ test.serial('upgrade - download-only, the prepare phase, then from-downloaded; -
 });
 
 test.serial('upgrade - a failed prepare phase stops before unlocking: exit 1, the stage stays locked', async (t) => {
-  const ctx = await withDaemon(t, { sysroot: { deployments: 1 } });
+  const ctx = await withDaemon(t, { sysroot: { deployments: 1, userspace: true } });
   const sysroot = staged(ctx);
   await publishImage(t, sysroot, {
     'usr/lib/bootc/pre-stage.d/gate.hook': hookFile({ prepare: 'exit 1' }),

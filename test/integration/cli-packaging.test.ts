@@ -246,17 +246,22 @@ test.serial('packaging - the example image\'s hook parses, its program migrates 
   t.deepEqual(parsed.definition.prepare, ['${BOOTC_PRESTAGE_DEPLOYMENT}/usr/libexec/example-app/migrate', 'prepare']);
   t.is((await run('sh', ['-n', path.join(ex, 'example-app-migrate')])).code, 0);
 
-  // The hook as the image ships it, plus where to find the test's state.
-  const state = await tmpDir(t, { mode: 0o755 });
-  await fsp.writeFile(path.join(state, 'state'), 'version=1\nname=Web\nport=80\n');
+  // The hook as the image ships it, in a deployment with a userspace of its
+  // own: its prepare runs in that deployment (README "Hooks"), where /var is
+  // the stateroot's, so the state lives there.
   const ctx = await withDaemon(t, {
     sysroot: {
       deployments: 2,
-      hooks: { 'example-app-migrate.hook': `${hookText}Environment=EXAMPLE_APP_STATE_DIR=${state}\n` },
+      userspace: true,
+      hooks: { 'example-app-migrate.hook': hookText },
       files: { 'usr/libexec/example-app/migrate': { content: await fsp.readFile(path.join(ex, 'example-app-migrate')), mode: 0o755 } },
     },
   });
   const [staged] = deploymentsOf(ctx);
+  const sysroot = ctx.sysroot as { path: string; osname: string };
+  const state = path.join(sysroot.path, 'ostree', 'deploy', sysroot.osname, 'var', 'lib', 'example-app');
+  await fsp.mkdir(state, { recursive: true, mode: 0o755 });
+  await fsp.writeFile(path.join(state, 'state'), 'version=1\nname=Web\nport=80\n');
   const r = await runCli(['start', staged!], { address: ctx.bus.address });
   t.is(r.code, 0, `${r.stdout}\n${r.stderr}`);
   t.regex(r.stdout, /\[example-app-migrate\] prepared /);

@@ -21,7 +21,8 @@ const gatedCommit = (dir: string) => hookFile({
 
 test.serial('start - pipe mode prints one line per event and exits 0 when prepared', async (t) => {
   const ctx = await withDaemon(t, {
-    sysroot: { deployments: 2, hooks: { 'image-check.hook': hookFile({ prepare: 'echo checking the image; echo STATUS=looked >&3' }) } },
+    // The image's hook runs in the staged deployment: give it a shell (busybox).
+    sysroot: { deployments: 2, userspace: true, hooks: { 'image-check.hook': hookFile({ prepare: 'echo checking the image; echo STATUS=looked >&3' }) } },
     etcHooks: { 'host-step.hook': hookFile({ prepare: 'echo host step ran', after: 'image-check' }) },
   });
   const [staged] = deploymentsOf(ctx);

@@ -22,7 +22,8 @@ import type { Phase } from '../../service/model/types.js';
 import {
   calibrate, checkNewWork, checkRecovery, CrashRig, describeRecord, HOOKS, rigSlot, type CrashSnapshot,
 } from '../helpers/crash.js';
-import { readProcStat } from '../../service/engine/process-tree.js';
+import { findProcessRefsByEnv, isSameProcess, readProcStat, type ProcessRef } from '../../service/engine/process-tree.js';
+import { sleep } from '../helpers/processes.js';
 
 const FULL = process.env['BOOTC_PRESTAGE_CRASH_FULL'] === '1';
 const slot = rigSlot;
@@ -218,3 +219,83 @@ const duringRecovery = test.macro({
 test(duringRecovery, 'prepare', 'h1');
 test(duringRecovery, 'commit', 'h3');
 test(duringRecovery, 'abort', 'h1');
+
+// ---- steps in the new root (README "Hooks", docs/hooks.md) ------------------------------------
+//
+// The same rig with every step run in the staged deployment by bubblewrap
+// (RootDirectory=, a busybox userspace, a PID namespace per step). The
+// invariants are checkRecovery's; what differs is the kill itself: bwrap
+// dies with the spawn helper, which dies with the daemon, and the
+// namespace's init takes every process of the step with it, so nothing of
+// the step outlives the daemon's SIGKILL (checked by host pid and start
+// time, taken before the kill from the environment marker and the step's
+// process group).
+
+/** Every host process of the transaction: by its marker, and by the process group of each recorded step. */
+async function stepProcesses(rig: CrashRig, txId: string): Promise<ProcessRef[]> {
+  const refs = new Map<number, ProcessRef>();
+  for (const r of await findProcessRefsByEnv({ BOOTC_PRESTAGE_TRANSACTION: txId })) refs.set(r.pid, r);
+  const groups = new Set((await rig.journal(txId)).records.flatMap((r) => (r.t === 'pid' ? [r.pid] : [])));
+  for (const name of await fsp.readdir('/proc')) {
+    const pid = Number(name);
+    if (!Number.isInteger(pid)) continue;
+    const st = readProcStat(pid);
+    if (st && groups.has(st.pgrp)) refs.set(pid, { pid, startTime: st.startTime });
+  }
+  return [...refs.values()];
+}
+
+const newRootAtRecord = test.macro({
+  async exec(t, k: number) {
+    await slot(async () => {
+      const rig = await CrashRig.create(t, { newRoot: true });
+      const base = await rig.recordCount();
+      await rig.arm(base + k);
+      const reply = rig.request('prepare', rig.staged);
+      await rig.waitStopped();
+      t.is(await rig.recordCount(), base + k, 'stopped exactly at the boundary');
+      const txId = await rig.latestTxId(rig.staged);
+      const snap = await rig.crash(txId, 'prepare');
+      await reply;
+      await recoverAndCheck(t, rig, snap);
+    });
+  },
+  title: (_given, k: number) => `crash - new root: prepare, SIGKILL after journal record ${k}/${cal.prepare.length} (${describeRecord(cal.prepare[k - 1]!)})`,
+});
+// The middle hook's step: before its process, with its pid journaled (running), after it ended.
+for (const k of cal.prepare.map((r, i) => ({ r, k: i + 1 })).filter(({ r }) => 'hook' in r && r.hook === 'h2').map(({ k }) => k)) {
+  test(newRootAtRecord, k);
+}
+
+const newRootWhileRunning = test.macro({
+  async exec(t, shape: Shape, hook: string) {
+    await slot(async () => {
+      const rig = await CrashRig.create(t, { newRoot: true });
+      await setUp(rig, shape);
+      const stepPhase: Phase = shape === 'rollback' ? 'abort' : PHASE_OF[shape];
+      await rig.block(hook, stepPhase);
+      const reply = rig.request(PHASE_OF[shape], rig.staged);
+      const blocked = await rig.waitForRecord((r) => r.hook === hook && r.phase === stepPhase && r.event === 'blocked');
+      const procs = await stepProcesses(rig, blocked.tx);
+      // bwrap, the namespace's init, the shell, and the child it left (if any).
+      const mode = HOOKS.find((h) => h.name === hook)!.child;
+      t.true(procs.length >= (mode === 'none' ? 3 : 4), `the step's processes before the kill: ${procs.map((p) => p.pid).join(' ')}`);
+      const snap = await rig.crash(blocked.tx, PHASE_OF[shape]);
+      await reply;
+      // Nothing of the step outlives the daemon: each pid is gone (polled, the kill chain takes a moment).
+      const deadline = Date.now() + 30_000;
+      let left = procs.filter((p) => isSameProcess(p.pid, p.startTime));
+      while (left.length > 0 && Date.now() < deadline) {
+        await sleep(50);
+        left = left.filter((p) => isSameProcess(p.pid, p.startTime));
+      }
+      t.deepEqual(left.map((p) => p.pid), [], 'every process of the step ended with the daemon');
+      await recoverAndCheck(t, rig, snap);
+    });
+  },
+  title: (_given, shape: Shape, hook: string) =>
+    `crash - new root: SIGKILL while the ${hook} ${shape === 'rollback' ? 'rollback abort' : shape} step runs in the deployment; nothing of it survives`,
+});
+for (const h of HOOKS) test(newRootWhileRunning, 'prepare', h.name);
+test(newRootWhileRunning, 'commit', 'h2');
+test(newRootWhileRunning, 'rollback', 'h2');

@@ -336,9 +336,22 @@ function randomDefinition(rng: Rng, w: World): Record<string, Variant> {
   if (rng.chance(0.5)) d['Required'] = new Variant('b', rng.chance(0.3));
   if (rng.chance(0.3)) d['TimeoutSec'] = new Variant('u', rng.pick([0, 1, 60, 604800, 604801, 0xffffffff]));
   if (rng.chance(0.3)) d['Description'] = new Variant('s', rng.chance(0.7) ? randomIdent(rng, 30) : randomString(rng));
+  // The new root and retry keys (README "Hooks"): good values and each kind of bad one.
+  if (rng.chance(0.15)) {
+    d['RootDirectory'] = new Variant('s', rng.pick(['/', '', '${BOOTC_PRESTAGE_DEPLOYMENT}', 'relative/root', '/nonexistent-root',
+      '/tmp', '/etc/hostname', '/srv/../etc', '${UNSET}root', randomString(rng, 12)]));
+  }
+  for (const key of ['BindPaths', 'BindReadOnlyPaths']) {
+    if (!rng.chance(0.1)) continue;
+    d[key] = as(Array.from({ length: rng.int(0, 3) }, () => rng.pick(['/srv', '-/srv/x:/x', '/a:/b:rbind', 'data', '/a:/',
+      '/a:/b:norbind', '/a:rel', '', randomString(rng, 10)])));
+  }
+  if (rng.chance(0.1)) d['RetrySec'] = new Variant('u', rng.pick([0, 1, 30, 604800, 604801, 0xffffffff]));
+  if (rng.chance(0.1)) d['RetryMaxSec'] = new Variant('u', rng.pick([0, 1, 600, 604800, 604801, 0xffffffff]));
   if (rng.chance(0.05)) {
     const t = randomType(rng, 0, 1);
-    d[rng.pick(['Prepare', 'Required', 'TimeoutSec', 'ExecStart', 'Source', randomIdent(rng, 8)])] = new Variant(t, randomValue(rng, t));
+    d[rng.pick(['Prepare', 'Required', 'TimeoutSec', 'RootDirectory', 'BindPaths', 'RetrySec', 'ExecStart', 'Source', 'PrepareRoot',
+      randomIdent(rng, 8)])] = new Variant(t, randomValue(rng, t));
   }
   return d;
 }

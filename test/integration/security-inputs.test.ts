@@ -288,6 +288,29 @@ const CASES: Case[] = [];
     { input: 'a megabyte-long Description', def: withKey('Description', v('s', 'd'.repeat(MEGABYTE))), expect: E.InvalidArgs },
     { input: "an unknown key ('ExecStart')", def: withKey('ExecStart', v('as', ['/bin/true'])), expect: E.InvalidArgs, mentions: 'ExecStart' },
     { input: "a ListHooks-only key ('Source')", def: withKey('Source', v('s', '/etc/passwd')), expect: E.InvalidArgs },
+    { input: "a ListHooks-only key ('PrepareRoot')", def: withKey('PrepareRoot', v('s', '/')), expect: E.InvalidArgs },
+    // The new root and retry keys (README "Hooks", docs/hooks.md).
+    { input: 'a relative RootDirectory', def: withKey('RootDirectory', v('s', 'srv/root')), expect: E.InvalidHook, mentions: 'RootDirectory' },
+    { input: "a RootDirectory with '..'", def: withKey('RootDirectory', v('s', '/srv/../etc')), expect: E.InvalidHook, mentions: "'..'" },
+    { input: 'a RootDirectory that does not exist', def: withKey('RootDirectory', v('s', '/nonexistent-root')), expect: E.InvalidHook, mentions: 'does not exist' },
+    { input: 'a RootDirectory that is a file', def: withKey('RootDirectory', v('s', '/etc/hostname')), expect: E.InvalidHook, mentions: 'is not a directory' },
+    { input: 'a RootDirectory writable by others (/tmp)', def: withKey('RootDirectory', v('s', '/tmp')), expect: E.InvalidHook, mentions: 'writable by group and others' },
+    { input: 'a RootDirectory expanding to a relative path', def: withKey('RootDirectory', v('s', '${UNSET}srv')), expect: E.InvalidHook },
+    { input: 'a RootDirectory of 5000 bytes', def: withKey('RootDirectory', v('s', `/${'r'.repeat(5000)}`)), expect: E.InvalidArgs, mentions: '4096' },
+    { input: 'RootDirectory as an array', def: withKey('RootDirectory', v('as', ['/'])), expect: E.InvalidArgs },
+    { input: 'a relative BindPaths source', def: withKey('BindPaths', v('as', ['data'])), expect: E.InvalidHook, mentions: 'absolute path' },
+    { input: "a BindPaths entry onto '/'", def: withKey('BindPaths', v('as', ['/srv:/'])), expect: E.InvalidHook, mentions: 'replace the root' },
+    { input: "a BindPaths entry with 'norbind'", def: withKey('BindPaths', v('as', ['/a:/b:norbind'])), expect: E.InvalidHook, mentions: 'norbind' },
+    { input: 'a BindPaths entry with an unknown option', def: withKey('BindPaths', v('as', ['/a:/b:ro'])), expect: E.InvalidHook, mentions: "'ro'" },
+    { input: 'a BindPaths entry with four fields', def: withKey('BindPaths', v('as', ['/a:/b:rbind:x'])), expect: E.InvalidHook },
+    { input: 'an empty BindPaths entry', def: withKey('BindPaths', v('as', [''])), expect: E.InvalidHook, mentions: 'no source' },
+    { input: '65 BindPaths entries', def: withKey('BindPaths', v('as', Array.from({ length: 65 }, (_, i) => `/b${i}`))), expect: E.InvalidHook, mentions: 'limit is 64' },
+    { input: 'BindReadOnlyPaths as a string', def: withKey('BindReadOnlyPaths', v('s', '/opt')), expect: E.InvalidArgs },
+    { input: "a BindReadOnlyPaths destination with '..'", def: withKey('BindReadOnlyPaths', v('as', ['/opt:/x/../y'])), expect: E.InvalidHook },
+    { input: 'RetrySec 0', def: withKey('RetrySec', v('u', 0)), expect: E.InvalidHook, mentions: 'RetrySec' },
+    { input: 'RetrySec over the cap (7 days)', def: withKey('RetrySec', v('u', 7 * 24 * 3600 + 1)), expect: E.InvalidHook, mentions: '604800' },
+    { input: 'RetryMaxSec as the maximum uint32', def: withKey('RetryMaxSec', v('u', 0xffffffff)), expect: E.InvalidHook, mentions: 'RetryMaxSec' },
+    { input: 'RetrySec as a string', def: withKey('RetrySec', v('s', '30')), expect: E.InvalidArgs },
   ];
   for (const d of defs) {
     CASES.push({
@@ -374,6 +397,52 @@ const hostile = test.macro({
 });
 
 for (const c of CASES) test.serial(hostile, c);
+
+/**
+ * The same values in a hook file under /etc: StartPreStage is InvalidHook
+ * naming the file and the line, runs nothing, creates nothing. The file is
+ * removed before the state is compared.
+ */
+const hostileFile = test.macro({
+  async exec(t, line: string, mentions: RegExp) {
+    const dir = path.join(env.ctx.root, 'etc', 'bootc', 'pre-stage.d');
+    const file = path.join(dir, 'hostile-file.hook');
+    await fsp.writeFile(file, `[Hook]\nPrepare=/bin/true\n${line}\n`, { mode: 0o644 });
+    let err: DBusError | null = null;
+    try {
+      await env.ctx.client.callMessage(SERVICE, MANAGER_PATH, MANAGER_IFACE, 'StartPreStage', 'sa{sv}', [env.other, {}], { timeoutMs: 20_000 });
+    } catch (e) {
+      if (!(e instanceof DBusError)) throw e;
+      err = e;
+    } finally {
+      await fsp.rm(file, { force: true });
+    }
+    t.truthy(err, 'StartPreStage failed');
+    t.is(err!.type, E.InvalidHook, err!.text);
+    t.true(err!.text.startsWith(`${file}:3: `), err!.text);
+    t.regex(err!.text, mentions);
+    await assertUnchanged(t);
+    await assertAlive(t);
+  },
+  title: (_p, line: string) => `inputs - a hook file with '${line}': InvalidHook naming file and line`,
+});
+for (const [line, mentions] of [
+  ['RootDirectory=srv/root', /absolute path/],
+  ['RootDirectory=/a /b', /one path/],
+  ['RootDirectory=/srv/../etc', /'\.\.'/],
+  ['RootDirectory=/nonexistent-root', /does not exist/],
+  ['RootDirectory=/etc/hostname', /is not a directory/],
+  ['RootDirectory=/tmp', /writable by group and others/],
+  ['BindPaths=data', /absolute path/],
+  ['BindPaths=/srv:/', /replace the root/],
+  ['BindReadOnlyPaths=/a:/b:norbind', /norbind/],
+  ['BindPaths="/unbalanced', /unbalanced double quote/],
+  ['RetrySec=0', /without a pause/],
+  ['RetrySec=soon', /not a duration/],
+  ['RetryMaxSec=infinity', /not a duration/],
+  ['RetryMaxSec=8d', /not a duration/],
+  ['RetryMaxSec=200h', /more than 7 days/],
+] as const) test.serial(hostileFile, line, mentions);
 
 /**
  * Send UnregisterHook(name) with the name's bytes put on the wire as they

@@ -48,7 +48,10 @@ async function fixture(t: { teardown(f: () => Promise<void>): void }): Promise<F
   return {
     root, deployment, logs, at,
     logger: { error: rec('error'), warn: rec('warn'), info: rec('info'), debug: rec('debug') },
-    put: (where, name, text) => putFile(at(where, name), text),
+    // Deployment hooks here run on the host root (RootDirectory=/): these
+    // tests are about precedence, order and trust of host programs; the
+    // new-root default and its checks have tests of their own below.
+    put: (where, name, text) => putFile(at(where, name), hostRooted(where, text)),
     putFile: (where, file, text) => putFile(nodePath.join(dirs[where], file), text),
     async program(path) {
       const p = path.startsWith(base) ? path : nodePath.join(base, path);
@@ -61,6 +64,11 @@ async function fixture(t: { teardown(f: () => Promise<void>): void }): Promise<F
 }
 
 const hookText = (prog = '/bin/true', extra = '') => `[Hook]\nPrepare=${prog}\n${extra}`;
+
+function hostRooted(where: 'etc' | 'run' | 'dep', text: string): string {
+  if (where !== 'dep' || !text.startsWith('[Hook]') || text.includes('RootDirectory=')) return text;
+  return `${text}${text.endsWith('\n') ? '' : '\n'}RootDirectory=/\n`;
+}
 
 async function discover(f: Fixture, deployment: string | null = f.deployment) {
   return discoverHooks({ root: f.root, deployment, logger: f.logger });
@@ -154,7 +162,7 @@ test('discover - files with other names are ignored with a warning; hidden files
 
 test('discover - hooks come back in After=/Before= order with definition, digest and warnings', async (t) => {
   const f = await fixture(t);
-  const textA = hookText('/bin/a', 'After=b\nColour=blue\n');
+  const textA = hookText('/bin/a', 'After=b\nColour=blue\nRootDirectory=/\n');
   await f.put('dep', 'a', textA);
   await f.put('etc', 'b', hookText('/bin/b', 'Before=c\n'));
   await f.put('run', 'c', hookText('/bin/c'));
@@ -469,5 +477,65 @@ test('discover - 1000 hook files across the three directories', async (t) => {
   for (const h of set.hooks) {
     for (const a of h.definition.after) t.true(pos.get(a)! < pos.get(h.name)!);
     for (const b of h.definition.before) t.true(pos.get(h.name)! < pos.get(b)!);
+  }
+});
+
+// ---- the new root (README "Hooks", docs/hooks.md) -------------------------------------------
+
+test('new root - an image hook\'s prepare runs in the deployment by default; commit and abort, and /etc hooks, on the host', async (t) => {
+  const f = await fixture(t);
+  await fsp.chmod(nodePath.dirname(f.deployment), 0o755);
+  await f.program(nodePath.join(f.deployment, 'usr/libexec/img'));
+  await f.putFile('dep', 'img.hook', '[Hook]\nPrepare=/usr/libexec/img\nCommit=/bin/true\nAbort=/bin/true\n');
+  await f.put('etc', 'host', hookText('/bin/true'));
+  await f.put('etc', 'optin', hookText('${BOOTC_PRESTAGE_DEPLOYMENT}/usr/libexec/img', 'RootDirectory=${BOOTC_PRESTAGE_DEPLOYMENT}\n'));
+  const set = await discover(f);
+  const roots = Object.fromEntries(set.hooks.map((h) => [h.name, h.roots]));
+  t.deepEqual(roots, {
+    host: { prepare: '/' },
+    img: { prepare: f.deployment, commit: '/', abort: '/' },
+    optin: { prepare: f.deployment },
+  });
+  t.true(set.hooks.every((h) => h.refused === null), JSON.stringify(set.hooks.map((h) => h.refused)));
+  // Without a deployment the opted-in root is not known yet: shown unexpanded, not checked.
+  const host = await discover(f, null);
+  t.deepEqual(host.hooks.find((h) => h.name === 'optin')!.roots, { prepare: '${BOOTC_PRESTAGE_DEPLOYMENT}' });
+});
+
+test('new root - the program is resolved inside the root: an absolute link names the root\'s file, and one missing there is refused', async (t) => {
+  const f = await fixture(t);
+  await fsp.chmod(nodePath.dirname(f.deployment), 0o755);
+  // /usr/libexec/tool -> /opt/tool, which exists only on "the host" side of the fixture.
+  await f.program(nodePath.join(f.deployment, 'opt/real-tool'));
+  await fsp.mkdir(nodePath.join(f.deployment, 'usr/libexec'), { recursive: true });
+  await fsp.symlink('/opt/real-tool', nodePath.join(f.deployment, 'usr/libexec/tool'));
+  await fsp.symlink('/opt/nowhere', nodePath.join(f.deployment, 'usr/libexec/dangling'));
+  await f.putFile('dep', 'linked.hook', '[Hook]\nPrepare=/usr/libexec/tool\n');
+  await f.putFile('dep', 'dangling.hook', '[Hook]\nPrepare=/usr/libexec/dangling\nRequired=no\n');
+  await f.putFile('dep', 'hostonly.hook', '[Hook]\nPrepare=/bin/true\nRequired=no\n');
+  const set = await discover(f);
+  const refused = Object.fromEntries(set.hooks.map((h) => [h.name, h.refused]));
+  t.is(refused.linked, null, 'the link resolves to the root\'s /opt/real-tool');
+  t.regex(refused.dangling!, /Prepare= program \/usr\/libexec\/dangling in \S+ does not exist/);
+  t.regex(refused.hostonly!, /Prepare= program \/bin\/true in \S+ does not exist/, 'the host\'s /bin/true does not count');
+  // An untrusted file inside the root is refused as on the host.
+  await fsp.chmod(nodePath.join(f.deployment, 'opt/real-tool'), 0o777);
+  const again = await discover(f);
+  t.regex(again.hooks.find((h) => h.name === 'linked')!.refused!, /writable by group and others/);
+});
+
+test('new root - a bad RootDirectory= is InvalidHook naming file and line', async (t) => {
+  const f = await fixture(t);
+  const open = nodePath.join(nodePath.dirname(f.root), 'open');
+  await fsp.mkdir(open);
+  await fsp.chmod(open, 0o775);
+  const file = nodePath.join(nodePath.dirname(f.root), 'file');
+  await fsp.writeFile(file, '');
+  for (const [root, why] of [[open, /writable by group/], [file, /is not a directory/], ['/no/such/root', /does not exist/]] as const) {
+    await f.put('etc', 'bad', `[Hook]\nPrepare=/bin/true\n\nRootDirectory=${root}\n`);
+    const e = await t.throwsAsync(discover(f), { instanceOf: PreStageError });
+    t.is(e!.code, 'InvalidHook');
+    t.true(e!.message.startsWith(`${f.at('etc', 'bad')}:4: RootDirectory=${root} (${root}) `), e!.message);
+    t.regex(e!.message, why);
   }
 });

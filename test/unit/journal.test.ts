@@ -127,3 +127,33 @@ test('replay - refuses a journal of another version and one without begin', (t) 
   const none = replayJournal(parseJournal('T1', JSON.stringify({ t: 'state', state: 'prepared' }) + '\n'));
   t.false(none.ok);
 });
+
+test('replay - a retry record ends the attempt and leaves the step waiting; the next attempt clears it', (t) => {
+  const recs: object[] = [
+    begin(),
+    { t: 'phase', phase: 'prepare', usec: 2, timeoutSec: 600 },
+    { t: 'state', state: 'preparing', error: '', message: '', usec: 2 },
+    { t: 'step', phase: 'prepare', hook: 'a', rollback: false, usec: 3 },
+    { t: 'pid', phase: 'prepare', hook: 'a', pid: 100, start: '5' },
+    {
+      t: 'retry', phase: 'prepare', hook: 'a', rollback: false, attempt: 2, firstUsec: 3,
+      dueUsec: 30_000_004, windowEndUsec: 600_000_003, message: 'retrying in 30 s (attempt 2)', usec: 4,
+    },
+  ];
+  const replay = (rs: object[]) => {
+    const r = replayJournal(parseJournal('T1', rs.map((x) => JSON.stringify(x)).join('\n') + '\n'));
+    if (!r.ok) throw new Error(r.reason);
+    return r.value;
+  };
+  const v = replay(recs);
+  t.true(v.interrupted);
+  t.deepEqual(v.pids, [], 'no process runs while it waits');
+  t.deepEqual(v.waiting, { phase: 'prepare', hook: 'a', rollback: false, attempt: 2, firstUsec: 3, dueUsec: 30_000_004, windowEndUsec: 600_000_003 });
+  t.is(v.phaseTimeoutSec, 600);
+  t.deepEqual(v.hooks[0], { name: 'a', result: 'running', percent: 0, status: 'retrying in 30 s (attempt 2)' });
+  const next = replay([...recs, { t: 'step', phase: 'prepare', hook: 'a', rollback: false, usec: 30_000_005 }]);
+  t.is(next.waiting, null, 'the next attempt started');
+  t.deepEqual(next.pids, []);
+  const done = replay([...recs, { t: 'done', phase: 'prepare', hook: 'a', rollback: false, result: 'cancelled', message: 'x', usec: 9 }]);
+  t.is(done.waiting, null);
+});

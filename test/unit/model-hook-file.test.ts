@@ -269,3 +269,41 @@ test('round-trip - random definitions with awkward strings read back equal', (t)
   }
   t.pass();
 });
+
+// ---- RootDirectory=, BindPaths=, BindReadOnlyPaths=, RetrySec=, RetryMaxSec= ------------------
+
+test('parse - the new-root and retry keys, their resets and the line of each key', (t) => {
+  const r = parse(`${H}RootDirectory=\${BOOTC_PRESTAGE_DEPLOYMENT}\nBindPaths=/srv/a -/srv/b:/b\nBindPaths=/c\nBindReadOnlyPaths=/opt:/opt:rbind\nRetrySec=5\nRetryMaxSec=10min\n`);
+  t.like(r.definition, {
+    rootDirectory: '${BOOTC_PRESTAGE_DEPLOYMENT}', bindPaths: ['/srv/a', '-/srv/b:/b', '/c'],
+    bindReadOnlyPaths: ['/opt:/opt:rbind'], retrySec: 5, retryMaxSec: 600,
+  });
+  t.is(r.lines.RootDirectory, 3);
+  t.is(r.lines.RetryMaxSec, 8);
+  const reset = parse(`${H}RootDirectory=/\nRootDirectory=\nBindPaths=/a\nBindPaths=\nRetrySec=5\nRetrySec=\n`).definition;
+  t.false('rootDirectory' in reset || 'bindPaths' in reset || 'retrySec' in reset, JSON.stringify(reset));
+  t.is(parse(`${H}RootDirectory="/with space"\n`).definition.rootDirectory, '/with space');
+});
+
+test('a relative RootDirectory=', invalid, `${H}RootDirectory=srv/root\n`, /x\.hook:3: RootDirectory 'srv\/root' must be an absolute path/);
+test('a RootDirectory= with ..', invalid, `${H}RootDirectory=/srv/../etc\n`, /x\.hook:3: RootDirectory .* must not contain '\.' or '\.\.'/);
+test('two RootDirectory= words', invalid, `${H}RootDirectory=/a /b\n`, /x\.hook:3: RootDirectory=\/a \/b must be one path/);
+test('a relative BindPaths= source', invalid, `${H}BindPaths=data\n`, /x\.hook:3: BindPaths source 'data' must be an absolute path/);
+test('a BindPaths= onto /', invalid, `${H}BindPaths=/srv:/\n`, /x\.hook:3: .*replace the root directory/);
+test('a BindReadOnlyPaths= with norbind', invalid, `${H}BindReadOnlyPaths=/a:/b:norbind\n`, /x\.hook:3: .*norbind/);
+test('an unbalanced quote in BindPaths=', invalid, `${H}BindPaths="/a\n`, /x\.hook:3: unbalanced double quote/);
+test('too many BindPaths= entries', invalid, `${H}${'BindPaths=/a /b\n'.repeat(33)}`, /66 entries in total; the limit is 64/);
+test('RetrySec=0', invalid, `${H}RetrySec=0\n`, /x\.hook:3: RetrySec=0 would retry without a pause/);
+test('a RetrySec= that is not a duration', invalid, `${H}RetrySec=soon\n`, /x\.hook:3: RetrySec=soon is not a duration/);
+test('RetryMaxSec=infinity', invalid, `${H}RetryMaxSec=infinity\n`, /x\.hook:3: RetryMaxSec=infinity is not a duration/);
+test('a RetryMaxSec= over 7 days', invalid, `${H}RetryMaxSec=200h\n`, /x\.hook:3: RetryMaxSec=200h is more than 7 days/);
+
+test('new-root and retry keys', valid, def({
+  rootDirectory: '/srv/root with space', bindPaths: ['/a', '-/b:/c'], bindReadOnlyPaths: ['/opt:/opt:rbind'], retrySec: 1, retryMaxSec: 0,
+}));
+test('a relative RootDirectory', rejected, def({ rootDirectory: 'x' }), /RootDirectory: .*absolute path/);
+test('an empty RootDirectory (absent means the default)', rejected, def({ rootDirectory: '' }), /RootDirectory: .*must not be empty/);
+test('a bad BindPaths entry', rejected, def({ bindPaths: ['/a:/b:bogus'] }), /BindPaths: .*option 'bogus'/);
+test('a non-list BindReadOnlyPaths', rejected, def({ bindReadOnlyPaths: '/a' as unknown as string[] }), /BindReadOnlyPaths: must be a list/);
+test('a zero RetrySec', rejected, def({ retrySec: 0 }), /RetrySec: .*from 1 to 604800/);
+test('a fractional RetryMaxSec', rejected, def({ retryMaxSec: 0.5 }), /RetryMaxSec: .*from 0 to 604800/);

@@ -50,6 +50,8 @@ async function setup(t: ExecutionContext): Promise<Setup> {
     log: nullLogger, stateDir, store, stepPath: DEFAULT_PATH, killGraceMs: 500,
     // The owner of /bin/sh, so the programs are trusted whoever runs the tests.
     trustedUid: statSync('/bin/sh').uid,
+    // Host-root steps only here (new-root steps: test/integration/new-root.test.ts).
+    bootedRoot: '/', bwrap: () => null,
     isClosing: () => false,
     transactions: () => txs,
     phaseStarted: (_tx, phase) => phases.push(phase),
@@ -186,7 +188,7 @@ test('prepare - the phase deadline stops the running step; the phase ends Timeou
   t.deepEqual(await s.ran(), tx.preparedStarted.has('a') ? ['a-abort'] : []);
   const snap = tx.snapshot();
   t.is(snap.state, 'failed');
-  t.is(snap.error, 'Timeout');
+  t.is(snap.error, 'Timeout', snap.errorMessage);
   t.regex(snap.errorMessage, /exceeded its 1s deadline; rolled back$/);
 });
 

@@ -119,6 +119,18 @@ test('hook definition - unknown keys and wrong types are InvalidArgs', (t) => {
   invalidArgs(t, () => decodeHookDefinition({ Required: v('s', 'yes') }), "'Required'", "type 'b'");
 });
 
+test('hook definition - RootDirectory, BindPaths, BindReadOnlyPaths, RetrySec, RetryMaxSec decode and encode back', (t) => {
+  const def = {
+    description: '', prepare: ['/a'], commit: null, abort: null, after: [], before: [], environment: [], required: true,
+    timeoutSec: 300, rootDirectory: '${BOOTC_PRESTAGE_DEPLOYMENT}', bindPaths: ['-/srv/x:/x'], bindReadOnlyPaths: ['/opt'],
+    retrySec: 5, retryMaxSec: 600,
+  };
+  t.deepEqual(decodeHookDefinition(encodeHookDefinition(def)), def);
+  // The defaults as ListHooks encodes them read back as unset.
+  t.deepEqual(decodeHookDefinition({ Prepare: v('as', ['/a']), RootDirectory: v('s', ''), RetrySec: v('u', 30), RetryMaxSec: v('u', 0), BindPaths: v('as', []) }),
+    { description: '', prepare: ['/a'], commit: null, abort: null, after: [], before: [], environment: [], required: true, timeoutSec: 300 });
+});
+
 test('hook definition - encode then decode is the identity', (t) => {
   const def = {
     description: 'd', prepare: ['/a', 'x y'], commit: null, abort: ['/c'],
@@ -128,7 +140,7 @@ test('hook definition - encode then decode is the identity', (t) => {
   t.deepEqual(decodeHookDefinition(encodeHookDefinition({ ...def, timeoutSec: 42 })).timeoutSec, 42);
 });
 
-test('ListHooks entry - every key with its type, plus Source, Origin, Refused, Digest', (t) => {
+test('ListHooks entry - every key with its type, plus Source, Origin, Refused, Digest and the step roots', (t) => {
   const hook: ResolvedHook = {
     name: 'bound-images',
     definition: {
@@ -136,16 +148,23 @@ test('ListHooks entry - every key with its type, plus Source, Origin, Refused, D
       environment: [], required: true, timeoutSec: 300,
     },
     source: '/etc/bootc/pre-stage.d/bound-images.hook', origin: 'etc', digest: 'ab'.repeat(32),
-    refused: null, warnings: [],
+    refused: null, warnings: [], roots: { prepare: '/' },
   };
   const [name, dict] = encodeHookEntry(hook);
   t.is(name, 'bound-images');
   const types = Object.fromEntries(Object.entries(dict).map(([k, x]) => [k, x.signature]));
   t.deepEqual(types, {
     Description: 's', Prepare: 'as', Commit: 'as', Abort: 'as', After: 'as', Before: 'as',
-    Environment: 'as', Required: 'b', TimeoutSec: 'u', Source: 's', Origin: 's', Refused: 's', Digest: 's',
+    Environment: 'as', Required: 'b', TimeoutSec: 'u', RootDirectory: 's', BindPaths: 'as', BindReadOnlyPaths: 'as',
+    RetrySec: 'u', RetryMaxSec: 'u', Source: 's', Origin: 's', Refused: 's', Digest: 's',
+    PrepareRoot: 's', CommitRoot: 's', AbortRoot: 's',
   });
   t.is(dict.Refused!.value, '');
+  t.is(dict.PrepareRoot!.value, '/');
+  t.is(dict.CommitRoot!.value, '', 'no such step: empty');
+  t.is(dict.RootDirectory!.value, '', 'unset: the default');
+  t.is(dict.RetrySec!.value, 30);
+  t.is(dict.RetryMaxSec!.value, 0);
   t.deepEqual(dict.Commit!.value, []);
   t.is(dict.Origin!.value, 'etc');
   t.is(encodeHookEntry({ ...hook, refused: 'owned by uid 1000' })[1].Refused!.value, 'owned by uid 1000');
