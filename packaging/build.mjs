@@ -7,8 +7,9 @@
  *   node packaging/build.mjs STEP...    only the named steps
  *
  * Steps (STEPS below; add one as a function and a row there):
- *   bundles   dist/bootc-prestaged.mjs and dist/bootc-prestage.mjs: the
- *             daemon and the client, each one ESM file with everything it
+ *   bundles   dist/bootc-prestaged.mjs, dist/bootc-prestage.mjs and
+ *             dist/bootc-prestage-gate.mjs: the daemon, the client and the
+ *             boot gate, each one ESM file with everything it
  *             imports (dbus-next, rxjs, winston, ...), plus a source map
  *             each and dist/bundled-licenses.txt.
  *   spawner   dist/libexec/bootc-prestage-spawner, compiled from
@@ -61,6 +62,9 @@ const NODE_MODULES = path.join(ROOT, 'node_modules');
 const BUNDLES = [
   { out: 'bootc-prestaged.mjs', entry: 'dist/service/bin/bootc-prestaged.js' },
   { out: 'bootc-prestage.mjs', entry: 'dist/service/bin/bootc-prestage.js' },
+  // The boot gate (service/gate/): run at shutdown before ostree finalizes,
+  // so it is its own small file that loads no bus library.
+  { out: 'bootc-prestage-gate.mjs', entry: 'dist/service/bin/bootc-prestage-gate.js' },
 ];
 
 /** Required by dbus-next inside try/catch, not installed by the lock: resolved at run time if present. */

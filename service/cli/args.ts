@@ -32,8 +32,8 @@ export type Command =
   | { name: 'version' }
   | ({ name: 'start'; deployment: string | null; staged: boolean; sysroot: string; force: boolean; wait: boolean;
       dryRun: boolean; timeoutSec: number; progressFd: number | null } & FollowFlags)
-  | ({ name: 'commit' | 'abort'; deployment: string; wait: boolean; timeoutSec: number } & FollowFlags)
-  | ({ name: 'reconcile' } & FollowFlags)
+  | ({ name: 'commit' | 'abort'; deployment: string; wait: boolean; timeoutSec: number; progressFd: number | null } & FollowFlags)
+  | ({ name: 'reconcile'; progressFd: number | null } & FollowFlags)
   | { name: 'upgrade'; apply: boolean; sysroot: string; force: boolean; timeoutSec: number; progressFd: number | null }
   | { name: 'status' }
   | { name: 'hooks'; deployment: string }
@@ -66,9 +66,9 @@ const COMMAND_OPTIONS: Readonly<Record<string, Options>> = {
     staged: { type: 'boolean' }, sysroot: { type: 'string' }, force: { type: 'boolean' }, wait: { type: 'boolean' },
     'dry-run': { type: 'boolean' }, timeout: { type: 'string' }, 'progress-fd': { type: 'string' }, ...FOLLOW,
   },
-  commit: { wait: { type: 'boolean' }, timeout: { type: 'string' }, ...FOLLOW },
-  abort: { wait: { type: 'boolean' }, timeout: { type: 'string' }, ...FOLLOW },
-  reconcile: { ...FOLLOW },
+  commit: { wait: { type: 'boolean' }, timeout: { type: 'string' }, 'progress-fd': { type: 'string' }, ...FOLLOW },
+  abort: { wait: { type: 'boolean' }, timeout: { type: 'string' }, 'progress-fd': { type: 'string' }, ...FOLLOW },
+  reconcile: { 'progress-fd': { type: 'string' }, ...FOLLOW },
   upgrade: {
     apply: { type: 'boolean' }, sysroot: { type: 'string' }, force: { type: 'boolean' }, timeout: { type: 'string' },
     'progress-fd': { type: 'string' },
@@ -209,13 +209,19 @@ export function parseCommandLine(argv: string[]): Invocation {
     }
     case 'commit':
     case 'abort':
+      if (noFollow && str('progress-fd') !== undefined) {
+        throw new UsageError(`${name}: --progress-fd needs the transaction followed; drop --no-follow`, name);
+      }
       cmd = {
         name, deployment: deploymentArg(nonEmpty(pos[0]!, 'DEPLOYMENT')), wait: bool('wait'),
-        timeoutSec: seconds('timeout'), noFollow,
+        timeoutSec: seconds('timeout'), progressFd: fd('progress-fd'), noFollow,
       };
       break;
     case 'reconcile':
-      cmd = { name, noFollow };
+      if (noFollow && str('progress-fd') !== undefined) {
+        throw new UsageError('reconcile: --progress-fd needs the transactions followed; drop --no-follow', name);
+      }
+      cmd = { name, progressFd: fd('progress-fd'), noFollow };
       break;
     case 'upgrade':
       cmd = {
