@@ -43,6 +43,9 @@ echo "demo hook: $1 done"
 export async function ensureDemoSysroot(sysroot: string): Promise<string[]> {
   const existing = await deploymentsOf(sysroot);
   if (existing.length > 0) return existing;
+  await run('ostree', ['--version']).catch((e: NodeJS.ErrnoException) => {
+    throw new Error(e.code === 'ENOENT' ? 'ostree is not installed (scripts/setup demo installs it)' : e.message);
+  });
   await fsp.mkdir(sysroot, { recursive: true });
   const tree = path.join(sysroot, '..', 'demo-tree');
   await fsp.rm(tree, { recursive: true, force: true });
@@ -68,5 +71,6 @@ export async function ensureDemoSysroot(sysroot: string): Promise<string[]> {
   // real system but leaves a checkout that `rm -rf` cannot remove. This demo
   // lives under the checkout: lift it (where the filesystem has the flag).
   for (const d of deployments) await run('chattr', ['-i', d]).catch(() => {});
+  if (deployments.length === 0) throw new Error(`ostree admin deploy made no deployment in ${sysroot}`);
   return deployments;
 }

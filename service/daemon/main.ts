@@ -13,7 +13,7 @@ import { connectBus, type BusConnection } from '../bus/connection.js';
 import { BUS_NAME } from '../bus/members.js';
 import { exportService } from '../bus/service.js';
 import { Engine } from '../engine/engine.js';
-import type { Logger } from '../engine/logger.js';
+import type { Logger } from '../model/logger.js';
 import { parseDaemonArgs, UsageError, USAGE, type DaemonArgs } from './args.js';
 import { ensureDemoSysroot } from './demo-sysroot.js';
 import { startEmbeddedBus, type EmbeddedBus } from './embedded-bus.js';
@@ -37,6 +37,12 @@ export function packageVersion(): string {
   } catch {
     return '0.0.0';
   }
+}
+
+/** The demo sysroot of `npm start`: its deployments, or why it could not be made. */
+export interface DemoSysroot {
+  deployments: string[];
+  error: string | null;
 }
 
 interface Served {
@@ -86,19 +92,30 @@ export async function main(argv: string[]): Promise<number> {
   const stateDir = args.stateDir ?? (auto ? path.join(local, 'state') : '/var/lib/bootc-prestage');
   const root = args.root ?? (auto ? path.join(local, 'root') : '/');
   let sysroot = args.sysroot ?? '/sysroot';
-  let demoDeployments: string[] = [];
+  let demo: DemoSysroot = { deployments: [], error: null };
   if (auto && args.sysroot === null) {
     sysroot = path.join(local, 'sysroot');
     try {
-      demoDeployments = await ensureDemoSysroot(sysroot);
+      demo = { deployments: await ensureDemoSysroot(sysroot), error: null };
     } catch (e) {
-      log.warn(`could not create a demo sysroot with ostree (${(e as Error).message.split('\n')[0]}); pass --sysroot`);
+      demo = { deployments: [], error: (e as Error).message.split('\n')[0]! };
+      log.warn(`no demo deployment: could not create a demo sysroot with ostree (${demo.error}); pass --sysroot`);
     }
   }
 
-  const engine = await Engine.open({
-    stateDir, root, sysroot, bootedRoot: args.bootedRoot, logger: log, version, historyLimit: args.history,
-  });
+  let engine: Engine;
+  try {
+    engine = await Engine.open({
+      stateDir, root, sysroot, bootedRoot: args.bootedRoot, logger: log, version, historyLimit: args.history,
+    });
+  } catch (e) {
+    // A state directory that cannot be made or opened, or one another
+    // daemon holds: the message says what to fix, a stack would bury it.
+    // The stack stays available at debug level for a genuine bug.
+    log.error(`cannot start: ${(e as Error).message}`);
+    if (e instanceof Error && e.stack) log.debug(e.stack);
+    return 1;
+  }
 
   let embedded: EmbeddedBus | null = null;
   let address = auto ? 'system' : args.bus;
@@ -123,7 +140,7 @@ export async function main(argv: string[]): Promise<number> {
   const svc = served;
   log.info(`serving ${BUS_NAME} on ${address === 'system' || address === 'session' ? `the ${address} bus` : address}`,
     { version, stateDir, sysroot });
-  if (embedded) printEmbeddedHelp(embedded.address, demoDeployments);
+  if (embedded) process.stdout.write(embeddedHelp(embedded.address, demo));
 
   let exiting = false;
   const stop = async (code: number, why: string): Promise<number> => {
@@ -157,18 +174,28 @@ export async function main(argv: string[]): Promise<number> {
   });
 }
 
-function printEmbeddedHelp(address: string, deployments: string[]): void {
+/**
+ * What `npm start` prints when it serves on its own private bus: the address
+ * and commands to paste. A demo deployment is named only when one was made;
+ * otherwise the text says why not and the commands take a placeholder.
+ */
+export function embeddedHelp(address: string, demo: DemoSysroot): string {
   const bc = `busctl --address=${address}`;
-  const dep = deployments[0] ?? '/sysroot/ostree/deploy/<os>/deploy/<checksum>.<serial>';
-  process.stdout.write(`
+  const dep = demo.deployments[0] ?? 'DEPLOYMENT';
+  const where = demo.deployments[0] !== undefined
+    ? `Demo deployment (a real ostree sysroot under .state/): ${dep}`
+    : `No demo deployment: ${demo.error ?? 'the demo sysroot has none'}.
+  Install ostree (scripts/setup demo) and restart, or pass --sysroot DIR of a real
+  ostree sysroot; DEPLOYMENT above stands for one of its deployments.`;
+  return `
 No usable system bus: serving ${BUS_NAME} on a private bus.
   export DBUS_SYSTEM_BUS_ADDRESS=${address}
   ${bc} introspect ${BUS_NAME} /org/containers/bootc/PreStage
   ${bc} call ${BUS_NAME} /org/containers/bootc/PreStage ${BUS_NAME} ListHooks s ${dep}
   ${bc} call ${BUS_NAME} /org/containers/bootc/PreStage ${BUS_NAME} StartPreStage 'sa{sv}' ${dep} 0
   node dist/bootc-prestage.mjs --address=${address} start ${dep}
-Demo deployment (a real ostree sysroot under .state/): ${dep}
+${where}
 Press Ctrl-C to stop.
 
-`);
+`;
 }

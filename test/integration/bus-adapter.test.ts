@@ -21,25 +21,17 @@ import {
 } from '../../service/bus/members.js';
 import { exportService, type ExportOptions, type ServiceHandle } from '../../service/bus/service.js';
 import type { RateLimits } from '../../service/bus/transaction-object.js';
-import { ERROR_CODES, PreStageError } from '../../service/engine/errors.js';
-import type { LogFields, Logger } from '../../service/engine/logger.js';
+import { ERROR_CODES, PreStageError } from '../../service/model/errors.js';
 import { runNodeAs } from '../helpers/as-user.js';
 import { withBus, type TestBus } from '../helpers/bus.js';
 import { busctl, busctlCall, busctlGetProperty, NOBODY } from '../helpers/busctl.js';
 import { withClient, unwrapVariants, type TestClient } from '../helpers/dbus-client.js';
 import { FakeEngine } from '../helpers/fake-engine.js';
+import { RecordingLogger } from '../helpers/recording-logger.js';
 import { REPO_ROOT } from '../helpers/tmp.js';
 
 const STANDARD = new Set(STANDARD_INTERFACES.map((s) => s.name));
 const DEPLOYMENT = '/sysroot/ostree/deploy/os/deploy/0123abc.0';
-
-class RecordingLogger implements Logger {
-  readonly lines: { level: string; message: string; fields?: LogFields }[] = [];
-  error(message: string, fields?: LogFields) { this.lines.push({ level: 'error', message, fields }); }
-  warn(message: string, fields?: LogFields) { this.lines.push({ level: 'warn', message, fields }); }
-  info(message: string, fields?: LogFields) { this.lines.push({ level: 'info', message, fields }); }
-  debug(message: string, fields?: LogFields) { this.lines.push({ level: 'debug', message, fields }); }
-}
 
 interface Served {
   bus: TestBus;

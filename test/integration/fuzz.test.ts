@@ -36,6 +36,7 @@ import { withDaemon, type DaemonContext } from '../helpers/daemon.js';
 import {
   CallTimeoutError, DBusError, MANAGER_IFACE, MANAGER_PATH, PROPERTIES_IFACE, SERVICE, TRANSACTION_IFACE,
 } from '../helpers/dbus-client.js';
+import { makeRecorder } from '../helpers/record-hook.js';
 import {
   captureState, diffStates, waitForQuietState, type CaptureOptions, type StateSnapshot,
 } from '../helpers/state-snapshot.js';
@@ -66,11 +67,6 @@ const MUTATING = new Set([
   `${MANAGER_IFACE}.Reconcile`, `${MANAGER_IFACE}.RegisterHook`, `${MANAGER_IFACE}.UnregisterHook`,
   `${TRANSACTION_IFACE}.Cancel`,
 ]);
-
-const RECORD_PROGRAM = `#!/bin/sh
-echo "$BOOTC_PRESTAGE_HOOK $BOOTC_PRESTAGE_PHASE $*" >> "$RECORD"
-exit 0
-`;
 
 function envNumber(name: string, dflt: number): number {
   const v = process.env[name];
@@ -539,15 +535,8 @@ test('fuzz - random calls to every object are all answered, never crash the daem
   const rng = new Rng(seed);
 
   const aux = await tmpDir(t, { prefix: 'fuzz-', mode: 0o755 });
-  const program = path.join(aux, 'bin', 'record');
-  const recordDir = path.join(aux, 'record');
-  const recordFile = path.join(recordDir, 'runs');
-  await fsp.mkdir(path.dirname(program), { mode: 0o755 });
-  await fsp.mkdir(recordDir, { mode: 0o755 });
-  await fsp.writeFile(program, RECORD_PROGRAM);
-  await fsp.chmod(program, 0o755);
-  const present = ['[Hook]', `Prepare=${program} present`, `Commit=${program} present`, `Abort=${program} present`,
-    `Environment=RECORD=${recordFile}`, 'Required=no', ''].join('\n');
+  const { program, recordDir, recordFile, hookText } = await makeRecorder(aux);
+  const present = hookText('present', ['Required=no']);
   const ctx = await withDaemon(t, { policy: 'shipped', sysroot: { deployments: 2 }, etcHooks: { 'present.hook': present } });
   const sysroot = ctx.sysroot as { path: string; deployments: string[] };
   const w: World = {

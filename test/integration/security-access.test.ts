@@ -28,27 +28,19 @@ import * as path from 'node:path';
 import { Variant } from 'dbus-next';
 import type { BusPolicy } from '../helpers/bus.js';
 import { busctlCall, isAccessDenied, NOBODY, type RunResult } from '../helpers/busctl.js';
-import { withDaemon, type DaemonContext } from '../helpers/daemon.js';
 import {
   DBusError, MANAGER_IFACE, MANAGER_PATH, PROPERTIES_IFACE, SERVICE, TRANSACTION_IFACE, unwrapVariants,
 } from '../helpers/dbus-client.js';
+import { fileScope, startPreparedDaemon, type PreparedDaemon } from '../helpers/prepared-daemon.js';
 import { lineCollector, sleep } from '../helpers/processes.js';
-import {
-  captureState, diffStates, waitForQuietState, type CaptureOptions, type StateSnapshot,
-} from '../helpers/state-snapshot.js';
-import { makeTmpDir, removeDir, REPO_ROOT } from '../helpers/tmp.js';
+import { captureState, diffStates, waitForQuietState, type StateSnapshot } from '../helpers/state-snapshot.js';
+import { REPO_ROOT } from '../helpers/tmp.js';
 
 const ACCESS_DENIED = 'org.freedesktop.DBus.Error.AccessDenied';
 const PROPERTY_READ_ONLY = 'org.freedesktop.DBus.Error.PropertyReadOnly';
 const NOT_FOUND = 'org.containers.bootc.PreStage.Error.NotFound';
 const PEER_IFACE = 'org.freedesktop.DBus.Peer';
 const INTROSPECTABLE_IFACE = 'org.freedesktop.DBus.Introspectable';
-
-/** A hook program that records each run, so "no hook ran" is checkable on disk. */
-const RECORD_PROGRAM = `#!/bin/sh
-echo "$BOOTC_PRESTAGE_HOOK $BOOTC_PRESTAGE_PHASE $*" >> "$RECORD"
-exit 0
-`;
 
 // ---- a dbus-next client running as another uid ---------------------------------
 
@@ -160,32 +152,14 @@ class UidPeer {
 
 // ---- one daemon per policy -----------------------------------------------------
 
-interface Env {
+interface Env extends PreparedDaemon {
   policy: BusPolicy;
-  ctx: DaemonContext;
+  /** A dbus-next client running as uid 65534. */
   nobody: UidPeer;
-  /** The staged deployment, prepared by root in setup. */
-  staged: string;
-  /** Another deployment, never prepared. */
-  other: string;
-  /** The prepared transaction of `staged`. */
-  txPath: string;
-  recordFile: string;
-  capture: CaptureOptions;
-  /** The daemon's unique name at setup: it must never change (no restart). */
-  uniqueName: string;
 }
 
 const envs = new Map<BusPolicy, Env>();
-const cleanups: (() => Promise<void> | void)[] = [];
-
-/**
- * withDaemon outside a test: t.teardown is not allowed in hooks, so the
- * teardowns are collected and run by test.after.always.
- */
-function hookScope(): ExecutionContext {
-  return { teardown: (fn: () => unknown) => { cleanups.push(fn as () => Promise<void>); } } as unknown as ExecutionContext;
-}
+const scope = fileScope();
 
 async function root(env: Env, objPath: string, iface: string, member: string, signature = '', body: unknown[] = []): Promise<PeerReply> {
   try {
@@ -198,43 +172,10 @@ async function root(env: Env, objPath: string, iface: string, member: string, si
 }
 
 async function setUp(policy: BusPolicy): Promise<Env> {
-  const aux = await makeTmpDir({ prefix: `security-access-${policy}-`, mode: 0o755 });
-  cleanups.push(() => removeDir(aux));
-  const program = path.join(aux, 'bin', 'record');
-  const recordDir = path.join(aux, 'record');
-  const recordFile = path.join(recordDir, 'runs');
-  await fsp.mkdir(path.dirname(program), { mode: 0o755 });
-  await fsp.mkdir(recordDir, { mode: 0o755 });
-  await fsp.writeFile(program, RECORD_PROGRAM, { mode: 0o755 });
-  await fsp.chmod(program, 0o755);
-  const hook = (what: string) => [
-    '[Hook]', `Prepare=${program} ${what}`, `Commit=${program} ${what}`, `Abort=${program} ${what}`,
-    `Environment=RECORD=${recordFile}`, '',
-  ].join('\n');
-  const ctx = await withDaemon(hookScope(), {
-    policy, sysroot: { deployments: 2 },
-    etcHooks: { 'present.hook': hook('present') },
-  });
-  const sysroot = ctx.sysroot as { deployments: string[] };
-  const staged = sysroot.deployments[0]!;
-  const other = sysroot.deployments[1]!;
-  const capture: CaptureOptions = { root: ctx.root, stateDir: ctx.stateDir, client: ctx.client, watch: [recordDir] };
-  const env: Env = {
-    policy, ctx, nobody: undefined as unknown as UidPeer, staged, other, txPath: '', recordFile, capture,
-    uniqueName: ctx.daemon.uniqueName,
-  };
-  // Real work first: a prepared transaction (so Commit, Abort, Cancel and
-  // GetLog have something to act on) whose hook left a record.
-  const started = await root(env, MANAGER_PATH, MANAGER_IFACE, 'StartPreStage', 'sa{sv}', [staged, {}]);
-  if (!started.ok) throw new Error(`setup: StartPreStage failed: ${started.name}: ${started.text}`);
-  env.txPath = started.body[0] as string;
-  await waitForQuietState(capture);
-  const state = await ctx.client.getProperty(SERVICE, env.txPath, TRANSACTION_IFACE, 'State');
-  if (state !== 'prepared') throw new Error(`setup: the transaction is ${String(state)}, not prepared`);
-  if ((await fsp.readFile(recordFile, 'utf8')) !== 'present prepare present\n') throw new Error('setup: the hook did not run once');
-  env.nobody = await UidPeer.start(ctx.bus.address, NOBODY);
-  cleanups.push(() => env.nobody.close());
-  return env;
+  const prepared = await startPreparedDaemon(scope.t, { prefix: `security-access-${policy}-`, policy });
+  const nobody = await UidPeer.start(prepared.ctx.bus.address, NOBODY);
+  scope.teardown(() => nobody.close());
+  return { ...prepared, policy, nobody };
 }
 
 test.before(async () => {
@@ -243,22 +184,15 @@ test.before(async () => {
   if (failed) throw (failed as PromiseRejectedResult).reason;
 });
 
-test.after.always(async () => {
-  for (const fn of cleanups.reverse()) {
-    try { await fn(); } catch { /* keep tearing down */ }
-  }
-});
-
 // ---- the matrix ----------------------------------------------------------------
 
 type Who = 'root' | 'uid 65534';
 
 /** A valid hook definition (what an intruder would like to install). */
 function definition(env: Env, what: string): Record<string, Variant> {
-  const program = path.join(path.dirname(path.dirname(env.recordFile)), 'bin', 'record');
   return {
-    Prepare: new Variant('as', [program, what]),
-    Environment: new Variant('as', [`RECORD=${env.recordFile}`]),
+    Prepare: new Variant('as', [env.recorder.program, what]),
+    Environment: new Variant('as', [`RECORD=${env.recorder.recordFile}`]),
     Required: new Variant('b', false),
   };
 }
@@ -323,7 +257,7 @@ const ROWS: Row[] = [
     label: 'RegisterHook', objPath: MGR, iface: MANAGER_IFACE, member: 'RegisterHook', signature: 'sa{sv}a{sv}',
     args: (e) => ['intruder', definition(e, 'intruder'), {}],
     busctl: (e) => ['sa{sv}a{sv}', 'intruder', '1', 'Prepare', 'as', '1',
-      path.join(path.dirname(path.dirname(e.recordFile)), 'bin', 'record'), '0'],
+      e.recorder.program, '0'],
     privileged: true,
     rootArgs: (e) => ['matrix-root', definition(e, 'matrix-root'), { runtime: new Variant('b', true) }], rootExpect: 'ok',
     rootAfter: async (t, e, _r) => {
@@ -513,7 +447,7 @@ test.serial('access - after the matrix, the hook ran only for root\'s calls and 
     await assertAlive(t, env);
     // Setup's prepare ran 'present'; nothing uid 65534 sent ran anything,
     // and root's calls were a dry run and refused phases.
-    t.is(await fsp.readFile(env.recordFile, 'utf8'), 'present prepare present\n', env.policy);
+    t.deepEqual(await env.recorder.recorded(), ['present prepare present'], env.policy);
     t.is(await env.ctx.client.getProperty(SERVICE, env.txPath, TRANSACTION_IFACE, 'State'), 'prepared', env.policy);
   }
 });

@@ -33,14 +33,14 @@ import * as path from 'node:path';
 import { createRequire } from 'node:module';
 import { Message, Variant } from 'dbus-next';
 import { busctlCall } from '../helpers/busctl.js';
-import { withDaemon, type DaemonContext } from '../helpers/daemon.js';
+import { withDaemon } from '../helpers/daemon.js';
 import {
   DBusError, MANAGER_IFACE, MANAGER_PATH, SERVICE, TestClient, TRANSACTION_IFACE,
 } from '../helpers/dbus-client.js';
+import { fileScope, startPreparedDaemon, type PreparedDaemon } from '../helpers/prepared-daemon.js';
 import {
   captureState, diffStates, waitForQuietState, type CaptureOptions, type StateSnapshot,
 } from '../helpers/state-snapshot.js';
-import { makeTmpDir, removeDir } from '../helpers/tmp.js';
 
 const E = {
   InvalidArgs: 'org.freedesktop.DBus.Error.InvalidArgs',
@@ -50,57 +50,29 @@ const E = {
   NotFound: 'org.containers.bootc.PreStage.Error.NotFound',
 } as const;
 
-const RECORD_PROGRAM = `#!/bin/sh
-echo "$BOOTC_PRESTAGE_HOOK $BOOTC_PRESTAGE_PHASE $*" >> "$RECORD"
-exit 0
-`;
-
 const MEGABYTE = 1024 * 1024;
 const FAKE_SUM = 'f'.repeat(64);
 
-interface Env {
-  ctx: DaemonContext;
+interface Env extends PreparedDaemon {
   sysrootPath: string;
   /** <sysroot>/ostree/deploy/<os>/deploy */
   deployDir: string;
-  staged: string;
-  other: string;
-  txPath: string;
   program: string;
   recordFile: string;
-  aux: string;
-  capture: CaptureOptions;
-  uniqueName: string;
   /** The state every case must leave as it found. */
   baseline: StateSnapshot;
 }
 
 let env: Env;
-const cleanups: (() => Promise<void> | void)[] = [];
-
-/** withDaemon outside a test (t.teardown is not allowed in hooks). */
-function hookScope(): ExecutionContext {
-  return { teardown: (fn: () => unknown) => { cleanups.push(fn as () => Promise<void>); } } as unknown as ExecutionContext;
-}
+const scope = fileScope();
 
 test.before(async () => {
-  const aux = await makeTmpDir({ prefix: 'security-inputs-', mode: 0o755 });
-  cleanups.push(() => removeDir(aux));
-  const program = path.join(aux, 'bin', 'record');
-  const recordDir = path.join(aux, 'record');
-  const recordFile = path.join(recordDir, 'runs');
-  await fsp.mkdir(path.dirname(program), { mode: 0o755 });
-  await fsp.mkdir(recordDir, { mode: 0o755 });
-  await fsp.writeFile(program, RECORD_PROGRAM, { mode: 0o755 });
-  await fsp.chmod(program, 0o755);
   // 'present' runs after 'cycle-me' (a name no hook has yet): registering
   // cycle-me After=present closes a cycle.
-  const present = ['[Hook]', `Prepare=${program} present`, `Commit=${program} present`, `Abort=${program} present`,
-    `Environment=RECORD=${recordFile}`, 'After=cycle-me', ''].join('\n');
-  const ctx = await withDaemon(hookScope(), {
-    policy: 'shipped', sysroot: { deployments: 2 }, etcHooks: { 'present.hook': present },
+  const prepared = await startPreparedDaemon(scope.t, {
+    prefix: 'security-inputs-', policy: 'shipped', presentHook: ['After=cycle-me'],
   });
-  const sysroot = ctx.sysroot as { path: string; osname: string; deployments: string[] };
+  const { aux, sysroot } = prepared;
   const deployDir = path.dirname(sysroot.deployments[0]!);
 
   // Things in the deployment directory that are named like deployments
@@ -116,24 +88,11 @@ test.before(async () => {
   await fsp.mkdir(path.join(aux, 'fake-sysroot', 'ostree', 'deploy', sysroot.osname, 'deploy', `${FAKE_SUM}.0`),
     { recursive: true, mode: 0o755 });
 
-  const capture: CaptureOptions = { root: ctx.root, stateDir: ctx.stateDir, client: ctx.client, watch: [recordDir] };
-  const [txPath] = await ctx.client.call(SERVICE, MANAGER_PATH, MANAGER_IFACE, 'StartPreStage', 'sa{sv}',
-    [sysroot.deployments[0], {}]) as [string];
-  await waitForQuietState(capture);
-  if (await ctx.client.getProperty(SERVICE, txPath, TRANSACTION_IFACE, 'State') !== 'prepared') {
-    throw new Error('setup: the staged deployment did not prepare');
-  }
   env = {
-    ctx, sysrootPath: sysroot.path, deployDir, staged: sysroot.deployments[0]!, other: sysroot.deployments[1]!,
-    txPath, program, recordFile, aux, capture, uniqueName: ctx.daemon.uniqueName,
-    baseline: await waitForQuietState(capture),
+    ...prepared, sysrootPath: sysroot.path, deployDir,
+    program: prepared.recorder.program, recordFile: prepared.recorder.recordFile,
+    baseline: await waitForQuietState(prepared.capture),
   };
-});
-
-test.after.always(async () => {
-  for (const fn of cleanups.reverse()) {
-    try { await fn(); } catch { /* keep tearing down */ }
-  }
 });
 
 // ---- the table ---------------------------------------------------------------
@@ -499,7 +458,7 @@ test.serial('inputs - RegisterHook - newlines in argv and Environment are kept a
 });
 
 test.serial('inputs - after every case, no hook ran beyond setup and the prepared transaction is intact', async (t) => {
-  t.is(await fsp.readFile(env.recordFile, 'utf8'), 'present prepare present\n');
+  t.deepEqual(await env.recorder.recorded(), ['present prepare present']);
   t.is(await env.ctx.client.getProperty(SERVICE, env.txPath, TRANSACTION_IFACE, 'State'), 'prepared');
   await assertAlive(t);
   t.log(`${CASES.length} table-driven hostile-input cases, plus the raw-byte, __proto__, newline and queue cases`);

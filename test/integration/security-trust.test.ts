@@ -21,6 +21,7 @@ import { withDaemon, type DaemonContext } from '../helpers/daemon.js';
 import {
   DBusError, MANAGER_IFACE, MANAGER_PATH, SERVICE, TRANSACTION_IFACE, unwrapVariants,
 } from '../helpers/dbus-client.js';
+import { makeRecorder, writeRecordProgram, type Recorder } from '../helpers/record-hook.js';
 import { captureState, diffStates, waitForQuietState, type CaptureOptions } from '../helpers/state-snapshot.js';
 import { tmpDir } from '../helpers/tmp.js';
 
@@ -28,15 +29,10 @@ const INVALID_HOOK = 'org.containers.bootc.PreStage.Error.InvalidHook';
 const ETC_DIR = 'etc/bootc/pre-stage.d';
 const RUN_DIR = 'run/bootc/pre-stage.d';
 
-const RECORD_PROGRAM = `#!/bin/sh
-echo "$BOOTC_PRESTAGE_HOOK $BOOTC_PRESTAGE_PHASE" >> "$RECORD"
-exit 0
-`;
-
 interface Scene {
   ctx: DaemonContext;
   aux: string;
-  recordFile: string;
+  recorder: Recorder;
   staged: string;
   /** The untrusted hook's program (its own copy of the record program). */
   untrustedProgram: string;
@@ -154,20 +150,12 @@ const CASES: TrustCase[] = [
 
 async function setUp(t: ExecutionContext, c: TrustCase, required: boolean): Promise<Scene> {
   const aux = await tmpDir(t, { prefix: 'security-trust-', mode: 0o755 });
-  const recordDir = path.join(aux, 'record');
-  const recordFile = path.join(recordDir, 'runs');
-  const bin = path.join(aux, 'bin');
-  await fsp.mkdir(recordDir, { mode: 0o755 });
-  await fsp.mkdir(bin, { mode: 0o755 });
-  const program = path.join(bin, 'record');
+  const recorder = await makeRecorder(aux);
   const untrustedProgram = path.join(aux, 'untrusted-bin', 'record');
   await fsp.mkdir(path.dirname(untrustedProgram), { mode: 0o755 });
-  for (const p of [program, untrustedProgram]) {
-    await fsp.writeFile(p, RECORD_PROGRAM);
-    await fsp.chmod(p, 0o755);
-  }
-  const good = hookText(program, recordFile, true);
-  const untrusted = hookText(untrustedProgram, recordFile, required);
+  await writeRecordProgram(untrustedProgram);
+  const good = hookText(recorder.program, recorder.recordFile, true);
+  const untrusted = hookText(untrustedProgram, recorder.recordFile, required);
   const goodDir = c.where === 'etc' ? RUN_DIR : ETC_DIR;
   const rootFiles: Record<string, string> = { [`${goodDir}/good.hook`]: good };
   if (c.where !== 'deployment' && !c.linkTo) {
@@ -187,8 +175,8 @@ async function setUp(t: ExecutionContext, c: TrustCase, required: boolean): Prom
   }
   const staged = (ctx.sysroot as { deployments: string[] }).deployments[0]!;
   return {
-    ctx, aux, recordFile, staged, untrustedProgram,
-    capture: { root: ctx.root, stateDir: ctx.stateDir, client: ctx.client, watch: [recordDir] },
+    ctx, aux, recorder, staged, untrustedProgram,
+    capture: { root: ctx.root, stateDir: ctx.stateDir, client: ctx.client, watch: [recorder.recordDir] },
   };
 }
 
@@ -198,9 +186,8 @@ async function listHooks(s: Scene, deployment: string): Promise<Map<string, Reco
   return new Map(hooks.map(([name, def]) => [name, unwrapVariants(def) as Record<string, unknown>]));
 }
 
-async function recorded(s: Scene): Promise<string[]> {
-  const text = await fsp.readFile(s.recordFile, 'utf8').catch(() => '');
-  return text.split('\n').filter(Boolean);
+function recorded(s: Scene): Promise<string[]> {
+  return s.recorder.recorded();
 }
 
 const trust = test.macro({
@@ -264,21 +251,16 @@ for (const c of CASES) {
 
 test.serial('trust - a program made group-writable after the prepare does not run at commit; the commit fails and can be retried', async (t) => {
   const aux = await tmpDir(t, { prefix: 'security-trust-', mode: 0o755 });
-  const recordDir = path.join(aux, 'record');
-  const recordFile = path.join(recordDir, 'runs');
-  const program = path.join(aux, 'bin', 'record');
-  await fsp.mkdir(recordDir, { mode: 0o755 });
-  await fsp.mkdir(path.dirname(program), { mode: 0o755 });
-  await fsp.writeFile(program, RECORD_PROGRAM);
-  await fsp.chmod(program, 0o755);
-  const ctx = await withDaemon(t, { sysroot: { deployments: 1 }, etcHooks: { 'good.hook': hookText(program, recordFile, true) } });
+  const recorder = await makeRecorder(aux);
+  const program = recorder.program;
+  const ctx = await withDaemon(t, { sysroot: { deployments: 1 }, etcHooks: { 'good.hook': hookText(program, recorder.recordFile, true) } });
   const staged = (ctx.sysroot as { deployments: string[] }).deployments[0]!;
   const rec = await ctx.client.collectSignals({ pathNamespace: MANAGER_PATH, interface: TRANSACTION_IFACE, member: 'Finished' });
   const [txPath] = await ctx.client.call(SERVICE, MANAGER_PATH, MANAGER_IFACE, 'StartPreStage', 'sa{sv}', [staged, {}]) as [string];
   await rec.waitFor((s) => s.path === txPath && s.body[0] === 'prepared', 30_000);
   const s: Scene = {
-    ctx, aux, recordFile, staged, untrustedProgram: program,
-    capture: { root: ctx.root, stateDir: ctx.stateDir, client: ctx.client, watch: [recordDir] },
+    ctx, aux, recorder, staged, untrustedProgram: program,
+    capture: { root: ctx.root, stateDir: ctx.stateDir, client: ctx.client, watch: [recorder.recordDir] },
   };
   t.deepEqual(await recorded(s), ['good prepare']);
 

@@ -10,8 +10,8 @@ import { DBUS_ERROR, ERROR_NAMES } from '../../service/bus/error-names.js';
 import { parseIntrospectionXml } from '../../service/bus/introspection.js';
 import type { InterfaceSpec } from '../../service/bus/members.js';
 import { ObjectServer, type InterfaceImpl } from '../../service/bus/object-server.js';
-import { ERROR_CODES, PreStageError, type ErrorCode } from '../../service/engine/errors.js';
-import type { LogFields, Logger } from '../../service/engine/logger.js';
+import { ERROR_CODES, PreStageError, type ErrorCode } from '../../service/model/errors.js';
+import { RecordingLogger } from '../helpers/recording-logger.js';
 
 const TEST_IFACE = {
   name: 'org.example.Test',
@@ -28,14 +28,6 @@ const TEST_IFACE = {
     { name: 'Count', type: 'u', access: 'read' },
   ],
 } as const satisfies InterfaceSpec;
-
-class RecordingLogger implements Logger {
-  readonly lines: { level: string; message: string; fields?: LogFields }[] = [];
-  error(message: string, fields?: LogFields) { this.lines.push({ level: 'error', message, fields }); }
-  warn(message: string, fields?: LogFields) { this.lines.push({ level: 'warn', message, fields }); }
-  info(message: string, fields?: LogFields) { this.lines.push({ level: 'info', message, fields }); }
-  debug(message: string, fields?: LogFields) { this.lines.push({ level: 'debug', message, fields }); }
-}
 
 /** Records what the server sends; delivers calls to its handler. */
 class FakeConnection implements BusConnection {
