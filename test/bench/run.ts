@@ -26,6 +26,7 @@ import type { Ctx } from './context.js';
 import { benchOutput, benchPrepare, benchProgress, benchProperties } from './phase-benches.js';
 import { FULL, SMOKE, type Row } from './result.js';
 import { benchHistoryScaling, benchHookScaling, benchStartup } from './service-benches.js';
+import { benchGate } from './gate-bench.js';
 
 const BENCHES: Record<string, (ctx: Ctx) => Promise<Row[]>> = {
   prepare: benchPrepare,
@@ -35,6 +36,7 @@ const BENCHES: Record<string, (ctx: Ctx) => Promise<Row[]>> = {
   startup: benchStartup,
   hooks: benchHookScaling,
   history: benchHistoryScaling,
+  gate: benchGate,
 };
 
 function table(rows: Row[]): string {
