@@ -21,11 +21,11 @@
  * BOOTC_PRESTAGE_CLI (the client the trigger runs; default bootc-prestage
  * from PATH).
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, promises as fsp } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { loadConfig, type GateConfig } from './config.js';
-import { decide, type Decision } from './decide.js';
+import { daemonAlive, decide, type Decision } from './decide.js';
 import {
   isLocked, isOurLock, lockFinalization, lockFinalizationSync, lockPaths, unlockFinalization,
   writeAtomic, type LockPaths,
@@ -65,11 +65,44 @@ async function triggerPending(paths: LockPaths, key: string): Promise<boolean> {
   }
 }
 
-async function decideFor(ctx: Ctx, staged: Staged): Promise<Decision> {
+async function decideFor(ctx: Ctx, staged: Staged, ownPrepare = false): Promise<Decision> {
   return decide({
     stateDir: ctx.stateDir, root: ctx.root, deployment: staged.deployment, key: staged.key,
-    triggerPending: await triggerPending(ctx.paths, staged.key),
+    triggerPending: ownPrepare || await triggerPending(ctx.paths, staged.key),
   });
+}
+
+/**
+ * The prepare the trigger did not get to run: a reboot right after staging
+ * (`bootc upgrade --apply`) can reach systemd before the path unit's
+ * event, and then the shutdown stops the path unit. With Trigger=yes the
+ * gate runs the prepare itself, bounded by its own wait. D-Bus activation
+ * is refused once the shutdown has begun, so when no daemon holds the
+ * state directory the gate starts one as its own child (stopped when the
+ * gate is done; its journal is as crash safe as any). Resolves when the
+ * client has exited.
+ */
+function prepareAtShutdown(ctx: Ctx, staged: Staged, force: boolean, children: ChildProcess[]): Promise<number> {
+  return (async () => {
+    if (!await daemonAlive(ctx.stateDir)) {
+      const daemon = process.env.BOOTC_PRESTAGE_DAEMON || '/usr/libexec/bootc-prestaged';
+      const child = spawn(daemon, ['--bus', 'system', '--idle-exit-sec', '0'], { stdio: ['ignore', 'inherit', 'inherit'] });
+      child.once('error', (e) => log(3, `cannot start ${daemon}: ${e.message}`));
+      children.push(child);
+    }
+    // Until the client got a transaction started: the daemon just spawned
+    // needs a moment to own its name (meanwhile the bus says "Refusing
+    // activation, D-Bus is shutting down"). A prepare that ran and failed
+    // is not retried.
+    const until = Date.now() + 20_000;
+    for (;;) {
+      const code = await runCliOnce(['start', '--wait', ...(force ? ['--force'] : []), staged.deployment]);
+      if (code === 0 || Date.now() >= until) return code;
+      const d = await decide({ stateDir: ctx.stateDir, root: ctx.root, deployment: staged.deployment, key: staged.key, triggerPending: false });
+      if (!(d.kind === 'lock' && d.cause === 'never-ran')) return code;
+      await sleep(250);
+    }
+  })();
 }
 
 const CAUSE_TEXT: Record<string, string> = {
@@ -124,8 +157,20 @@ async function shutdown(ctx: Ctx): Promise<number> {
   }
   const deadline = Date.now() + ctx.config.gateWaitSec * 1000;
   let announced = false;
+  let ownPrepare: Promise<number> | null = null;
+  let ownRunning = false;
+  const children: ChildProcess[] = [];
+  try {
   for (;;) {
-    const d = await decideFor(ctx, staged);
+    const d = await decideFor(ctx, staged, ownRunning);
+    if (d.kind === 'lock' && d.cause === 'never-ran' && ownPrepare === null && ctx.config.trigger && !ctx.configInvalid
+      && Date.now() < deadline) {
+      log(5, `${d.reason}; running the prepare phase now, before finalization (Trigger=yes)`);
+      ownRunning = true;
+      ownPrepare = prepareAtShutdown(ctx, staged, d.transaction !== null, children);
+      void ownPrepare.then(() => { ownRunning = false; });
+      continue;
+    }
     if (d.kind === 'finalize') {
       if (await isLocked(ctx.paths)) {
         if (ctx.config.autoUnlock && !ctx.configInvalid && await isOurLock(ctx.paths, staged.key)) {
@@ -156,10 +201,17 @@ async function shutdown(ctx: Ctx): Promise<number> {
     }
     await sleep(250);
   }
+  } finally {
+    for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGTERM');
+  }
 }
 
 /** Run the client; resolves with its exit status. */
 function runCli(args: string[]): Promise<number> {
+  return runCliOnce(args);
+}
+
+function runCliOnce(args: string[]): Promise<number> {
   return new Promise((resolve) => {
     const cli = process.env.BOOTC_PRESTAGE_CLI || 'bootc-prestage';
     const child = spawn(cli, args, { stdio: ['ignore', 'inherit', 'inherit'] });

@@ -209,9 +209,11 @@ export class Machine {
     if (this.leader === 0) throw new Error(`the container did not start: ${await this.console()}`);
     // Until systemd answers on its bus (nsenter may come before that).
     let r: ExecResult = { code: 1, stdout: '', stderr: '' };
-    for (let i = 0; i < 300 && r.stdout.trim() === ''; i++) {
+    // ("offline": PID 1 is not the manager yet.)
+    const early = () => r.stdout.trim() === '' || r.stdout.trim() === 'offline';
+    for (let i = 0; i < 300 && early(); i++) {
       r = await this.exec(['systemctl', 'is-system-running', '--wait'], { timeoutMs: 120_000 });
-      if (r.stdout.trim() === '') await new Promise((res) => setTimeout(res, 200));
+      if (early()) await new Promise((res) => setTimeout(res, 200));
     }
     if (r.stdout.trim() !== 'running') {
       const failed = await this.exec(['systemctl', '--failed', '--no-legend']);

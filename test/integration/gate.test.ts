@@ -14,7 +14,7 @@ import * as path from 'node:path';
 import { withDaemon, type DaemonContext } from '../helpers/daemon.js';
 import type { Sysroot } from '../helpers/ostree.js';
 import { tmpDir } from '../helpers/tmp.js';
-import { BOOTC_STANDIN_DIR, hookFile, runCli } from './cli-harness.js';
+import { BOOTC_STANDIN_DIR, CLI_ENTRY, hookFile, runCli } from './cli-harness.js';
 
 const GATE = path.join(path.dirname(path.dirname(path.dirname(new URL(import.meta.url).pathname))), 'dist', 'bootc-prestage-gate.mjs');
 
@@ -45,6 +45,9 @@ async function gateEnv(t: ExecutionContext, ctx: DaemonContext, config = ''): Pr
       BOOTC_PRESTAGE_RUNTIME_DIR: path.join(dir, 'run-bootc-prestage'),
       BOOTC_PRESTAGE_GATE_RECORDS: path.join(dir, 'discarded.jsonl'),
       BOOTC_PRESTAGE_CONFIG: path.join(dir, 'config'),
+      // The client the gate runs when it must start a prepare itself.
+      BOOTC_PRESTAGE_CLI: CLI_ENTRY,
+      DBUS_SYSTEM_BUS_ADDRESS: ctx.bus.address,
     },
   };
 }
@@ -107,9 +110,29 @@ test.serial('gate - a failed prepare: locked, logged with the transaction id, re
   t.regex(s.stdout, /Discarded at shutdown by the boot gate:\n {2}upgrade to .* discarded at shutdown: pre-stage failed \(transaction /);
 });
 
-test.serial('gate - no transaction: locked, "never ran"; hooks changed since the prepare: locked', async (t) => {
-  const ctx = await withDaemon(t, { sysroot: { deployments: 2 }, etcHooks: { 'ok.hook': hookFile({ prepare: 'true' }) } });
+test.serial('gate - no transaction, Trigger=yes: the gate runs the prepare itself before finalization (the trigger missed it)', async (t) => {
+  const dir = await tmpDir(t, { mode: 0o755 });
+  const ctx = await withDaemon(t, { sysroot: { deployments: 2 }, etcHooks: { 'ok.hook': hookFile({ prepare: `touch ${dir}/ran` }) } });
   const e = await gateEnv(t, ctx);
+  const r = await gate(ctx, e, 'shutdown');
+  t.regex(r.out, /the pre-stage never ran; running the prepare phase now, before finalization/);
+  t.regex(r.out, /is finalized/);
+  t.true(existsSync(path.join(dir, 'ran')));
+  t.false(existsSync(e.lockFile));
+  t.deepEqual(await records(e), []);
+});
+
+test.serial('gate - a prepare the gate runs itself that fails: locked, "pre-stage failed"', async (t) => {
+  const ctx = await withDaemon(t, { sysroot: { deployments: 2 }, etcHooks: { 'no.hook': hookFile({ prepare: 'exit 1' }) } });
+  const e = await gateEnv(t, ctx);
+  const r = await gate(ctx, e, 'shutdown');
+  t.true(existsSync(e.lockFile), r.out);
+  t.like((await records(e))[0], { cause: 'failed' });
+});
+
+test.serial('gate - no transaction (Trigger=no): locked, "never ran"; hooks changed since the prepare: locked', async (t) => {
+  const ctx = await withDaemon(t, { sysroot: { deployments: 2 }, etcHooks: { 'ok.hook': hookFile({ prepare: 'true' }) } });
+  const e = await gateEnv(t, ctx, 'Trigger=no\n');
   const r = await gate(ctx, e, 'shutdown');
   t.true(existsSync(e.lockFile), r.out);
   t.like((await records(e))[0], { cause: 'never-ran' });
@@ -135,6 +158,7 @@ test.serial('gate - a corrupt journal: locked (the safe answer); a deployment st
   await fsp.rm(e.lockFile);
   t.is((await gate(ctx, e, 'shutdown')).code, 0);
   t.false(existsSync(e.lockFile), 'without the bad file it is prepared again');
+  await fsp.writeFile(e.env['BOOTC_PRESTAGE_CONFIG']!, 'Trigger=no\n');
   // Staged again: the same commit undeployed and deployed again gets the
   // same <checksum>.<serial> in a new directory, newer than the transaction.
   const sysroot = ctx.sysroot as Sysroot;

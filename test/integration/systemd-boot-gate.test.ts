@@ -283,9 +283,9 @@ serial('bootc upgrade --apply (stage, then reboot at once), passing hook taking 
   try {
     await x.exec(['bootc', 'upgrade', '--apply']);
     const o = await shutdownOutcome(x, 'reboot', true);
-    t.deepEqual(o.finalize, ['finalized']);
-    t.true(o.record === null, JSON.stringify(o.record));
     const j = await x.journal('bootc-prestage-gate.service');
+    t.deepEqual(o.finalize, ['finalized'], `${JSON.stringify(o.record)}\n${j}\n${await x.journal('bootc-prestage-staged.service')}`);
+    t.true(o.record === null, JSON.stringify(o.record));
     t.regex(j, /waiting up to 180 s/, 'the gate waited for the running prepare');
   } finally {
     const conf = path.join(x.root, 'etc/bootc-standin.conf');
@@ -317,6 +317,22 @@ serial('bootc upgrade --apply, a hook slower than GateWaitSec: locked, and the r
   t.regex(rec.stdout, /discarded at shutdown: pre-stage did not finish before shutdown \(transaction \S+\)/);
   const st = await x.exec(['bootc-prestage', 'status']);
   t.regex(st.stdout, /Discarded at shutdown by the boot gate:\n(.*\n)* {2}upgrade to .* pre-stage did not finish before shutdown/);
+});
+
+serial('a reboot before the path trigger fired (its race with bootc --apply), no daemon running: the gate starts one and runs the prepare itself; finalized', async (t) => {
+  t.timeout(600_000);
+  const x = await booted();
+  await setHook(x, 'pass');
+  await publish(x);
+  // The race made certain: the path unit is gone and the daemon is not running.
+  await x.exec(['systemctl', 'stop', 'bootc-prestage-staged.path', 'bootc-prestaged.service']);
+  t.is((await x.exec(['bootc', 'upgrade'])).code, 0);
+  const o = await shutdownOutcome(x, 'reboot');
+  const j = await x.journal('bootc-prestage-gate.service');
+  t.deepEqual(o.finalize, ['finalized'], `${JSON.stringify(o.record)}\n${j}`);
+  t.regex(j, /the pre-stage never ran; running the prepare phase now, before finalization/);
+  t.true(o.record === null);
+  await x.boot();
 });
 
 serial('the gate with no daemon at all (Trigger=no, nothing ran): locked, "never ran"', async (t) => {
