@@ -10,7 +10,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connectBus, type BusConnection } from '../bus/connection.js';
-import { BUS_NAME } from '../bus/members.js';
+import { BUS_NAME } from '../protocol/members.js';
 import { exportService } from '../bus/service.js';
 import { Engine } from '../engine/engine.js';
 import type { Logger } from '../model/logger.js';
@@ -185,8 +185,7 @@ export function embeddedHelp(address: string, demo: DemoSysroot): string {
   const where = demo.deployments[0] !== undefined
     ? `Demo deployment (a real ostree sysroot under .state/): ${dep}`
     : `No demo deployment: ${demo.error ?? 'the demo sysroot has none'}.
-  Install ostree (scripts/setup demo) and restart, or pass --sysroot DIR of a real
-  ostree sysroot; DEPLOYMENT above stands for one of its deployments.`;
+  DEPLOYMENT above stands for a deployment of a real ostree sysroot (--sysroot DIR).`;
   return `
 No usable system bus: serving ${BUS_NAME} on a private bus.
   export DBUS_SYSTEM_BUS_ADDRESS=${address}

@@ -386,3 +386,12 @@ export async function withDaemon(t: ExecutionContext<unknown>, opts: WithDaemonO
   ctx.client = client;
   return ctx;
 }
+
+/**
+ * The deployments of the sysroot withDaemon made (newest first: the staged
+ * one is [0]); throws when the test passed a sysroot path of its own.
+ */
+export function deploymentsOf(ctx: DaemonContext): string[] {
+  if (!isSysroot(ctx.sysroot)) throw new Error(`deploymentsOf: the sysroot ${ctx.sysroot} was given as a path`);
+  return ctx.sysroot.deployments;
+}

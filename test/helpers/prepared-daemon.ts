@@ -85,9 +85,7 @@ export async function startPreparedDaemon(t: ExecutionContext, opts: PreparedDae
   await waitForQuietState(capture);
   const state = await ctx.client.getProperty(SERVICE, txPath, TRANSACTION_IFACE, 'State');
   if (state !== 'prepared') throw new Error(`set-up: the transaction is ${String(state)}, not prepared`);
-  const runs = await recorder.recorded();
-  if (runs.join('\n') !== 'present prepare present') {
-    throw new Error(`set-up: the hook did not run once: ${JSON.stringify(runs)}`);
-  }
+  const runs = await recorder.recordText();
+  if (runs !== 'present prepare present\n') throw new Error(`set-up: the hook did not run once: ${JSON.stringify(runs)}`);
   return { ctx, aux, recorder, sysroot, staged, other, txPath, capture, uniqueName: ctx.daemon.uniqueName };
 }

@@ -30,15 +30,22 @@ export interface Recorder {
   hookText(arg?: string, extra?: string[]): string;
   /** The recorded lines, oldest first; [] when nothing ran. */
   recorded(): Promise<string[]>;
+  /** The record file's text exactly; '' when nothing ran. */
+  recordText(): Promise<string>;
 }
 
 /** Install the record program in `dir` (which must exist). */
-export async function makeRecorder(dir: string, programPath = path.join(dir, 'bin', 'record')): Promise<Recorder> {
+export async function makeRecorder(dir: string): Promise<Recorder> {
+  const programPath = path.join(dir, 'bin', 'record');
   const recordDir = path.join(dir, 'record');
   const recordFile = path.join(recordDir, 'runs');
   await fsp.mkdir(path.dirname(programPath), { recursive: true, mode: 0o755 });
   await fsp.mkdir(recordDir, { mode: 0o755 });
   await writeRecordProgram(programPath);
+  const recordText = () => fsp.readFile(recordFile, 'utf8').catch((e: NodeJS.ErrnoException) => {
+    if (e.code === 'ENOENT') return '';
+    throw e;
+  });
   return {
     program: programPath,
     recordDir,
@@ -48,12 +55,9 @@ export async function makeRecorder(dir: string, programPath = path.join(dir, 'bi
       return ['[Hook]', `Prepare=${cmd}`, `Commit=${cmd}`, `Abort=${cmd}`, `Environment=RECORD=${recordFile}`,
         ...extra, ''].join('\n');
     },
+    recordText,
     async recorded() {
-      const text = await fsp.readFile(recordFile, 'utf8').catch((e: NodeJS.ErrnoException) => {
-        if (e.code === 'ENOENT') return '';
-        throw e;
-      });
-      return text.split('\n').filter(Boolean);
+      return (await recordText()).split('\n').filter(Boolean);
     },
   };
 }

@@ -9,7 +9,7 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { startBus } from '../helpers/bus.js';
 import { NOBODY } from '../helpers/busctl.js';
-import { withDaemon } from '../helpers/daemon.js';
+import { deploymentsOf, withDaemon } from '../helpers/daemon.js';
 import { tmpDir } from '../helpers/tmp.js';
 import { hookFile, jsonLines, runCli, spawnCli } from './cli-harness.js';
 
@@ -80,7 +80,7 @@ test.serial('unreachable - DBUS_SYSTEM_BUS_ADDRESS picks the bus when --address 
 
 test.serial('denied - a mutating command as an unprivileged user exits 5; reading works', async (t) => {
   const ctx = await withDaemon(t, { sysroot: { deployments: 2 } });
-  const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+  const [staged] = deploymentsOf(ctx);
   const r = await runCli(['start', staged!], { address: ctx.bus.address, uid: NOBODY, env: { HOME: '/' } });
   t.is(r.code, 5, `${r.stdout}\n${r.stderr}`);
   t.regex(r.stderr, /access denied .*run as root/);
@@ -148,7 +148,7 @@ test.serial('hooks DEPLOYMENT - includes the hooks the image ships, in run order
     sysroot: { deployments: 2, hooks: { 'image.hook': hookFile({ prepare: 'true' }) } },
     etcHooks: { 'host.hook': hookFile({ prepare: 'true', after: 'image' }) },
   });
-  const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+  const [staged] = deploymentsOf(ctx);
   const r = await runCli(['--json', 'hooks', staged!], { address: ctx.bus.address });
   t.is(r.code, 0, r.stderr);
   const hooks = jsonLines(r.stdout);
@@ -161,7 +161,7 @@ test.serial('status - the state, the active transaction and every transaction; -
     sysroot: { deployments: 2 },
     etcHooks: { 'f.hook': hookFile({ prepare: 'exit 1' }) },
   });
-  const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+  const [staged] = deploymentsOf(ctx);
   t.is((await runCli(['start', staged!], { address: ctx.bus.address })).code, 1);
   const s = await runCli(['status'], { address: ctx.bus.address });
   t.is(s.code, 0, s.stderr);
@@ -183,7 +183,7 @@ test.serial('log - a transaction\'s log by id or path, filtered by hook, last N 
       'b.hook': hookFile({ prepare: 'echo beta-1', after: 'a' }),
     },
   });
-  const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+  const [staged] = deploymentsOf(ctx);
   const run = jsonLines((await runCli(['--json', 'start', staged!], { address: ctx.bus.address })).stdout);
   const txPath = run[0]!['transaction'] as string;
   const id = txPath.split('/').pop()!;
@@ -207,7 +207,7 @@ test.serial('monitor - prints every signal of a transaction until Ctrl-C, then e
     sysroot: { deployments: 2 },
     etcHooks: { 'm.hook': hookFile({ prepare: 'echo monitored-line' }) },
   });
-  const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+  const [staged] = deploymentsOf(ctx);
   const mon = spawnCli(['--json', 'monitor'], { address: ctx.bus.address });
   // Printed once the subscription is in place.
   await mon.waitForLine((l) => l.startsWith('Monitoring org.containers.bootc.PreStage'), 30_000, 'stderr');

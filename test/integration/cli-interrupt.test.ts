@@ -7,7 +7,7 @@
 import test from 'ava';
 import { existsSync, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { withDaemon } from '../helpers/daemon.js';
+import { deploymentsOf, withDaemon } from '../helpers/daemon.js';
 import { MANAGER_PATH, SERVICE, TRANSACTION_IFACE } from '../helpers/dbus-client.js';
 import { exitedWithin } from '../helpers/processes.js';
 import { tmpDir } from '../helpers/tmp.js';
@@ -34,7 +34,7 @@ test.serial('start - Ctrl-C cancels the transaction, waits for the rollback, and
     sysroot: { deployments: 2 },
     etcHooks: { 'long.hook': hookFile({ prepare: LONG, abort: `echo rolled-back > ${dir}/aborted` }) },
   });
-  const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+  const [staged] = deploymentsOf(ctx);
   const cli = spawnCli(['--json', 'start', staged!], { address: ctx.bus.address });
   await cli.waitForLine((l) => l.includes('"event":"hook-started"'));
   cli.kill('SIGINT');
@@ -55,7 +55,7 @@ test.serial('start - a second Ctrl-C exits at once (130) while the daemon finish
     sysroot: { deployments: 2 },
     etcHooks: { 'long.hook': hookFile({ prepare: LONG, abort: `${waitForFile(`${dir}/go`)}; echo done > ${dir}/aborted` }) },
   });
-  const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+  const [staged] = deploymentsOf(ctx);
   const cli = spawnCli(['--json', 'start', staged!], { address: ctx.bus.address });
   const begin = JSON.parse(await cli.waitForLine((l) => l.includes('"event":"begin"'))) as { transaction: string };
   await cli.waitForLine((l) => l.includes('"event":"hook-started"'));
@@ -81,7 +81,7 @@ test.serial('commit - Ctrl-C says commit steps cannot be cancelled and keeps wai
     sysroot: { deployments: 2 },
     etcHooks: { 'c.hook': hookFile({ prepare: 'true', commit: `${waitForFile(`${dir}/go`)}; echo ok > ${dir}/committed` }) },
   });
-  const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+  const [staged] = deploymentsOf(ctx);
   t.is((await runCli(['start', staged!], { address: ctx.bus.address })).code, 0);
   const cli = spawnCli(['commit', staged!], { address: ctx.bus.address });
   await cli.waitForLine((l) => l.includes('c: started'));
@@ -100,7 +100,7 @@ test.serial('start - the daemon dying mid-phase ends the follow with exit 5 and 
     sysroot: { deployments: 2 },
     etcHooks: { 'long.hook': hookFile({ prepare: LONG }) },
   });
-  const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+  const [staged] = deploymentsOf(ctx);
   const cli = spawnCli(['start', staged!], { address: ctx.bus.address });
   await cli.waitForLine((l) => l.includes('long: started'));
   await ctx.daemon.kill('SIGKILL');

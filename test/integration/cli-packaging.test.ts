@@ -13,7 +13,7 @@ import { parseDaemonArgs } from '../../service/daemon/args.js';
 import { parseCommandLine } from '../../service/cli/args.js';
 import { splitCommandLine } from '../../service/model/command-line.js';
 import { parseHookFile } from '../../service/model/hook-file.js';
-import { withDaemon } from '../helpers/daemon.js';
+import { deploymentsOf, withDaemon } from '../helpers/daemon.js';
 import { REPO_ROOT, tmpDir, writeFiles } from '../helpers/tmp.js';
 import { runCli } from './cli-harness.js';
 
@@ -256,7 +256,7 @@ test.serial('packaging - the example image\'s hook parses, its program migrates 
       files: { 'usr/libexec/example-app/migrate': { content: await fsp.readFile(path.join(ex, 'example-app-migrate')), mode: 0o755 } },
     },
   });
-  const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+  const [staged] = deploymentsOf(ctx);
   const r = await runCli(['start', staged!], { address: ctx.bus.address });
   t.is(r.code, 0, `${r.stdout}\n${r.stderr}`);
   t.regex(r.stdout, /\[example-app-migrate\] prepared /);

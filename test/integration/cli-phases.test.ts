@@ -6,7 +6,7 @@
 import test from 'ava';
 import { existsSync, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { withDaemon } from '../helpers/daemon.js';
+import { deploymentsOf, withDaemon } from '../helpers/daemon.js';
 import { MANAGER_IFACE, MANAGER_PATH, SERVICE } from '../helpers/dbus-client.js';
 import { tmpDir } from '../helpers/tmp.js';
 import { hookFile, jsonLines, runCli, spawnCli } from './cli-harness.js';
@@ -24,7 +24,7 @@ test.serial('start - pipe mode prints one line per event and exits 0 when prepar
     sysroot: { deployments: 2, hooks: { 'image-check.hook': hookFile({ prepare: 'echo checking the image; echo STATUS=looked >&3' }) } },
     etcHooks: { 'host-step.hook': hookFile({ prepare: 'echo host step ran', after: 'image-check' }) },
   });
-  const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+  const [staged] = deploymentsOf(ctx);
   const r = await runCli(['start', staged!], { address: ctx.bus.address });
   t.is(r.code, 0, r.stderr);
   t.is(r.stderr, '');
@@ -46,7 +46,7 @@ test.serial('start --json - one JSON object per line, from begin to finished, wi
     sysroot: { deployments: 2 },
     etcHooks: { 'one.hook': hookFile({ prepare: 'echo PROGRESS=40 >&3; echo STATUS=working >&3; echo out-line' }) },
   });
-  const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+  const [staged] = deploymentsOf(ctx);
   const r = await runCli(['--json', 'start', staged!], { address: ctx.bus.address });
   t.is(r.code, 0, r.stderr);
   const evs = jsonLines(r.stdout);
@@ -74,7 +74,7 @@ test.serial('start - a deployment already prepared with the same hooks returns a
     sysroot: { deployments: 2 },
     etcHooks: { 'count.hook': hookFile({ prepare: `echo x >> ${dir}/runs` }) },
   });
-  const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+  const [staged] = deploymentsOf(ctx);
   t.is((await runCli(['start', staged!], { address: ctx.bus.address })).code, 0);
   const again = await runCli(['start', staged!], { address: ctx.bus.address });
   t.is(again.code, 0, again.stderr);
@@ -95,7 +95,7 @@ test.serial('start - a failing required hook exits 1 with a one-line reason, aft
       'second.hook': hookFile({ prepare: 'echo going to fail >&2; exit 3', after: 'first' }),
     },
   });
-  const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+  const [staged] = deploymentsOf(ctx);
   const r = await runCli(['start', staged!], { address: ctx.bus.address });
   t.is(r.code, 1);
   const err = r.stderr.split('\n');
@@ -111,7 +111,7 @@ test.serial('start --json - a failure still ends with a finished object; exit 1'
     sysroot: { deployments: 2 },
     etcHooks: { 'bad.hook': hookFile({ prepare: 'exit 9' }) },
   });
-  const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+  const [staged] = deploymentsOf(ctx);
   const r = await runCli(['--json', 'start', staged!], { address: ctx.bus.address });
   t.is(r.code, 1);
   const last = jsonLines(r.stdout).pop()!;
@@ -124,7 +124,7 @@ test.serial('start - busy exits 3; --wait queues behind the running transaction 
     sysroot: { deployments: 3 },
     etcHooks: { 'slow.hook': SLOW },
   });
-  const [d1, d2] = (ctx.sysroot as { deployments: string[] }).deployments;
+  const [d1, d2] = deploymentsOf(ctx);
   const first = await runCli(['start', '--no-follow', d1!], { address: ctx.bus.address });
   t.is(first.code, 0, first.stderr);
   const txPath = first.stdout.trim();
@@ -156,7 +156,7 @@ test.serial('commit - runs the commit steps of a prepared deployment; exit 0', a
     sysroot: { deployments: 2 },
     etcHooks: { 'mark.hook': hookFile({ prepare: 'true', commit: `echo committed > ${dir}/commit` }) },
   });
-  const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+  const [staged] = deploymentsOf(ctx);
   t.is((await runCli(['start', staged!], { address: ctx.bus.address })).code, 0);
   const r = await runCli(['commit', staged!], { address: ctx.bus.address });
   t.is(r.code, 0, r.stderr);
@@ -179,7 +179,7 @@ test.serial('abort - runs the abort steps in reverse order; exit 0', async (t) =
       'b.hook': hookFile({ prepare: 'true', abort: `echo b >> ${dir}/order`, after: 'a' }),
     },
   });
-  const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+  const [staged] = deploymentsOf(ctx);
   t.is((await runCli(['start', staged!], { address: ctx.bus.address })).code, 0);
   const r = await runCli(['--json', 'abort', staged!], { address: ctx.bus.address });
   t.is(r.code, 0, r.stderr);
@@ -191,7 +191,7 @@ test.serial('abort - runs the abort steps in reverse order; exit 0', async (t) =
 
 test.serial('commit - of a deployment never prepared exits 4 (not found)', async (t) => {
   const ctx = await withDaemon(t, { sysroot: { deployments: 2 } });
-  const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+  const [staged] = deploymentsOf(ctx);
   const r = await runCli(['commit', staged!], { address: ctx.bus.address });
   t.is(r.code, 4);
   t.regex(r.stderr, /^bootc-prestage: no pre-stage transaction exists for /);
@@ -211,7 +211,7 @@ test.serial('start --dry-run - lists what would run, runs nothing; exit 0', asyn
     sysroot: { deployments: 2 },
     etcHooks: { 'x.hook': hookFile({ prepare: `touch ${dir}/ran` }) },
   });
-  const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+  const [staged] = deploymentsOf(ctx);
   const r = await runCli(['start', '--dry-run', staged!], { address: ctx.bus.address });
   t.is(r.code, 0, r.stderr);
   t.regex(r.stdout, /x: skipped: would run: \/bin\/sh -c/);
@@ -221,7 +221,7 @@ test.serial('start --dry-run - lists what would run, runs nothing; exit 0', asyn
 
 test.serial('cancel - of a running prepare ends it cancelled; exit 0; of a finished one exits 1', async (t) => {
   const ctx = await withDaemon(t, { sysroot: { deployments: 2 }, etcHooks: { 'slow.hook': SLOW } });
-  const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+  const [staged] = deploymentsOf(ctx);
   const started = await runCli(['start', '--no-follow', staged!], { address: ctx.bus.address });
   const txPath = started.stdout.trim();
   const r = await runCli(['--json', 'cancel', txPath], { address: ctx.bus.address });
@@ -261,7 +261,7 @@ test.serial('reconcile - aborts the transaction of a deployment that is gone; ex
 test.serial('reconcile - also follows a commit phase another client queued, as the daemon\'s start-up reconcile does', async (t) => {
   const dir = await tmpDir(t, { mode: 0o755 });
   const ctx = await withDaemon(t, { sysroot: { deployments: 2 }, etcHooks: { 'c.hook': gatedCommit(dir) } });
-  const staged = (ctx.sysroot as { deployments: string[] }).deployments[0]!;
+  const staged = deploymentsOf(ctx)[0]!;
   t.is((await runCli(['start', staged], { address: ctx.bus.address })).code, 0);
   // Queued by another client: Reconcile's reply does not include it.
   await ctx.client.call(SERVICE, MANAGER_PATH, MANAGER_IFACE, 'CommitPreStage', 'sa{sv}', [staged, {}]);
@@ -279,7 +279,7 @@ test.serial('reconcile - also follows a commit phase another client queued, as t
 test.serial('reconcile - at boot, also follows the commit the daemon queued by itself when it started', async (t) => {
   const dir = await tmpDir(t, { mode: 0o755 });
   const ctx = await withDaemon(t, { sysroot: { deployments: 2 }, etcHooks: { 'c.hook': gatedCommit(dir) } });
-  const staged = (ctx.sysroot as { deployments: string[] }).deployments[0]!;
+  const staged = deploymentsOf(ctx)[0]!;
   t.is((await runCli(['start', staged], { address: ctx.bus.address })).code, 0);
   await ctx.restart({ bootedRoot: staged });
   const cli = spawnCli(['reconcile'], { address: ctx.bus.address });

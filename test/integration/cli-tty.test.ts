@@ -9,7 +9,7 @@ import test, { type ExecutionContext } from 'ava';
 import { execFile } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { withDaemon } from '../helpers/daemon.js';
+import { deploymentsOf, withDaemon } from '../helpers/daemon.js';
 import { tmpDir } from '../helpers/tmp.js';
 import { CLI_ENTRY, hookFile, waitForFile } from './cli-harness.js';
 
@@ -79,7 +79,7 @@ test.serial('tty - the live display redraws one progress line in place and ends 
       'verify.hook': hookFile({ prepare: 'echo STATUS=checking >&3; sleep 0.5', after: 'fetch' }),
     },
   });
-  const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+  const [staged] = deploymentsOf(ctx);
   const term = await inTerminal(t, ['--address', ctx.bus.address, 'start', staged!]);
 
   // While fetch runs: its status text in the one live line, at the bottom.
@@ -108,7 +108,7 @@ test.serial('tty - a failure ends with the reason on the screen and exit 1', asy
     sysroot: { deployments: 2 },
     etcHooks: { 'broken.hook': hookFile({ prepare: 'echo cannot reach registry >&2; exit 4' }) },
   });
-  const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+  const [staged] = deploymentsOf(ctx);
   const term = await inTerminal(t, ['--address', ctx.bus.address, 'start', staged!]);
   const end = await term.waitFor(/EXIT=\d+/);
   const lines = end.split('\n');
@@ -125,7 +125,7 @@ test.serial('tty - Ctrl-C typed in the terminal cancels, shows the rollback, and
     sysroot: { deployments: 2 },
     etcHooks: { 'long.hook': hookFile({ prepare: 'echo STATUS=working >&3; sleep 30', abort: 'echo undoing' }) },
   });
-  const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+  const [staged] = deploymentsOf(ctx);
   const term = await inTerminal(t, ['--address', ctx.bus.address, 'start', staged!]);
   await term.waitFor(/long: working/);
   await term.keys('C-c');
@@ -145,7 +145,7 @@ test.serial('tty - without a UTF-8 locale the display draws in ASCII', async (t)
     sysroot: { deployments: 2 },
     etcHooks: { 'a.hook': hookFile({ prepare: `echo STATUS=halfway >&3; echo PROGRESS=50 >&3; ${waitForFile(`${gate}/go`)}` }) },
   });
-  const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+  const [staged] = deploymentsOf(ctx);
   const term = await inTerminal(t, ['--address', ctx.bus.address, 'start', staged!], { LANG: 'C', LC_ALL: 'C' });
   const live = await term.waitFor(/a: halfway/);
   t.regex(live.split('\n').pop()!, /^\[#+-+\] +50% +\[1\/1\] a: halfway$/);

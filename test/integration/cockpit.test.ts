@@ -19,7 +19,7 @@ import {
   cockpitTestsUnavailable, launchBrowser, openPage, screenshotDir, startCockpit,
   type TestBrowser, type TestPage,
 } from '../helpers/cockpit.js';
-import { withDaemon, type DaemonContext } from '../helpers/daemon.js';
+import { deploymentsOf, withDaemon, type DaemonContext } from '../helpers/daemon.js';
 import { MANAGER_IFACE, MANAGER_PATH, SERVICE, TRANSACTION_IFACE } from '../helpers/dbus-client.js';
 import { hookFile } from './cli-harness.js';
 
@@ -210,7 +210,7 @@ if (unavailable) {
       sysroot: { deployments: 2 },
       etcHooks: { 'slow.hook': gatedHook(gate), 'after.hook': AFTER_HOOK },
     });
-    const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+    const [staged] = deploymentsOf(ctx);
     const cockpit = await startCockpit(t, { busAddress: ctx.bus.address });
     const tab = await openPage(t, await sharedBrowser());
     const { page } = tab;
@@ -281,7 +281,7 @@ if (unavailable) {
         'check.hook': hookFile({ prepare: 'echo "checking the image"; echo PROGRESS=30 >&3; echo STATUS=checking >&3; exit 3' }),
       },
     });
-    const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+    const [staged] = deploymentsOf(ctx);
     const finished = await ctx.client.collectSignals({ interface: MANAGER_IFACE, member: 'TransactionFinished' });
     const txPath = await startPrepare(ctx, staged!);
     await finished.waitFor((s) => s.body[0] === txPath);
@@ -320,7 +320,7 @@ if (unavailable) {
       sysroot: { deployments: 2 },
       etcHooks: { 'slow.hook': gatedHook(path.join(gateDir, 'never')) },
     });
-    const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+    const [staged] = deploymentsOf(ctx);
     const cockpit = await startCockpit(t, { busAddress: ctx.bus.address });
     const tab = await openPage(t, await sharedBrowser());
     const { page } = tab;
@@ -346,7 +346,7 @@ if (unavailable) {
       sysroot: { deployments: 2 },
       etcHooks: { 'slow.hook': gatedHook(gate) },
     });
-    const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+    const [staged] = deploymentsOf(ctx);
     const cockpit = await startCockpit(t, { busAddress: ctx.bus.address, uid: NOBODY, gid: NOBODY });
     const tab = await openPage(t, await sharedBrowser());
     const { page } = tab;

@@ -32,7 +32,7 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { Variant } from 'dbus-next';
 import { NOBODY, runAs } from '../helpers/busctl.js';
-import { withDaemon, type DaemonContext } from '../helpers/daemon.js';
+import { deploymentsOf, withDaemon, type DaemonContext } from '../helpers/daemon.js';
 import {
   CallTimeoutError, DBusError, MANAGER_IFACE, MANAGER_PATH, PROPERTIES_IFACE, SERVICE, TRANSACTION_IFACE,
 } from '../helpers/dbus-client.js';
@@ -683,7 +683,7 @@ test('fuzz - the state snapshot it relies on notices a new hook file, a new tran
   t.true(diffStates(before, afterFile).some((d) => d.startsWith('hook files: added run/bootc/pre-stage.d/new.hook')));
 
   const [txPath] = await ctx.client.call(SERVICE, MANAGER_PATH, MANAGER_IFACE, 'StartPreStage', 'sa{sv}',
-    [(ctx.sysroot as { deployments: string[] }).deployments[0], {}]) as [string];
+    [deploymentsOf(ctx)[0], {}]) as [string];
   let running: StateSnapshot;
   const deadline = Date.now() + 20_000;
   do {

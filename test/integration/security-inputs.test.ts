@@ -20,7 +20,7 @@
  * arrives as a replacement character and is refused on its merits.
  *
  * Which error for which input: sizes over the transport bounds of
- * service/bus/options.ts (4096-byte strings, 256-entry arrays) and wrong
+ * service/protocol/options.ts (4096-byte strings, 256-entry arrays) and wrong
  * types or keys are InvalidArgs, decided before the engine sees the call;
  * a deployment path that does not name a deployment is InvalidDeployment;
  * a bad hook definition (meaning, not shape: a relative program, a reserved
@@ -33,7 +33,7 @@ import * as path from 'node:path';
 import { createRequire } from 'node:module';
 import { Message, Variant } from 'dbus-next';
 import { busctlCall } from '../helpers/busctl.js';
-import { withDaemon } from '../helpers/daemon.js';
+import { deploymentsOf, withDaemon } from '../helpers/daemon.js';
 import {
   DBusError, MANAGER_IFACE, MANAGER_PATH, SERVICE, TestClient, TRANSACTION_IFACE,
 } from '../helpers/dbus-client.js';
@@ -458,7 +458,7 @@ test.serial('inputs - RegisterHook - newlines in argv and Environment are kept a
 });
 
 test.serial('inputs - after every case, no hook ran beyond setup and the prepared transaction is intact', async (t) => {
-  t.deepEqual(await env.recorder.recorded(), ['present prepare present']);
+  t.is(await env.recorder.recordText(), 'present prepare present\n');
   t.is(await env.ctx.client.getProperty(SERVICE, env.txPath, TRANSACTION_IFACE, 'State'), 'prepared');
   await assertAlive(t);
   t.log(`${CASES.length} table-driven hostile-input cases, plus the raw-byte, __proto__, newline and queue cases`);
@@ -471,7 +471,7 @@ test.serial('inputs - StartPreStage with wait - the queue is bounded: with 16 wa
     sysroot: { deployments: 18 },
     etcHooks: { 'slow.hook': '[Hook]\nPrepare=/bin/sleep 60\nAbort=/bin/true\n' },
   });
-  const deployments = (ctx.sysroot as { deployments: string[] }).deployments;
+  const deployments = deploymentsOf(ctx);
   const capture: CaptureOptions = { root: ctx.root, stateDir: ctx.stateDir, client: ctx.client };
   const start = (d: string) => ctx.client.call(SERVICE, MANAGER_PATH, MANAGER_IFACE, 'StartPreStage', 'sa{sv}',
     [d, { wait: v('b', true) }]) as Promise<[string]>;

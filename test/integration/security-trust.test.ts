@@ -17,7 +17,7 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import type { Variant } from 'dbus-next';
 import { NOBODY } from '../helpers/busctl.js';
-import { withDaemon, type DaemonContext } from '../helpers/daemon.js';
+import { deploymentsOf, withDaemon, type DaemonContext } from '../helpers/daemon.js';
 import {
   DBusError, MANAGER_IFACE, MANAGER_PATH, SERVICE, TRANSACTION_IFACE, unwrapVariants,
 } from '../helpers/dbus-client.js';
@@ -173,7 +173,7 @@ async function setUp(t: ExecutionContext, c: TrustCase, required: boolean): Prom
     await fsp.mkdir(dir, { recursive: true, mode: 0o755 });
     await fsp.symlink(`/${c.linkTo}`, path.join(dir, 'untrusted.hook'));
   }
-  const staged = (ctx.sysroot as { deployments: string[] }).deployments[0]!;
+  const staged = deploymentsOf(ctx)[0]!;
   return {
     ctx, aux, recorder, staged, untrustedProgram,
     capture: { root: ctx.root, stateDir: ctx.stateDir, client: ctx.client, watch: [recorder.recordDir] },
@@ -254,7 +254,7 @@ test.serial('trust - a program made group-writable after the prepare does not ru
   const recorder = await makeRecorder(aux);
   const program = recorder.program;
   const ctx = await withDaemon(t, { sysroot: { deployments: 1 }, etcHooks: { 'good.hook': hookText(program, recorder.recordFile, true) } });
-  const staged = (ctx.sysroot as { deployments: string[] }).deployments[0]!;
+  const staged = deploymentsOf(ctx)[0]!;
   const rec = await ctx.client.collectSignals({ pathNamespace: MANAGER_PATH, interface: TRANSACTION_IFACE, member: 'Finished' });
   const [txPath] = await ctx.client.call(SERVICE, MANAGER_PATH, MANAGER_IFACE, 'StartPreStage', 'sa{sv}', [staged, {}]) as [string];
   await rec.waitFor((s) => s.path === txPath && s.body[0] === 'prepared', 30_000);
