@@ -208,9 +208,12 @@ function writeLicences(metafile) {
     const licenceFile = readdirSync(dir).sort().find((f) => /^(licen[cs]e|copying)(\.|$)/i.test(f));
     const text = licenceFile ? readFileSync(path.join(dir, licenceFile), 'utf8').trim() : '(no licence file in the package)';
     return { id: `${pkg.name}@${pkg.version}`, license: licenceName(pkg), text };
-  }).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  })
+    // One entry per package: a package reached through two paths is one package.
+    .filter((e, i, all) => all.findIndex((o) => o.id === e.id) === i)
+    .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   const lines = [
-    `Third-party code bundled into dist/bootc-prestaged.mjs and dist/bootc-prestage.mjs (${packageJson.name} ${packageJson.version}).`,
+    `Third-party code bundled into dist/bootc-prestaged.mjs and dist/bootc-prestage.mjs (dist/bootc-prestage-gate.mjs has none) (${packageJson.name} ${packageJson.version}).`,
     '',
     ...entries.map((e) => `  ${e.id} (${e.license})`),
     '',
