@@ -64,7 +64,7 @@ const BUNDLES = [
   { out: 'bootc-prestage.mjs', entry: 'dist/service/bin/bootc-prestage.js' },
   // The boot gate (service/gate/): run at shutdown before ostree finalizes,
   // so it is its own small file that loads no bus library.
-  { out: 'bootc-prestage-gate.mjs', entry: 'dist/service/bin/bootc-prestage-gate.js' },
+  { out: 'bootc-prestage-gate.mjs', entry: 'dist/service/gate/entry.js' },
 ];
 
 /** Required by dbus-next inside try/catch, not installed by the lock: resolved at run time if present. */

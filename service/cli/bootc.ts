@@ -8,7 +8,7 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import type { Readable } from 'node:stream';
 import { ClientError } from '../client/errors.js';
-import { deploymentKeyOf, lockFinalization, lockPaths, unlockFinalization } from '../gate/finalization-lock.js';
+import { deploymentKeyOf, lockFinalization, lockPaths, unlockFinalization } from '../model/finalization-lock.js';
 
 /** `status.staged.ostree` (or booted, rollback) of bootc's BootcHost document. */
 export interface BootEntryOstree {

@@ -1,11 +1,11 @@
 /**
  * The boot gate's records of upgrades it discarded at shutdown
- * (service/gate/records.ts): `status` shows the latest, `reconcile` (run at
+ * (service/model/records.ts): `status` shows the latest, `reconcile` (run at
  * every boot by bootc-prestage-reconcile.service) those of the boot before.
  * Read from the file directly: the daemon does not hold them.
  */
 import { promises as fsp, readFileSync } from 'node:fs';
-import { readRecords, recordsFile, type DiscardRecord } from '../gate/records.js';
+import { readRecords, recordsFile, type DiscardRecord } from '../model/records.js';
 import type { CliContext } from './context.js';
 import { formatUsec } from './format.js';
 import { jsonLine } from './json-line.js';

@@ -29,8 +29,8 @@ import { daemonAlive, decide, type Decision } from './decide.js';
 import {
   isLocked, isOurLock, lockFinalization, lockFinalizationSync, lockPaths, unlockFinalization,
   writeAtomic, type LockPaths,
-} from './finalization-lock.js';
-import { appendRecord, recordsFile } from './records.js';
+} from '../model/finalization-lock.js';
+import { appendRecord, recordsFile } from '../model/records.js';
 import { findStaged, type Staged } from './staged.js';
 import { isSameProcess, processStartTime } from '../engine/process-tree.js';
 

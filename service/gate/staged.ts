@@ -8,7 +8,7 @@
  */
 import { execFile } from 'node:child_process';
 import * as path from 'node:path';
-import { deploymentKeyOf } from './finalization-lock.js';
+import { deploymentKeyOf } from '../model/finalization-lock.js';
 
 export interface Staged {
   deployment: string;
