@@ -7,8 +7,9 @@
  *   node packaging/build.mjs STEP...    only the named steps
  *
  * Steps (STEPS below; add one as a function and a row there):
- *   bundles   dist/bootc-prestaged.mjs and dist/bootc-prestage.mjs: the
- *             daemon and the client, each one ESM file with everything it
+ *   bundles   dist/bootc-prestaged.mjs, dist/bootc-prestage.mjs and
+ *             dist/bootc-prestage-gate.mjs: the daemon, the client and the
+ *             boot gate, each one ESM file with everything it
  *             imports (dbus-next, rxjs, winston, ...), plus a source map
  *             each and dist/bundled-licenses.txt.
  *   spawner   dist/libexec/bootc-prestage-spawner, compiled from
@@ -61,6 +62,9 @@ const NODE_MODULES = path.join(ROOT, 'node_modules');
 const BUNDLES = [
   { out: 'bootc-prestaged.mjs', entry: 'dist/service/bin/bootc-prestaged.js' },
   { out: 'bootc-prestage.mjs', entry: 'dist/service/bin/bootc-prestage.js' },
+  // The boot gate (service/gate/): run at shutdown before ostree finalizes,
+  // so it is its own small file that loads no bus library.
+  { out: 'bootc-prestage-gate.mjs', entry: 'dist/service/gate/entry.js' },
 ];
 
 /** Required by dbus-next inside try/catch, not installed by the lock: resolved at run time if present. */
@@ -204,9 +208,12 @@ function writeLicences(metafile) {
     const licenceFile = readdirSync(dir).sort().find((f) => /^(licen[cs]e|copying)(\.|$)/i.test(f));
     const text = licenceFile ? readFileSync(path.join(dir, licenceFile), 'utf8').trim() : '(no licence file in the package)';
     return { id: `${pkg.name}@${pkg.version}`, license: licenceName(pkg), text };
-  }).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  })
+    // One entry per package: a package reached through two paths is one package.
+    .filter((e, i, all) => all.findIndex((o) => o.id === e.id) === i)
+    .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   const lines = [
-    `Third-party code bundled into dist/bootc-prestaged.mjs and dist/bootc-prestage.mjs (${packageJson.name} ${packageJson.version}).`,
+    `Third-party code bundled into dist/bootc-prestaged.mjs and dist/bootc-prestage.mjs (dist/bootc-prestage-gate.mjs has none) (${packageJson.name} ${packageJson.version}).`,
     '',
     ...entries.map((e) => `  ${e.id} (${e.license})`),
     '',

@@ -32,8 +32,8 @@ export type Command =
   | { name: 'version' }
   | ({ name: 'start'; deployment: string | null; staged: boolean; sysroot: string; force: boolean; wait: boolean;
       dryRun: boolean; timeoutSec: number; progressFd: number | null } & FollowFlags)
-  | ({ name: 'commit' | 'abort'; deployment: string; wait: boolean; timeoutSec: number } & FollowFlags)
-  | ({ name: 'reconcile' } & FollowFlags)
+  | ({ name: 'commit' | 'abort'; deployment: string; wait: boolean; timeoutSec: number; progressFd: number | null } & FollowFlags)
+  | ({ name: 'reconcile'; progressFd: number | null } & FollowFlags)
   | { name: 'upgrade'; apply: boolean; sysroot: string; force: boolean; timeoutSec: number; progressFd: number | null }
   | { name: 'status' }
   | { name: 'hooks'; deployment: string }
@@ -66,9 +66,9 @@ const COMMAND_OPTIONS: Readonly<Record<string, Options>> = {
     staged: { type: 'boolean' }, sysroot: { type: 'string' }, force: { type: 'boolean' }, wait: { type: 'boolean' },
     'dry-run': { type: 'boolean' }, timeout: { type: 'string' }, 'progress-fd': { type: 'string' }, ...FOLLOW,
   },
-  commit: { wait: { type: 'boolean' }, timeout: { type: 'string' }, ...FOLLOW },
-  abort: { wait: { type: 'boolean' }, timeout: { type: 'string' }, ...FOLLOW },
-  reconcile: { ...FOLLOW },
+  commit: { wait: { type: 'boolean' }, timeout: { type: 'string' }, 'progress-fd': { type: 'string' }, ...FOLLOW },
+  abort: { wait: { type: 'boolean' }, timeout: { type: 'string' }, 'progress-fd': { type: 'string' }, ...FOLLOW },
+  reconcile: { 'progress-fd': { type: 'string' }, ...FOLLOW },
   upgrade: {
     apply: { type: 'boolean' }, sysroot: { type: 'string' }, force: { type: 'boolean' }, timeout: { type: 'string' },
     'progress-fd': { type: 'string' },
@@ -216,7 +216,12 @@ const BUILDERS: Readonly<Record<string, Builder>> = {
   start: startCommand,
   commit: (r, pos) => phaseCommand('commit', r, pos),
   abort: (r, pos) => phaseCommand('abort', r, pos),
-  reconcile: (r) => ({ name: 'reconcile', noFollow: r.noFollow }),
+  reconcile: (r) => {
+    if (r.noFollow && r.str('progress-fd') !== undefined) {
+      throw new UsageError('reconcile: --progress-fd needs the transactions followed; drop --no-follow', 'reconcile');
+    }
+    return { name: 'reconcile', progressFd: r.fd('progress-fd'), noFollow: r.noFollow };
+  },
   upgrade: (r) => ({
     name: 'upgrade', apply: r.bool('apply'), sysroot: path.resolve(r.str('sysroot') ?? '/sysroot'), force: r.bool('force'),
     timeoutSec: r.seconds('timeout'), progressFd: r.fd('progress-fd'),
@@ -248,9 +253,12 @@ function startCommand(r: OptionReader, pos: string[]): Command {
 }
 
 function phaseCommand(name: 'commit' | 'abort', r: OptionReader, pos: string[]): Command {
+  if (r.noFollow && r.str('progress-fd') !== undefined) {
+    throw new UsageError(`${name}: --progress-fd needs the transaction followed; drop --no-follow`, name);
+  }
   return {
     name, deployment: deploymentArg(r.nonEmpty(pos[0]!, 'DEPLOYMENT')), wait: r.bool('wait'),
-    timeoutSec: r.seconds('timeout'), noFollow: r.noFollow,
+    timeoutSec: r.seconds('timeout'), progressFd: r.fd('progress-fd'), noFollow: r.noFollow,
   };
 }
 

@@ -9,13 +9,14 @@ import { isResting } from '../client/follow.js';
 import type { FollowEvent, TransactionProperties } from '../client/types.js';
 import type { Command } from './args.js';
 import { UsageError } from './args.js';
-import { BootcProgress, checkFdOpen, fdWriter } from './bootc-progress.js';
-import { stagedDeployment } from './bootc.js';
+import { BootcProgress, ProgressStream, checkFdOpen, fdLineWriter } from './bootc-progress.js';
+import { prepareStaged, restoreLock, type StagedLock } from './bootc.js';
 import type { CliContext } from './context.js';
 import { EXIT, type ExitCode } from './exit-codes.js';
 import { Interrupts, followOn, runFollowedCall, type FollowOutcome } from './followed-call.js';
 import { txIdOf } from './format.js';
 import { jsonLine } from './json-line.js';
+import { showDiscarded } from './discarded.js';
 
 type StartCommand = Extract<Command, { name: 'start' }>;
 type PhaseCommand = Extract<Command, { name: 'commit' | 'abort' }>;
@@ -51,10 +52,16 @@ export function reportOutcome(
   return EXIT.FAILED;
 }
 
-/** --progress-fd: check the descriptor and make the writer. */
-export function progressFor(ctx: CliContext, fd: number | null, id: string): ((ev: FollowEvent) => void) | undefined {
-  if (fd === null) return undefined;
-  const progress = new BootcProgress(id, fdWriter(fd, (e) => ctx.warn(`--progress-fd ${fd}: ${e.message}; progress output stopped`)));
+/** --progress-fd: the command's one progress stream on FD (null without the option). */
+export function progressStreamFor(ctx: CliContext, fd: number | null): ProgressStream | null {
+  if (fd === null) return null;
+  return new ProgressStream(fdLineWriter(fd, (e) => ctx.warn(`--progress-fd ${fd}: ${e.message}; progress output stopped`)));
+}
+
+/** The follow-event handler writing one transaction's progress to `stream`. */
+export function progressFor(stream: ProgressStream | null): ((ev: FollowEvent) => void) | undefined {
+  if (stream === null) return undefined;
+  const progress = new BootcProgress(stream);
   return (ev) => progress.event(ev);
 }
 
@@ -74,23 +81,42 @@ function noFollow(ctx: CliContext, path: string): ExitCode {
 
 export async function startCommand(ctx: CliContext, cmd: StartCommand): Promise<ExitCode> {
   checkProgressFd(cmd.progressFd, 'start');
-  const deployment = cmd.staged ? await stagedDeployment(cmd.sysroot, ctx.io.env) : cmd.deployment!;
-  if (cmd.staged && ctx.mode !== 'json') ctx.io.stderr.write(`Staged deployment: ${deployment}\n`);
+  let deployment = cmd.deployment!;
+  let lock: StagedLock | null = null;
+  if (cmd.staged) {
+    // The staged deployment must stay locked while its hooks run, or a
+    // reboot now would finalize it unprepared (README, "The upgrade flow
+    // with bootc"). A dry run runs nothing and needs no lock.
+    const staged = await prepareStaged(cmd.sysroot, ctx.io.env, { lock: !cmd.dryRun, warn: (m) => ctx.warn(m) });
+    deployment = staged.deployment;
+    lock = staged.lock;
+    if (ctx.mode !== 'json') ctx.io.stderr.write(`Staged deployment: ${deployment}\n`);
+  }
   const options = { force: cmd.force, wait: cmd.wait, dryRun: cmd.dryRun, timeoutSec: cmd.timeoutSec };
   if (cmd.noFollow) {
     const client = await ctx.connect();
     return noFollow(ctx, await client.startPreStage(deployment, options));
   }
-  const outcome = await runStart(ctx, deployment, options, cmd.progressFd);
-  return reportOutcome(ctx, outcome, cmd.dryRun ? 'dry-run' : 'prepare',
+  const outcome = await runStart(ctx, deployment, options, progressStreamFor(ctx, cmd.progressFd));
+  const code = reportOutcome(ctx, outcome, cmd.dryRun ? 'dry-run' : 'prepare',
     `${cmd.dryRun ? 'the dry run' : 'the prepare phase'} of ${deployment}`);
+  if (lock?.lockedByUs) {
+    if (code === EXIT.OK) {
+      // We locked a stage that bootc had left unlocked: give it back as it
+      // was, now that its hooks have run.
+      await restoreLock(lock, (m) => ctx.warn(m));
+    } else {
+      ctx.error(`the staged deployment stays locked (${lock.file}): ostree discards it at the next reboot`);
+    }
+  }
+  return code;
 }
 
 /** The followed prepare phase (also step 2 of upgrade). */
 export async function runStart(
   ctx: CliContext, deployment: string,
   options: { force?: boolean; wait?: boolean; dryRun?: boolean; timeoutSec?: number },
-  progressFd: number | null,
+  stream: ProgressStream | null,
 ): Promise<FollowOutcome> {
   let progress: ((ev: FollowEvent) => void) | undefined;
   return runFollowedCall(ctx, {
@@ -100,7 +126,7 @@ export async function runStart(
     cancellable: !options.dryRun,
     call: async (client) => {
       const path = await client.startPreStage(deployment, options);
-      progress = progressFor(ctx, progressFd, txIdOf(path));
+      progress = progressFor(stream);
       return path;
     },
     onEvent: (ev) => progress?.(ev),
@@ -113,6 +139,8 @@ export function isPrepared(tx: TransactionProperties): boolean {
 }
 
 export async function phaseCommand(ctx: CliContext, cmd: PhaseCommand): Promise<ExitCode> {
+  checkProgressFd(cmd.progressFd, cmd.name);
+  const stream = progressStreamFor(ctx, cmd.progressFd);
   const options = { wait: cmd.wait, timeoutSec: cmd.timeoutSec };
   const call = (client: Awaited<ReturnType<CliContext['connect']>>) => (cmd.name === 'commit'
     ? client.commitPreStage(cmd.deployment, options)
@@ -121,6 +149,7 @@ export async function phaseCommand(ctx: CliContext, cmd: PhaseCommand): Promise<
   const goal: FollowGoal = { kind: 'phase', done: cmd.name === 'commit' ? 'committed' : 'aborted' };
   const outcome = await runFollowedCall(ctx, {
     action: cmd.name, deployment: cmd.deployment, goal, cancellable: false, call,
+    ...(stream ? { onEvent: progressFor(stream)! } : {}),
   });
   return reportOutcome(ctx, outcome, cmd.name, `the ${cmd.name} phase of ${cmd.deployment}`);
 }
@@ -151,7 +180,10 @@ export async function cancelCommand(ctx: CliContext, cmd: Extract<Command, { nam
 }
 
 export async function reconcileCommand(ctx: CliContext, cmd: Extract<Command, { name: 'reconcile' }>): Promise<ExitCode> {
+  checkProgressFd(cmd.progressFd, 'reconcile');
+  const stream = progressStreamFor(ctx, cmd.progressFd);
   const client = await ctx.connect();
+  await showDiscarded(ctx, 'previous-boot');
   if (cmd.noFollow) {
     const paths = await client.reconcile();
     if (ctx.mode === 'json') ctx.out(jsonLine({ transactions: paths }));
@@ -173,7 +205,10 @@ export async function reconcileCommand(ctx: CliContext, cmd: Extract<Command, { 
       display.begin({ action: 'reconcile', path, deployment: '' });
       let outcome: FollowOutcome;
       try {
-        outcome = await followOn(client, path, display, goal, interrupts, { watch, shareWatch: true });
+        const onEvent = progressFor(stream);
+        outcome = await followOn(client, path, display, goal, interrupts, {
+          watch, shareWatch: true, ...(onEvent ? { onEvent } : {}),
+        });
       } finally {
         display.close();
       }

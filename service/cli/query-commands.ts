@@ -2,6 +2,7 @@
  * status, hooks and log: commands that read and print. None needs root
  * except log (GetLog returns hook output, which may hold secrets).
  */
+import { discardedLine, discardedRecords } from './discarded.js';
 import { shortErrorName } from '../client/errors.js';
 import { transactionPathOf } from '../client/pre-stage-client.js';
 import type { HookEntry, TransactionProperties } from '../client/types.js';
@@ -25,12 +26,16 @@ export async function statusCommand(ctx: CliContext): Promise<ExitCode> {
       /* pruned */
     }
   }
+  const discarded = await discardedRecords(ctx.io.env, 'latest');
   if (ctx.mode === 'json') {
-    ctx.out(jsonLine({ ...manager, transactions: txs }));
+    ctx.out(jsonLine({ ...manager, transactions: txs, discarded }));
     return EXIT.OK;
   }
   const active = manager.activeTransaction === '/' ? 'none' : manager.activeTransaction;
   ctx.out(`State: ${manager.state}\nVersion: ${manager.version}\nActive transaction: ${active}\n`);
+  if (discarded.length > 0) {
+    ctx.out(`\nDiscarded at shutdown by the boot gate:\n${discarded.map((r) => `  ${sanitize(discardedLine(r))}\n`).join('')}`);
+  }
   if (txs.length === 0) {
     ctx.out('\nNo transactions.\n');
     return EXIT.OK;

@@ -12,35 +12,62 @@
  * new image can never boot without its hooks having run.
  */
 import type { StdioOptions } from 'node:child_process';
+import type { Readable } from 'node:stream';
 import { ClientError } from '../client/errors.js';
 import type { Command } from './args.js';
-import { describeExit, runBootc, stagedDeployment } from './bootc.js';
+import type { ProgressStream } from './bootc-progress.js';
+import { describeExit, prepareStaged, runBootc } from './bootc.js';
 import type { CliContext } from './context.js';
 import { EXIT, type ExitCode } from './exit-codes.js';
 import { jsonLine } from './json-line.js';
-import { checkProgressFd, failureText, isPrepared, runStart } from './phase-commands.js';
+import { checkProgressFd, failureText, isPrepared, progressStreamFor, runStart } from './phase-commands.js';
 
 type UpgradeCommand = Extract<Command, { name: 'upgrade' }>;
 
-/** stdio for bootc: its stdout must not mix into our JSON lines; the progress fd passes through. */
-function bootcStdio(ctx: CliContext, progressFd: number | null): StdioOptions {
+/**
+ * stdio for bootc: its stdout must not mix into our JSON lines. Its progress
+ * goes to a pipe on its fd 3, which we relay into our own stream: the
+ * reader of --progress-fd sees one stream with one Start event
+ * (bootc-progress.ts), not two protocol streams glued together.
+ */
+function bootcStdio(ctx: CliContext, progress: boolean): StdioOptions {
   const stdio: StdioOptions = ['inherit', ctx.mode === 'json' ? 2 : 'inherit', 'inherit'];
-  if (progressFd !== null) {
-    for (let fd = 3; fd < progressFd; fd++) stdio.push('ignore');
-    stdio.push(progressFd);
-  }
+  if (progress) stdio.push('pipe');
   return stdio;
 }
 
-async function bootc(ctx: CliContext, args: string[], progressFd: number | null): Promise<boolean> {
-  const full = progressFd === null ? args : [...args, '--progress-fd', String(progressFd)];
+function relayLines(from: Readable, stream: ProgressStream): Promise<void> {
+  return new Promise((resolve) => {
+    let buf = '';
+    from.setEncoding('utf8');
+    from.on('data', (d: string) => {
+      buf += d;
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        stream.relay(buf.slice(0, nl));
+        buf = buf.slice(nl + 1);
+      }
+      if (buf.length > 1024 * 1024) buf = ''; // not a JSON-lines stream
+    });
+    from.once('close', () => { if (buf) stream.relay(buf); resolve(); });
+    from.once('error', () => resolve());
+  });
+}
+
+async function bootc(ctx: CliContext, args: string[], stream: ProgressStream | null): Promise<boolean> {
+  const full = stream === null ? args : [...args, '--progress-fd', '3'];
   if (ctx.mode === 'json') ctx.out(jsonLine({ event: 'bootc', args: full }));
   else ctx.out(`Running: bootc ${full.join(' ')}\n`);
   // bootc is in our process group: Ctrl-C reaches it, and it decides. We
   // only wait for it to exit and report.
   const ignore = ctx.io.onInterrupt(() => {});
+  let relaying: Promise<void> = Promise.resolve();
   try {
-    const r = await runBootc(full, { env: ctx.io.env, stdio: bootcStdio(ctx, progressFd) });
+    const r = await runBootc(full, {
+      env: ctx.io.env, stdio: bootcStdio(ctx, stream !== null),
+      ...(stream ? { onSpawn: (pipes: (Readable | null)[]) => { if (pipes[3]) relaying = relayLines(pipes[3], stream); } } : {}),
+    });
+    await relaying;
     if (ctx.mode === 'json') ctx.out(jsonLine({ event: 'bootc-exit', args: full, code: r.code, signal: r.signal }));
     if (r.code === 0) return true;
     ctx.error(`bootc ${full.join(' ')} failed (${describeExit(r)})`);
@@ -56,12 +83,16 @@ export async function upgradeCommand(ctx: CliContext, cmd: UpgradeCommand): Prom
   // has downloaded and staged would waste the download (harmless: the
   // stage stays locked and is discarded at reboot).
   await (await ctx.connect()).managerProperties();
+  const stream = progressStreamFor(ctx, cmd.progressFd);
 
-  if (!await bootc(ctx, ['upgrade', '--download-only'], cmd.progressFd)) return EXIT.FAILED;
+  if (!await bootc(ctx, ['upgrade', '--download-only'], stream)) return EXIT.FAILED;
 
   let deployment: string;
   try {
-    deployment = await stagedDeployment(cmd.sysroot, ctx.io.env);
+    // Verified, not assumed: bootc must report the stage locked, or we lock
+    // it (bootc#2425: --download-only of an image already staged leaves it
+    // unlocked); a composefs stage is refused by name.
+    deployment = (await prepareStaged(cmd.sysroot, ctx.io.env, { lock: true, warn: (m) => ctx.warn(m) })).deployment;
   } catch (e) {
     if (e instanceof ClientError && e.kind === 'not-found' && /no staged deployment/.test(e.message)) {
       if (ctx.mode === 'json') ctx.out(jsonLine({ event: 'finished', state: 'no-update' }));
@@ -72,7 +103,7 @@ export async function upgradeCommand(ctx: CliContext, cmd: UpgradeCommand): Prom
   }
   if (ctx.mode !== 'json') ctx.out(`Staged deployment: ${deployment}\n`);
 
-  const outcome = await runStart(ctx, deployment, { force: cmd.force, timeoutSec: cmd.timeoutSec }, cmd.progressFd);
+  const outcome = await runStart(ctx, deployment, { force: cmd.force, timeoutSec: cmd.timeoutSec }, stream);
   if (outcome.kind === 'interrupted') {
     ctx.error('interrupted; not finalizing the upgrade: the staged deployment stays locked '
       + "(see 'bootc-prestage status')");
@@ -85,7 +116,7 @@ export async function upgradeCommand(ctx: CliContext, cmd: UpgradeCommand): Prom
   }
 
   const finalize = ['upgrade', '--from-downloaded', ...(cmd.apply ? ['--apply'] : [])];
-  if (!await bootc(ctx, finalize, cmd.progressFd)) {
+  if (!await bootc(ctx, finalize, stream)) {
     ctx.error("the deployment is prepared but still locked; run 'bootc upgrade --from-downloaded' again");
     return EXIT.FAILED;
   }

@@ -65,15 +65,17 @@ deployment already prepared with the same hooks returns at once.
 
 Options:
   --staged           the deployment bootc has staged (from
-                     'bootc status --format=json', status.staged.ostree)
+                     'bootc status --format=json', status.staged.ostree);
+                     an unlocked stage is locked for the prepare phase and
+                     unlocked again after a success
   --sysroot DIR      the sysroot for --staged (default: /sysroot)
   --force            run again even if already prepared with the same hooks
   --wait             queue behind a running transaction instead of failing busy
   --dry-run          resolve and order the hooks, run nothing
   --timeout SEC      deadline for the whole phase, in seconds
   --no-follow        print the transaction path and return at once
-  --progress-fd FD   also write progress to FD as JSON lines in bootc's
-                     progress format (ProgressSteps events)
+  --progress-fd FD   also write progress to FD in bootc's progress protocol
+                     (JSON lines: one Start, then ProgressSteps events)
 
 ${FOLLOW_NOTE}
 Ctrl-C cancels the transaction and waits for the rollback (exit 1); a
@@ -81,7 +83,7 @@ second Ctrl-C exits at once (130) while the daemon finishes the rollback.
 
 ${EXIT_STATUS_HELP}`,
 
-  commit: `Usage: bootc-prestage commit DEPLOYMENT [--wait] [--timeout SEC] [--no-follow]
+  commit: `Usage: bootc-prestage commit DEPLOYMENT [--wait] [--timeout SEC] [--no-follow] [--progress-fd FD]
 
 Run the commit step of every hook of DEPLOYMENT's prepared transaction (the
 daemon does this by itself at boot: see reconcile). Commit steps cannot be
@@ -91,12 +93,13 @@ Options:
   --wait           queue behind a running transaction instead of failing busy
   --timeout SEC    deadline for the whole phase, in seconds
   --no-follow      print the transaction path and return at once
+  --progress-fd FD also write progress to FD in bootc's progress protocol
 
 ${FOLLOW_NOTE}
 
 ${EXIT_STATUS_HELP}`,
 
-  abort: `Usage: bootc-prestage abort DEPLOYMENT [--wait] [--timeout SEC] [--no-follow]
+  abort: `Usage: bootc-prestage abort DEPLOYMENT [--wait] [--timeout SEC] [--no-follow] [--progress-fd FD]
 
 Run the abort step of every hook of DEPLOYMENT's prepared transaction, in
 reverse order: undo what the prepare phase did. The deployment need not
@@ -106,16 +109,22 @@ Options:
   --wait           queue behind a running transaction instead of failing busy
   --timeout SEC    deadline for the whole phase, in seconds
   --no-follow      print the transaction path and return at once
+  --progress-fd FD also write progress to FD in bootc's progress protocol
 
 ${FOLLOW_NOTE}
 
 ${EXIT_STATUS_HELP}`,
 
-  reconcile: `Usage: bootc-prestage reconcile [--no-follow]
+  reconcile: `Usage: bootc-prestage reconcile [--no-follow] [--progress-fd FD]
 
 Commit the booted deployment's prepared transaction and abort those whose
 deployment is gone (the daemon also does this when it starts). Follows every
-transaction it queued; exits 1 if any of them failed.
+transaction it queued; exits 1 if any of them failed. First it shows the
+upgrades the boot gate discarded at the last shutdown.
+
+Options:
+  --no-follow        print the transaction paths and return at once
+  --progress-fd FD   write progress to FD in bootc's progress protocol
 
 ${EXIT_STATUS_HELP}`,
 
@@ -125,16 +134,18 @@ The whole upgrade with pre-stage hooks, for today's bootc:
   1. bootc upgrade --download-only      (stage the new deployment, locked)
   2. bootc-prestage start --staged      (run the prepare steps, followed)
   3. bootc upgrade --from-downloaded    (unlock it; with --apply, reboot)
-If the prepare phase fails, step 3 is not run: the staged deployment stays
-locked, and ostree discards it at the next reboot, so it can never boot.
+The lock is verified after step 1 (status.staged.downloadOnly, or the lock
+file); a stage bootc left unlocked is locked before step 2. If the prepare
+phase fails, step 3 is not run: the staged deployment stays locked, and
+ostree discards it at the next reboot, so it can never boot.
 
 Options:
   --apply            pass --apply to the last bootc command (reboot into it)
   --sysroot DIR      the sysroot (default: /sysroot)
   --force            run the prepare steps even if already prepared
   --timeout SEC      deadline for the prepare phase, in seconds
-  --progress-fd FD   write progress to FD as JSON lines in bootc's progress
-                     format; also passed to both bootc commands
+  --progress-fd FD   write progress to FD in bootc's progress protocol; bootc's
+                     own progress is relayed into the same stream (one Start)
 
 bootc is run from PATH.
 

@@ -27,6 +27,7 @@ import { benchNewRoot } from './new-root-bench.js';
 import { benchOutput, benchPrepare, benchProgress, benchProperties } from './phase-benches.js';
 import { FULL, SMOKE, type Row } from './result.js';
 import { benchHistoryScaling, benchHookScaling, benchStartup } from './service-benches.js';
+import { benchGate } from './gate-bench.js';
 
 const BENCHES: Record<string, (ctx: Ctx) => Promise<Row[]>> = {
   prepare: benchPrepare,
@@ -37,6 +38,7 @@ const BENCHES: Record<string, (ctx: Ctx) => Promise<Row[]>> = {
   hooks: benchHookScaling,
   history: benchHistoryScaling,
   newroot: benchNewRoot,
+  gate: benchGate,
 };
 
 function table(rows: Row[]): string {

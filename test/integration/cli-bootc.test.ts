@@ -17,6 +17,10 @@ import { BOOTC_STANDIN_DIR, hookFile, jsonLines, runCli, spawnCli } from './cli-
 
 interface Bootc {
   env: Record<string, string>;
+  /** Stands for /run/ostree, for both the stand-in and bootc-prestage. */
+  runDir: string;
+  /** The lock file in it. */
+  lockFile: string;
   /** The calls the stand-in got, each as its argument list. */
   calls(): Promise<string[][]>;
 }
@@ -24,11 +28,20 @@ interface Bootc {
 async function standIn(t: ExecutionContext, sysroot: Sysroot, more: Record<string, string> = {}): Promise<Bootc> {
   const dir = await tmpDir(t, { mode: 0o755 });
   const log = path.join(dir, 'bootc-calls');
+  const runDir = path.join(dir, 'run-ostree');
   return {
+    runDir,
+    lockFile: path.join(runDir, 'staged-deployment-locked'),
     env: {
       PATH: `${BOOTC_STANDIN_DIR}:${process.env['PATH'] ?? '/usr/bin:/bin'}`,
       BOOTC_STANDIN_SYSROOT: sysroot.path,
       BOOTC_STANDIN_LOG: log,
+      BOOTC_STANDIN_CONFIG: path.join(dir, 'no-config'),
+      // Never the machine's own /run/ostree and /run/bootc-prestage.
+      BOOTC_STANDIN_RUN_DIR: runDir,
+      BOOTC_PRESTAGE_OSTREE_RUN_DIR: runDir,
+      BOOTC_PRESTAGE_RUNTIME_DIR: path.join(dir, 'run-bootc-prestage'),
+      BOOTC_PRESTAGE_GATE_RECORDS: path.join(dir, 'discarded.jsonl'),
       ...more,
     },
     async calls() {
@@ -69,10 +82,16 @@ test.serial('start --staged - prepares the deployment bootc reports as staged', 
   const bootc = await standIn(t, sysroot);
   const r = await runCli(['start', '--staged', '--sysroot', sysroot.path], { address: ctx.bus.address, env: bootc.env });
   t.is(r.code, 0, r.stderr);
-  t.is(r.stderr, `Staged deployment: ${sysroot.deployments[0]}`);
+  // The stand-in's stage is not locked: start --staged locks it for the
+  // prepare phase, checks bootc now reports it locked, and unlocks it again
+  // after the success.
+  t.regex(r.stderr, /bootc left the staged deployment unlocked \(status.staged.downloadOnly is false\); locked its finalization/);
+  t.regex(r.stderr, new RegExp(`Staged deployment: ${sysroot.deployments[0]!.replace(/\./g, '\\.')}`));
+  t.regex(r.stderr, /the pre-stage succeeded: unlocked the staged deployment's finalization again/);
   t.regex(r.stdout, new RegExp(`prepare of ${sysroot.deployments[0]!.replace(/\./g, '\\.')}\n`));
   t.true(existsSync(path.join(dir, 'prepared')));
-  t.deepEqual(await bootc.calls(), [['status', '--format=json']]);
+  t.false(existsSync(bootc.lockFile));
+  t.deepEqual(await bootc.calls(), [['status', '--format=json'], ['status', '--format=json']]);
 });
 
 test.serial('start --staged - a bootc without ostree.stateroot (older versions): the deployment is found on disk', async (t) => {
@@ -144,20 +163,121 @@ test.serial('upgrade - download-only, the prepare phase, then from-downloaded; -
   t.regex(r.stdout, /Running: bootc upgrade --download-only --progress-fd 3\n/);
   t.regex(r.stdout, new RegExp(`Staged deployment: ${sysroot.deployments[0]!.replace(/\./g, '\\.')}\n`));
 
-  const events = jsonLines(await progressText);
-  // bootc's own events (from the stand-in) and ours share the descriptor, in order.
-  t.deepEqual(events.map((e) => e['task']), ['pulling', 'pre-stage', 'pre-stage', 'pre-stage', 'finalize']);
-  for (const e of events) {
-    t.deepEqual(Object.keys(e), ['type', 'apiVersion', 'task', 'description', 'id', 'stepsCached', 'steps', 'stepsTotal', 'subtasks']);
-    t.is(e['type'], 'ProgressSteps');
-    t.is(e['apiVersion'], 'org.containers.bootc.progress/v1');
-  }
+  const text = await progressText;
+  await validProgress(t, text);
+  const events = jsonLines(text);
+  // One stream: our Start, bootc's events (relayed, its own Start dropped)
+  // and ours, in order.
+  t.deepEqual(events.map((e) => e['type'] === 'Start' ? 'Start' : e['task']),
+    ['Start', 'pulling', ...Array(events.length - 3).fill('pre-stage'), 'finalize']);
   const ours = events.filter((e) => e['task'] === 'pre-stage');
-  t.deepEqual(ours.map((e) => [e['steps'], e['stepsTotal'], e['subtasks']]), [
-    [0, 1, [{ subtask: 'hook', description: 'from-image', id: 'from-image', completed: false }]],
-    [1, 1, [{ subtask: 'hook', description: 'from-image', id: 'from-image', completed: true }]],
-    [1, 1, []],
-  ]);
+  t.deepEqual(ours.at(-1)!['subtasks'], [{ subtask: 'hook', description: 'from-image', id: 'from-image', completed: true }]);
+  t.like(ours.at(-1), { steps: 1, stepsTotal: 1, description: 'Pre-stage prepare' });
+  t.false(existsSync(bootc.lockFile), 'from-downloaded unlocked the stage');
+});
+
+/** The stream is valid against bootc's schema, with exactly one Start, first (test/fixtures/bootc/validate-progress.py). */
+async function validProgress(t: ExecutionContext, text: string): Promise<void> {
+  const r = await new Promise<{ code: number | null; out: string }>((resolve) => {
+    const child = execFile('python3', [path.join(BOOTC_STANDIN_DIR, 'validate-progress.py')], (err, stdout, stderr) => {
+      resolve({ code: err ? (err as { code?: number }).code ?? 1 : 0, out: stdout + stderr });
+    });
+    child.stdin!.end(text);
+  });
+  t.is(r.code, 0, `${r.out}\n--- stream:\n${text}`);
+}
+
+test.serial('--progress-fd - start, commit, abort and reconcile each write one valid stream (bootc\'s schema, one Start)', async (t) => {
+  const ctx = await withDaemon(t, {
+    sysroot: { deployments: 3 },
+    etcHooks: {
+      'a.hook': hookFile({ prepare: 'true', commit: 'true', abort: 'true' }),
+      'b.hook': hookFile({ prepare: 'true', commit: 'true', abort: 'true', after: 'a' }),
+    },
+  });
+  const sysroot = staged(ctx) as Sysroot & { undeploy(i: number): Promise<void> };
+  const [d0, d1] = sysroot.deployments as [string, string];
+  const withFd = async (args: string[]) => {
+    const cli = spawnCli([...args, '--progress-fd', '3'], { address: ctx.bus.address, extraFds: ['pipe'] });
+    const text = readAll(cli.child.stdio[3] as Readable);
+    const r = await cli.done;
+    t.is(r.code, 0, `${args.join(' ')}: ${r.stdout}\n${r.stderr}`);
+    return text;
+  };
+  for (const args of [['start', d0], ['commit', d0], ['start', d1], ['abort', d1], ['start', d1]]) {
+    const text = await withFd(args);
+    await validProgress(t, text);
+    const last = jsonLines(text).at(-1)!;
+    t.like(last, { type: 'ProgressSteps', steps: 2, stepsTotal: 2 }, args.join(' '));
+    t.deepEqual((last['subtasks'] as { id: string; completed: boolean }[]).map((x) => [x.id, x.completed]),
+      args[0] === 'abort' ? [['b', true], ['a', true]] : [['a', true], ['b', true]]);
+  }
+  // d1 is prepared again; its deployment goes away: reconcile aborts it.
+  await sysroot.undeploy(sysroot.deployments.indexOf(d1));
+  const text = await withFd(['reconcile']);
+  await validProgress(t, text);
+  t.like(jsonLines(text).at(-1), { description: 'Pre-stage abort', steps: 2 });
+});
+
+test.serial('upgrade - bootc#2425: --download-only of an image already staged leaves it unlocked; upgrade locks it, and a failed prepare keeps it locked', async (t) => {
+  const ctx = await withDaemon(t, { sysroot: { deployments: 1 } });
+  const sysroot = staged(ctx);
+  await publishImage(t, sysroot, {
+    'usr/lib/bootc/pre-stage.d/gate.hook': hookFile({ prepare: 'exit 1' }),
+  });
+  const bootc = await standIn(t, sysroot, { BOOTC_STANDIN_DEPLOY_REF: 'testos/next', BOOTC_STANDIN_BUG_2425: '1' });
+  // A plain `bootc upgrade` staged the image, unlocked.
+  await new Promise<void>((resolve, reject) => execFile('bootc', ['upgrade'], { env: { ...process.env, ...bootc.env } },
+    (err) => (err ? reject(err) : resolve())));
+  t.false(existsSync(bootc.lockFile));
+  const r = await runCli(['upgrade', '--sysroot', sysroot.path], { address: ctx.bus.address, env: bootc.env });
+  t.is(r.code, 1, `${r.stdout}\n${r.stderr}`);
+  t.regex(r.stdout, /Image specification is unchanged/);
+  t.regex(r.stderr, /bootc left the staged deployment unlocked \(status.staged.downloadOnly is false\); locked its finalization/);
+  t.regex(r.stderr, /the staged deployment stays locked and is discarded at the next reboot/);
+  t.true(existsSync(bootc.lockFile), 'the stage is locked: ostree discards it at reboot');
+  t.deepEqual((await bootc.calls()).map((c) => c.slice(0, 2)),
+    [['upgrade'], ['upgrade', '--download-only'], ['status', '--format=json'], ['status', '--format=json']]);
+});
+
+test.serial('start --staged - a bootc without status.staged.downloadOnly: the lock file decides, and a lock bootc wrote stays', async (t) => {
+  const ctx = await withDaemon(t, { sysroot: { deployments: 2 } });
+  const sysroot = staged(ctx);
+  const bootc = await standIn(t, sysroot, { BOOTC_STANDIN_NO_DOWNLOAD_ONLY: '1' });
+  await fsp.mkdir(bootc.runDir, { recursive: true });
+  await fsp.writeFile(bootc.lockFile, '');
+  const r = await runCli(['start', '--staged', '--sysroot', sysroot.path], { address: ctx.bus.address, env: bootc.env });
+  t.is(r.code, 0, r.stderr);
+  t.notRegex(r.stderr, /locked its finalization|unlocked/);
+  t.true(existsSync(bootc.lockFile), 'not ours to lift: bootc upgrade --from-downloaded does');
+  t.deepEqual(await bootc.calls(), [['status', '--format=json']]);
+});
+
+test.serial('start --staged - a failed prepare keeps the lock start --staged wrote', async (t) => {
+  const ctx = await withDaemon(t, {
+    sysroot: { deployments: 2 }, etcHooks: { 'no.hook': hookFile({ prepare: 'exit 3' }) },
+  });
+  const sysroot = staged(ctx);
+  const bootc = await standIn(t, sysroot);
+  const r = await runCli(['start', '--staged', '--sysroot', sysroot.path], { address: ctx.bus.address, env: bootc.env });
+  t.is(r.code, 1, r.stderr);
+  t.regex(r.stderr, /the staged deployment stays locked \(.*staged-deployment-locked\): ostree discards it at the next reboot/);
+  t.true(existsSync(bootc.lockFile));
+});
+
+test.serial('start --staged - a stage of bootc\'s composefs backend: a clear "not supported yet" error naming the backend, nothing run', async (t) => {
+  const dir = await tmpDir(t, { mode: 0o755 });
+  const ctx = await withDaemon(t, {
+    sysroot: { deployments: 2 }, etcHooks: { 'mark.hook': hookFile({ prepare: `touch ${dir}/ran` }) },
+  });
+  const sysroot = staged(ctx);
+  const bootc = await standIn(t, sysroot, { BOOTC_STANDIN_COMPOSEFS: '1' });
+  const r = await runCli(['start', '--staged', '--sysroot', sysroot.path], { address: ctx.bus.address, env: bootc.env });
+  t.is(r.code, 1);
+  t.is(r.stderr, "bootc-prestage: the staged deployment is on bootc's composefs backend (status.staged.composefs): "
+    + 'bootc-prestage supports only the ostree backend yet, so it cannot prepare or lock this stage');
+  t.false(existsSync(path.join(dir, 'ran')));
+  t.false(existsSync(bootc.lockFile));
 });
 
 test.serial('upgrade - a failed prepare phase stops before unlocking: exit 1, the stage stays locked', async (t) => {

@@ -163,7 +163,7 @@ test.serial('packaging - the spec installs only files the repository has, and li
   t.true(installed.length >= 15, `found the install lines (${installed.length})`);
   const files = section('files').split('\n').map((l) => l.trim()).filter((l) => l.startsWith('%') || l.startsWith('/'))
     .filter((l) => !l.startsWith('%doc') && !l.startsWith('%license'))
-    .map((l) => expand(l.replace(/^(%ghost\s+)?(%dir\s+)?(%attr\([^)]*\)\s+)?/, '')));
+    .map((l) => expand(l.replace(/^(%ghost\s+)?(%dir\s+)?(%attr\([^)]*\)\s+)?(%config(\([^)]*\))?\s+)?/, '')));
   for (const p of installed) {
     t.true(files.some((f) => f === p || (f.endsWith('/') && p.startsWith(f))), `${p} is listed in %files`);
   }

@@ -44,7 +44,10 @@ test('commit, abort, cancel, log, hooks, reconcile, upgrade parse to their comma
   t.deepEqual(parseCommandLine(['log', '7', '--lines', '20', '--hook', 'h']).command, { name: 'log', transaction: '7', lines: 20, hook: 'h' });
   t.deepEqual(parseCommandLine(['hooks']).command, { name: 'hooks', deployment: '' });
   t.deepEqual(parseCommandLine(['hooks', '/d']).command, { name: 'hooks', deployment: '/d' });
-  t.deepEqual(parseCommandLine(['reconcile']).command, { name: 'reconcile', noFollow: false });
+  t.deepEqual(parseCommandLine(['reconcile']).command, { name: 'reconcile', progressFd: null, noFollow: false });
+  t.like(parseCommandLine(['reconcile', '--progress-fd', '4']).command, { name: 'reconcile', progressFd: 4 });
+  t.like(parseCommandLine(['commit', '/d', '--progress-fd', '3']).command, { name: 'commit', progressFd: 3 });
+  t.like(parseCommandLine(['abort', '/d', '--progress-fd', '5']).command, { name: 'abort', progressFd: 5 });
   t.deepEqual(parseCommandLine(['upgrade', '--apply']).command,
     { name: 'upgrade', apply: true, sysroot: '/sysroot', force: false, timeoutSec: 0, progressFd: null });
   t.deepEqual(parseCommandLine(['monitor']).command, { name: 'monitor' });
