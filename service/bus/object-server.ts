@@ -23,7 +23,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { Message, MessageFlag, Variant } from 'dbus-next';
-import type { Logger } from '../engine/logger.js';
+import type { Logger } from '../model/logger.js';
 import { ALLOW_INTERACTIVE_AUTHORIZATION, CallerAuthorizer, type CallAuthorizer } from './caller-authorization.js';
 import type { BusConnection } from './connection.js';
 import { DBUS_ERROR, toBusError } from './error-names.js';
