@@ -13,13 +13,15 @@
  * - it starts as root and drops to the `polkitd` user itself, as it does
  *   on a real system, so the directories are world-readable.
  *
- * Test users: `bpstest-admin` in group `bpstest-admins`, and
- * `bpstest-other` in no such group, made with groupadd/useradd when
+ * Test users: `bpstest-admin` in group `bpstest-admins`,
+ * `bpstest-other` in no such group, and `bpstest-auth`, who authenticates
+ * with a password through a real agent (startTtyAgent), made with groupadd/useradd when
  * missing (system accounts, no home, no login shell; names no one else
  * uses), so polkit's `subject.isInGroup` and `subject.user` see them in the
  * user database as they would see real administrators.
  */
 import { execFile, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { promisify } from 'node:util';
@@ -42,6 +44,8 @@ export const POLKIT_BUS_CONFIG = '  <include>/usr/share/dbus-1/system.d/org.free
 export const ADMIN_GROUP = 'bpstest-admins';
 export const ADMIN_USER = 'bpstest-admin';
 export const OTHER_USER = 'bpstest-other';
+/** Authenticates to polkit with a password (setRandomPassword) through a real agent (startTtyAgent). */
+export const AUTH_USER = 'bpstest-auth';
 
 export interface TestUser {
   name: string;
@@ -75,9 +79,9 @@ async function userdb(cmd: string, args: string[]): Promise<void> {
 }
 
 /** Make the test group and users if they are missing (idempotent, safe in parallel). */
-export async function ensureTestUsers(): Promise<{ admin: TestUser; other: TestUser }> {
+export async function ensureTestUsers(): Promise<{ admin: TestUser; other: TestUser; auth: TestUser }> {
   if (!await lookup('group', ADMIN_GROUP)) await userdb('groupadd', ['--system', ADMIN_GROUP]);
-  for (const [name, groups] of [[ADMIN_USER, [ADMIN_GROUP]], [OTHER_USER, []]] as const) {
+  for (const [name, groups] of [[ADMIN_USER, [ADMIN_GROUP]], [OTHER_USER, []], [AUTH_USER, []]] as const) {
     if (!await lookup('passwd', name)) {
       await userdb('useradd', ['--system', '--no-create-home', '--home-dir', '/nonexistent', '--shell', '/usr/sbin/nologin',
         '--user-group', ...(groups.length ? ['--groups', groups.join(',')] : []), name]);
@@ -90,7 +94,62 @@ export async function ensureTestUsers(): Promise<{ admin: TestUser; other: TestU
     if (!e) throw new Error(`the test user ${name} does not exist after useradd`);
     return { name, uid: Number(e[2]), gid: Number(e[3]) };
   };
-  return { admin: await user(ADMIN_USER), other: await user(OTHER_USER) };
+  return { admin: await user(ADMIN_USER), other: await user(OTHER_USER), auth: await user(AUTH_USER) };
+}
+
+/**
+ * Give `user` a new random password (chpasswd) and return it: PAM's
+ * pam_unix checks it when polkit's agent helper authenticates the user.
+ * The account keeps /usr/sbin/nologin, so the password opens no login.
+ */
+export async function setRandomPassword(user: TestUser): Promise<string> {
+  const password = randomBytes(18).toString('base64url');
+  await new Promise<void>((resolve, reject) => {
+    const child = execFile('chpasswd', (err) => (err ? reject(new Error(`chpasswd failed: ${err.message}`)) : resolve()));
+    child.stdin!.end(`${user.name}:${password}\n`);
+  });
+  return password;
+}
+
+export interface TtyAgent {
+  /** Everything the agent printed on its terminal so far. */
+  output(): string;
+  /** Type a line on its terminal (the password when it asks). */
+  type(line: string): void;
+  stop(): Promise<void>;
+}
+
+/**
+ * polkit's text authentication agent, `pkttyagent --process PID`,
+ * registered for the process `pid` (polkit accepts only process and
+ * session subjects for agents; it finds the agent of a bus caller through
+ * the caller's process), on a terminal of its own (script(1) gives it
+ * one; it reads the password from /dev/tty).
+ *
+ * It runs as root in its own mount namespace in which the test bus's
+ * socket is /run/dbus/system_bus_socket: the agent starts the setuid
+ * polkit-agent-helper-1 with a clean environment, so the helper finds the
+ * bus only at the default system bus address.
+ */
+export async function startTtyAgent(bus: TestBus, pid: number): Promise<TtyAgent> {
+  const dir = await makeTmpDir({ prefix: 'polkit-agent-', mode: 0o755 });
+  await fsp.symlink(bus.socketPath, path.join(dir, 'system_bus_socket'));
+  const child = spawnTied('unshare', ['--mount', '--propagation', 'private', 'sh', '-c',
+    `mkdir -p /run/dbus && mount --bind ${dir} /run/dbus && exec script -qfec "pkttyagent --process ${pid}" /dev/null`], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+    env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', LANG: 'C.UTF-8', TERM: 'dumb', DBUS_SYSTEM_BUS_ADDRESS: bus.address },
+  });
+  let text = '';
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => { text += d; });
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => { text += d; });
+  return {
+    output: () => text,
+    type: (line) => { child.stdin!.write(`${line}\n`); },
+    stop: async () => {
+      await terminate(child, { graceMs: 2000 });
+      await removeDir(dir);
+    },
+  };
 }
 
 /**

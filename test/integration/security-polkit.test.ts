@@ -10,12 +10,16 @@
  * `bpstest-other` is refused StartPreStage by a rule (polkit.Result.NO)
  * and asked to authenticate for GetLog (AUTH_ADMIN); everything else it
  * asks falls to the shipped defaults (no session here, so `allow_any`: no).
+ * `bpstest-auth` authenticates with its password through polkit's own
+ * text agent (pkttyagent) for GetLog (AUTH_SELF_KEEP) and Reconcile
+ * (AUTH_SELF), which shows what the daemon reuses and what it does not.
  *
  * The cases run serially on one daemon and change polkitd on the way: it
  * answers, then is paused (SIGSTOP), then runs without the .policy, then
  * is stopped.
  */
 import test, { type ExecutionContext } from 'ava';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { busctlMonitor, isAccessDenied, runAs } from '../helpers/busctl.js';
@@ -23,7 +27,7 @@ import { withDaemon, type DaemonContext } from '../helpers/daemon.js';
 import { MANAGER_IFACE, MANAGER_PATH, SERVICE, TRANSACTION_IFACE, Variant } from '../helpers/dbus-client.js';
 import {
   ADMIN_GROUP, POLKIT_BUS_CONFIG, POLKIT_DTD, SHIPPED_POLKIT_POLICY,
-  ensureTestUsers, pkaction, runAsUser, startPolkitd, type TestPolkitd, type TestUser,
+  ensureTestUsers, pkaction, runAsUser, setRandomPassword, startPolkitd, startTtyAgent, type TestPolkitd, type TestUser, type TtyAgent,
 } from '../helpers/polkit.js';
 import { runNodeAs } from '../helpers/as-user.js';
 import { sleep } from '../helpers/processes.js';
@@ -52,6 +56,8 @@ async function readmeRule(group: string): Promise<string> {
 
 const TEST_RULES = `// Test only (test/integration/security-polkit.test.ts).
 polkit.addRule(function (action, subject) {
+  if (subject.user === "bpstest-auth" && action.id === "${A.readLog}") return polkit.Result.AUTH_SELF_KEEP;
+  if (subject.user === "bpstest-auth" && action.id === "${A.reconcile}") return polkit.Result.AUTH_SELF;
   if (subject.user !== "bpstest-other") return polkit.Result.NOT_HANDLED;
   if (action.id === "${A.start}") return polkit.Result.NO;
   if (action.id === "${A.readLog}") return polkit.Result.AUTH_ADMIN;
@@ -64,6 +70,7 @@ interface Env {
   polkitd: TestPolkitd;
   admin: TestUser;
   other: TestUser;
+  auth: TestUser;
   staged: string;
   /** A finished transaction (root's dry run of the other deployment), for Cancel and GetLog. */
   finishedTx: string;
@@ -75,7 +82,7 @@ let env: Env | undefined;
 const cleanups: (() => Promise<void> | void)[] = [];
 
 test.before(async () => {
-  const { admin, other } = await ensureTestUsers();
+  const { admin, other, auth } = await ensureTestUsers();
   const aux = await makeTmpDir({ prefix: 'security-polkit-', mode: 0o755 });
   cleanups.push(() => removeDir(aux));
   const program = path.join(aux, 'bin', 'step');
@@ -97,7 +104,7 @@ test.before(async () => {
   const deployments = (ctx.sysroot as { deployments: string[] }).deployments;
   const [finishedTx] = await ctx.client.call(SERVICE, MANAGER_PATH, MANAGER_IFACE, 'StartPreStage', 'sa{sv}',
     [deployments[1]!, { 'dry-run': new Variant('b', true), wait: new Variant('b', true) }]);
-  env = { ctx, polkitd, admin, other, staged: deployments[0]!, finishedTx: finishedTx as string, recordFile, rules };
+  env = { ctx, polkitd, admin, other, auth, staged: deployments[0]!, finishedTx: finishedTx as string, recordFile, rules };
   await waitForState(env.finishedTx, ['aborted']);
 });
 
@@ -307,6 +314,134 @@ test.serial('root - needs no polkit: no CheckAuthorization is sent for root\'s c
   await mon.waitFor((m) => m['member'] === 'CheckAuthorization');
   const checks = mon.messages().filter((m) => m['member'] === 'CheckAuthorization');
   t.is(checks.length, 1, 'only the admin\'s call was checked with polkit');
+});
+
+/**
+ * A dbus-next connection as `user` that stays open (one call per stdin
+ * line, one answer per stdout line), so that an agent can be registered
+ * for its unique name and polkit's temporary authorization belongs to it.
+ */
+class Peer {
+  private buffered = '';
+  private readonly waiting: ((r: Reply) => void)[] = [];
+  private constructor(private readonly child: ChildProcess, readonly uniqueName: string) {}
+
+  get pid(): number {
+    return this.child.pid!;
+  }
+
+  static async start(user: TestUser): Promise<Peer> {
+    const script = `
+import { sessionBus, Message } from 'dbus-next';
+import { createInterface } from 'node:readline';
+const bus = sessionBus({ busAddress: process.env.BUS_ADDRESS });
+bus.on('error', (e) => { process.exit(1); });
+await new Promise((r) => bus.once('connect', r));
+console.log(JSON.stringify({ ready: bus.name }));
+createInterface({ input: process.stdin }).on('line', async (line) => {
+  const q = JSON.parse(line);
+  try {
+    const reply = await bus.call(new Message({ destination: '${SERVICE}', path: q.path, interface: q.iface, member: q.member,
+      signature: q.signature, body: q.body, flags: q.interactive ? 4 : 0 }));
+    console.log(JSON.stringify({ ok: true, body: reply.body }));
+  } catch (e) { console.log(JSON.stringify({ ok: false, name: e.type ?? 'local', text: e.text ?? String(e) })); }
+}).on('close', () => process.exit(0));
+`;
+    const child = spawn('setpriv', [`--reuid=${user.uid}`, `--regid=${user.gid}`, '--init-groups', '--',
+      process.execPath, '--input-type=module', '-e', script], {
+      cwd: REPO_ROOT, stdio: ['pipe', 'pipe', 'inherit'],
+      env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin', HOME: '/', LANG: 'C.UTF-8', BUS_ADDRESS: env!.ctx.bus.address },
+    });
+    let peer: Peer | null = null;
+    const ready = new Promise<string>((resolve, reject) => {
+      child.once('exit', (code) => reject(new Error(`the peer as ${user.name} exited (${code})`)));
+      child.stdout!.setEncoding('utf8').on('data', (d: string) => {
+        const lines = ((peer?.buffered ?? '') + d).split('\n');
+        const rest = lines.pop()!;
+        if (peer) peer.buffered = rest;
+        for (const line of lines.filter((l) => l.trim() !== '')) {
+          const m = JSON.parse(line) as { ready?: string } & Reply;
+          if (m.ready) resolve(m.ready);
+          else peer?.waiting.shift()?.(m);
+        }
+      });
+    });
+    const name = await ready;
+    peer = new Peer(child, name);
+    return peer;
+  }
+
+  call(objPath: string, iface: string, member: string, signature: string, body: unknown[], interactive = false): Promise<Reply> {
+    return new Promise((resolve) => {
+      this.waiting.push(resolve);
+      this.child.stdin!.write(`${JSON.stringify({ path: objPath, iface, member, signature, body, interactive })}\n`);
+    });
+  }
+
+  close(): void {
+    this.child.stdin!.end();
+    setTimeout(() => this.child.kill('SIGKILL'), 2000).unref();
+  }
+}
+
+/**
+ * Make an interactive call and type `password` when the agent asks. The
+ * agent registers asynchronously: a call made before it has finds none and
+ * is refused, and is made again.
+ */
+async function withPassword(agent: TtyAgent, password: string, call: () => Promise<Reply>): Promise<Reply> {
+  const deadline = Date.now() + 30_000;
+  const prompts = () => agent.output().split('Password:').length - 1;
+  const before = prompts();
+  for (;;) {
+    const pending = call();
+    let settled = false;
+    void pending.then(() => { settled = true; });
+    while (!settled && prompts() === before && Date.now() < deadline) await sleep(50);
+    if (prompts() > before) {
+      agent.type(password);
+      return pending;
+    }
+    const r = await pending;
+    if (r.ok || !/no authentication agent/.test(r.text) || Date.now() > deadline) return r;
+    await sleep(200);
+  }
+}
+
+test.serial('authentication - a password typed into polkit\'s agent authorizes the call; polkit retains it (auth_self_keep) and the daemon reuses it for that connection only', async (t) => {
+  const { auth, finishedTx, ctx } = env!;
+  const password = await setRandomPassword(auth);
+  const peer = await Peer.start(auth);
+  t.teardown(() => peer.close());
+  const agent = await startTtyAgent(ctx.bus, peer.pid);
+  t.teardown(() => agent.stop());
+
+  const r = await withPassword(agent, password, () => peer.call(finishedTx, TRANSACTION_IFACE, 'GetLog', 'a{sv}', [{}], true));
+  t.true(r.ok, `${JSON.stringify(r)}\nagent: ${agent.output()}`);
+  t.regex(agent.output(), /AUTHENTICATING FOR org\.containers\.bootc\.prestage\.read-log/);
+  t.regex(agent.output(), /Authentication is required to read the output of the hooks/, 'the agent shows the .policy\'s message');
+  t.regex(agent.output(), /AUTHENTICATION COMPLETE/);
+
+  // The same connection again, without interaction: answered from the
+  // daemon's cache, no CheckAuthorization on the bus.
+  const mon = await busctlMonitor(ctx.bus.address, ["type='method_call',destination='org.freedesktop.PolicyKit1'"]);
+  t.teardown(() => mon.stop());
+  const again = await peer.call(finishedTx, TRANSACTION_IFACE, 'GetLog', 'a{sv}', [{}]);
+  t.true(again.ok, JSON.stringify(again));
+  // Another connection of the same user is asked about, and polkit wants the password again.
+  const fresh = await callAs(auth.uid, finishedTx, TRANSACTION_IFACE, 'GetLog', 'a{sv}', [{}]);
+  assertDenied(t, fresh, /it needs authentication/);
+  await mon.waitFor((m) => m['member'] === 'CheckAuthorization');
+  t.is(mon.messages().filter((m) => m['member'] === 'CheckAuthorization').length, 1, 'only the other connection was checked');
+
+  // auth_self (no _keep): polkit does not retain it, so neither does the daemon.
+  const once = await withPassword(agent, password, () => peer.call(MANAGER_PATH, MANAGER_IFACE, 'Reconcile', 'a{sv}', [{}], true));
+  t.true(once.ok, `${JSON.stringify(once)}\nagent: ${agent.output()}`);
+  const twice = await peer.call(MANAGER_PATH, MANAGER_IFACE, 'Reconcile', 'a{sv}', [{}]);
+  assertDenied(t, twice, new RegExp(`polkit action ${A.reconcile.replaceAll('.', '\\.')}: it needs authentication`));
+  const checks = () => mon.messages().filter((m) => m['member'] === 'CheckAuthorization').length;
+  await mon.waitFor(() => checks() >= 3);
+  t.is(checks(), 3, 'each Reconcile was checked with polkit');
 });
 
 // ---- polkitd slow, without the policy, gone ------------------------------------

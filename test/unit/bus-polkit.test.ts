@@ -1,11 +1,12 @@
 /**
  * PolkitAuthority's cache and error mapping, and CallerAuthorizer's
- * decisions, against a scripted connection. A stand-in for polkitd here,
- * on purpose: the cached case needs an authorization polkit retains
- * (`polkit.retains_authorization_after_challenge`), which only a person
- * typing a password into an authentication agent produces. Everything a
- * real polkitd can show without that (yes, no, authentication required,
- * absent, paused, no .policy) is tested against the real one in
+ * decisions, against a scripted connection: a stand-in for polkitd, on
+ * purpose, for what a real one cannot show in a test's time or at all
+ * (the 60 s expiry with a fake clock, polkitd leaving the bus while
+ * entries are cached, a malformed reply, a failed activation, the exact
+ * message sent). The real polkitd — yes, no, authentication required, a
+ * password typed into its agent and the retained authorization reused,
+ * absent, paused, without the .policy — is in
  * test/integration/security-polkit.test.ts.
  */
 import test from 'ava';
