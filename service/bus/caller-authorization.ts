@@ -13,7 +13,7 @@
  * answer (from the bus or from polkit) is a refusal.
  */
 import type { BusConnection } from './connection.js';
-import type { MethodSpec } from './members.js';
+import type { MethodSpec } from '../protocol/members.js';
 import { PolkitAuthority, type PolkitAuthorityOptions } from './polkit.js';
 
 /** The incoming call, as far as authorization needs it. */

@@ -26,7 +26,7 @@
  */
 import { DBusError, Message, Variant } from 'dbus-next';
 import type { BusConnection } from './connection.js';
-import { DBUS_ERROR } from './error-names.js';
+import { DBUS_ERROR } from '../protocol/errors.js';
 
 export const POLKIT_BUS_NAME = 'org.freedesktop.PolicyKit1';
 const AUTHORITY_PATH = '/org/freedesktop/PolicyKit1/Authority';

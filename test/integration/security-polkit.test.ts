@@ -32,7 +32,7 @@ import {
 import { runNodeAs } from '../helpers/as-user.js';
 import { sleep } from '../helpers/processes.js';
 import { makeTmpDir, removeDir, REPO_ROOT } from '../helpers/tmp.js';
-import { MANAGER, POLKIT_ACTIONS, TRANSACTION } from '../../service/bus/members.js';
+import { MANAGER, POLKIT_ACTIONS, TRANSACTION } from '../../service/protocol/members.js';
 
 const ACCESS_DENIED = 'org.freedesktop.DBus.Error.AccessDenied';
 const A = POLKIT_ACTIONS;

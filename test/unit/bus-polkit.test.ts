@@ -13,7 +13,7 @@ import test from 'ava';
 import { DBusError, Message, Variant } from 'dbus-next';
 import { CallerAuthorizer } from '../../service/bus/caller-authorization.js';
 import type { BusConnection, RawMethodHandler } from '../../service/bus/connection.js';
-import { MANAGER, POLKIT_ACTIONS, type MethodSpec } from '../../service/bus/members.js';
+import { MANAGER, POLKIT_ACTIONS, type MethodSpec } from '../../service/protocol/members.js';
 import { PolkitAuthority, POLKIT_BUS_NAME } from '../../service/bus/polkit.js';
 
 type Answer = Message | Error | 'hang';
