@@ -8,7 +8,7 @@
  *   through `onLost`, so the daemon can exit non-zero and be restarted;
  * - the caller's uid comes from the bus (GetConnectionCredentials'
  *   UnixUserID, never a pid), cached per unique name and evicted when the
- *   name disappears;
+ *   name disappears (`onNameVanished` tells other per-caller caches);
  * - no promise created here is left without a rejection handler.
  */
 import { DBusError, Message, MessageType, Variant, type MessageBus } from 'dbus-next';
@@ -46,6 +46,11 @@ export interface BusConnection {
   requestName(name: string): Promise<void>;
   /** The uid of the process behind `sender` (a unique name), from the bus. */
   callerUid(sender: string): Promise<number>;
+  /**
+   * `cb` runs with each unique name that leaves the bus (NameOwnerChanged
+   * with no new owner), so per-caller caches can drop it; returns its remover.
+   */
+  onNameVanished(cb: (name: string) => void): () => void;
   /** Install a METHOD_CALL handler ahead of dbus-next's own; returns its remover. */
   addMethodHandler(handler: RawMethodHandler): () => void;
   /**
@@ -135,6 +140,7 @@ class DbusNextConnection implements BusConnection {
   private closing = false;
   private readonly lostCallbacks: ((reason: Error) => void)[] = [];
   private readonly uidCache = new Map<string, Promise<number>>();
+  private readonly vanishedCallbacks = new Set<(name: string) => void>();
 
   constructor(private readonly bus: MessageBus) {
     this.core = new CoreConnection(bus, (reason) => this.markLost(reason));
@@ -164,7 +170,11 @@ class DbusNextConnection implements BusConnection {
     if (msg.type === MessageType.SIGNAL && msg.sender === BUS_DAEMON
       && msg.interface === BUS_DAEMON && msg.member === 'NameOwnerChanged'
       && typeof msg.body[0] === 'string') {
-      this.uidCache.delete(msg.body[0]);
+      const name = msg.body[0];
+      this.uidCache.delete(name);
+      for (const cb of [...this.vanishedCallbacks]) {
+        try { cb(name); } catch { /* a callback must not stop the others */ }
+      }
     }
   }
 
@@ -235,6 +245,11 @@ class DbusNextConnection implements BusConnection {
     });
     this.uidCache.set(sender, lookup);
     return lookup;
+  }
+
+  onNameVanished(cb: (name: string) => void): () => void {
+    this.vanishedCallbacks.add(cb);
+    return () => { this.vanishedCallbacks.delete(cb); };
   }
 
   addMethodHandler(handler: RawMethodHandler): () => void {

@@ -9,7 +9,8 @@
  * - the standard Peer, Introspectable and Properties interfaces on every
  *   exported object and on each of its ancestors (so `busctl tree` works);
  * - our methods, after an exact signature check and, for privileged
- *   members, a uid check against the bus's own credentials for the sender;
+ *   members, the caller's authorization (caller-authorization.ts: uid 0
+ *   from the bus's own credentials, or polkit);
  * - every thrown error mapped through error-reply.ts: callers see a named
  *   error and a short message, never a stack trace.
  *
@@ -24,6 +25,7 @@
 import { readFileSync } from 'node:fs';
 import { Message, MessageFlag, Variant } from 'dbus-next';
 import type { Logger } from '../model/logger.js';
+import { ALLOW_INTERACTIVE_AUTHORIZATION, CallerAuthorizer, type CallAuthorizer } from './caller-authorization.js';
 import type { BusConnection } from './connection.js';
 import { toBusError } from './error-reply.js';
 import { DBUS_ERROR } from '../protocol/errors.js';
@@ -98,6 +100,8 @@ export interface ObjectRegistry extends SignalEmitter {
 export interface ObjectServerOptions {
   /** Files tried in order for Peer.GetMachineId. */
   machineIdFiles?: readonly string[];
+  /** Who may call privileged members. Default: root, or whom polkit authorizes on this bus. */
+  authorizer?: CallAuthorizer;
 }
 
 const NO_REPLY_EXPECTED = MessageFlag.NO_REPLY_EXPECTED as unknown as number;
@@ -210,6 +214,7 @@ export class ObjectServer implements ObjectRegistry {
   private readonly objects = new Map<string, ExportedObject>();
   private readonly removeHandler: () => void;
   private readonly machineIdFiles: readonly string[];
+  private readonly authorizer: CallAuthorizer;
   private machineId: string | null = null;
   private closedLogged = false;
   private stopped = false;
@@ -217,6 +222,7 @@ export class ObjectServer implements ObjectRegistry {
   constructor(private readonly conn: BusConnection, logger: Logger, opts: ObjectServerOptions = {}) {
     this.log = logger;
     this.machineIdFiles = opts.machineIdFiles ?? MACHINE_ID_FILES;
+    this.authorizer = opts.authorizer ?? new CallerAuthorizer(conn);
     this.removeHandler = conn.addMethodHandler((msg) => this.onMethodCall(msg));
   }
 
@@ -243,6 +249,7 @@ export class ObjectServer implements ObjectRegistry {
     if (this.stopped) return;
     this.stopped = true;
     this.removeHandler();
+    this.authorizer.close();
     this.objects.clear();
   }
 
@@ -376,18 +383,16 @@ export class ObjectServer implements ObjectRegistry {
       this.invoke(call, method, handler);
       return;
     }
-    this.conn.callerUid(msg.sender).then((uid) => {
-      if (uid === 0) {
+    this.authorizer.authorize({
+      sender: msg.sender, method, interactive: (msg.flags & ALLOW_INTERACTIVE_AUTHORIZATION) !== 0,
+    }).then((d) => {
+      if (d.allowed) {
+        if (d.via === 'polkit') this.log.info(`polkit authorized ${call.interface}.${method.name} for uid ${d.uid} (${msg.sender})`, { path: msg.path });
         this.invoke(call, method, handler);
         return;
       }
-      this.log.info(`denied ${call.interface}.${method.name} to uid ${uid} (${msg.sender})`, { path: msg.path });
-      call.fail(new ReplyError(DBUS_ERROR.AccessDenied,
-        `${method.name} requires root; the caller runs as uid ${uid}`));
-    }, (e: unknown) => {
-      this.log.warn(`cannot identify the caller ${msg.sender} of ${method.name}: ${(e as Error).message}`);
-      call.fail(new ReplyError(DBUS_ERROR.AccessDenied,
-        `${method.name} requires root, and the caller could not be identified`));
+      this.log.info(`denied ${call.interface}.${method.name} to uid ${d.uid ?? 'unknown'} (${msg.sender}): ${d.message}`, { path: msg.path });
+      call.fail(new ReplyError(DBUS_ERROR.AccessDenied, d.message));
     }).catch((e: unknown) => call.fail(e));
   }
 

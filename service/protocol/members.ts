@@ -47,9 +47,32 @@ export interface MethodSpec {
   readonly name: string;
   readonly in: readonly ArgSpec[];
   readonly out: readonly ArgSpec[];
-  /** Only uid 0 may call it (checked by the object server before the handler runs). */
+  /**
+   * It changes something (or reveals hook output): uid 0 may call it, and
+   * any other caller only when polkit authorizes `action` for it (checked
+   * by the object server before the handler runs; README.md, "Security").
+   */
   readonly privileged: boolean;
+  /** The polkit action that authorizes a non-root caller (privileged members only). */
+  readonly action?: PolkitAction;
 }
+
+/**
+ * The polkit actions, one per kind of change; defined (descriptions,
+ * defaults) in packaging/polkit/org.containers.bootc.PreStage.policy,
+ * installed in /usr/share/polkit-1/actions/.
+ */
+export const POLKIT_ACTIONS = {
+  start: 'org.containers.bootc.prestage.start',
+  commit: 'org.containers.bootc.prestage.commit',
+  abort: 'org.containers.bootc.prestage.abort',
+  reconcile: 'org.containers.bootc.prestage.reconcile',
+  manageHooks: 'org.containers.bootc.prestage.manage-hooks',
+  cancel: 'org.containers.bootc.prestage.cancel',
+  readLog: 'org.containers.bootc.prestage.read-log',
+} as const;
+
+export type PolkitAction = typeof POLKIT_ACTIONS[keyof typeof POLKIT_ACTIONS];
 
 export interface SignalSpec {
   readonly name: string;
@@ -105,36 +128,42 @@ export const MANAGER = {
       in: [arg('deployment', 's'), arg('options', 'a{sv}')],
       out: [arg('transaction', 'o')],
       privileged: true,
+      action: POLKIT_ACTIONS.start,
     },
     {
       name: 'CommitPreStage',
       in: [arg('deployment', 's'), arg('options', 'a{sv}')],
       out: [arg('transaction', 'o')],
       privileged: true,
+      action: POLKIT_ACTIONS.commit,
     },
     {
       name: 'AbortPreStage',
       in: [arg('deployment', 's'), arg('options', 'a{sv}')],
       out: [arg('transaction', 'o')],
       privileged: true,
+      action: POLKIT_ACTIONS.abort,
     },
     {
       name: 'Reconcile',
       in: [arg('options', 'a{sv}')],
       out: [arg('transactions', 'ao')],
       privileged: true,
+      action: POLKIT_ACTIONS.reconcile,
     },
     {
       name: 'RegisterHook',
       in: [arg('name', 's'), arg('definition', 'a{sv}'), arg('options', 'a{sv}')],
       out: [],
       privileged: true,
+      action: POLKIT_ACTIONS.manageHooks,
     },
     {
       name: 'UnregisterHook',
       in: [arg('name', 's')],
       out: [],
       privileged: true,
+      action: POLKIT_ACTIONS.manageHooks,
     },
     {
       name: 'ListHooks',
@@ -170,12 +199,13 @@ export const MANAGER = {
 export const TRANSACTION = {
   name: TRANSACTION_INTERFACE,
   methods: [
-    { name: 'Cancel', in: [], out: [], privileged: true },
+    { name: 'Cancel', in: [], out: [], privileged: true, action: POLKIT_ACTIONS.cancel },
     {
       name: 'GetLog',
       in: [arg('options', 'a{sv}')],
       out: [arg('lines', 'as')],
       privileged: true,
+      action: POLKIT_ACTIONS.readLog,
     },
   ],
   signals: [

@@ -264,6 +264,8 @@ export interface WithDaemonOptions {
   policy?: BusPolicy;
   /** Bus activation directory (see bus.ts). */
   servicedir?: string;
+  /** More bus configuration (StartBusOptions.extraConfig), e.g. polkit's policy (helpers/polkit.ts). */
+  busExtraConfig?: string;
   /** Options for a fresh sysroot, or one to use (removed in teardown either way), or a path (not removed). */
   sysroot?: MakeSysrootOptions | Sysroot | string;
   /** --booted-root (default the sysroot's bootedRoot). */
@@ -327,6 +329,7 @@ export async function withDaemon(t: ExecutionContext<unknown>, opts: WithDaemonO
   const bus = await startBus({
     ...(opts.policy ? { policy: opts.policy } : {}),
     ...(opts.servicedir ? { servicedir: opts.servicedir } : {}),
+    ...(opts.busExtraConfig ? { extraConfig: opts.busExtraConfig } : {}),
   });
   t.teardown(() => bus.stop());
 

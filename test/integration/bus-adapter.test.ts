@@ -212,7 +212,9 @@ bus.disconnect();
   const results = JSON.parse(r.stdout.trim()) as Record<string, string>;
   for (const { m } of methods) {
     if (m.privileged) {
-      t.true(results[m.name]!.startsWith(`${DBUS_ERROR.AccessDenied}: ${m.name} requires root`), `${m.name}: ${results[m.name]}`);
+      // No polkitd on this bus: only root may call it, and the message names the action.
+      t.true(results[m.name]!.startsWith(`${DBUS_ERROR.AccessDenied}: ${m.name} is not authorized for uid ${NOBODY}: polkit action ${m.action} could not be checked: `
+        + 'polkit (org.freedesktop.PolicyKit1) is not running on this bus; only root may call it'), `${m.name}: ${results[m.name]}`);
     } else {
       t.is(results[m.name], 'ok', m.name);
     }
@@ -221,7 +223,7 @@ bus.disconnect();
   // busctl, as that user too.
   const b = await busctlCall(bus.address, BUS_NAME, MANAGER_PATH, MANAGER.name, 'StartPreStage', ['sa{sv}', DEPLOYMENT, '0'], { uid: NOBODY });
   t.not(b.code, 0);
-  t.regex(b.stderr, /access denied|requires root/i);
+  t.regex(b.stderr, /access denied/i);
   t.is(engine.calls.length, 1);
 });
 

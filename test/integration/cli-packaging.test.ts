@@ -219,6 +219,7 @@ rpmbuild('packaging - the RPM builds from a source tarball and contains the inst
     '/usr/lib/systemd/system/bootc-prestaged.service', '/usr/lib/tmpfiles.d/bootc-prestage.conf',
     '/usr/share/dbus-1/system.d/org.containers.bootc.PreStage.conf',
     '/usr/share/dbus-1/system-services/org.containers.bootc.PreStage.service',
+    '/usr/share/polkit-1/actions/org.containers.bootc.PreStage.policy',
     '/usr/lib/bootc/pre-stage.d/bound-images.hook', '/usr/libexec/bootc-prestage/hook-lib.sh']) {
     t.true(list.includes(f), `${f} is in the package`);
   }

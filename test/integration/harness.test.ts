@@ -159,14 +159,17 @@ const rows: Row[] = [
   { iface: 'org.freedesktop.DBus.Properties', member: 'Set', args: ['ssv', MANAGER_IFACE, 'State', 's', 'idle'], nobody: 'denied' },
   { iface: MANAGER_IFACE, member: 'ListHooks', args: ['s', ''], nobody: 'allowed' },
   { iface: MANAGER_IFACE, member: 'ListTransactions', nobody: 'allowed' },
-  { iface: MANAGER_IFACE, member: 'StartPreStage', args: ['sa{sv}', '/sysroot/x', '0'], nobody: 'denied' },
-  { iface: MANAGER_IFACE, member: 'CommitPreStage', args: ['sa{sv}', '/sysroot/x', '0'], nobody: 'denied' },
-  { iface: MANAGER_IFACE, member: 'AbortPreStage', args: ['sa{sv}', '/sysroot/x', '0'], nobody: 'denied' },
-  { iface: MANAGER_IFACE, member: 'Reconcile', args: ['a{sv}', '0'], nobody: 'denied' },
-  { iface: MANAGER_IFACE, member: 'RegisterHook', args: ['sa{sv}a{sv}', 'x', '0', '0'], nobody: 'denied' },
-  { iface: MANAGER_IFACE, member: 'UnregisterHook', args: ['s', 'x'], nobody: 'denied' },
-  { iface: TRANSACTION_IFACE, member: 'Cancel', objPath: TX_PATH, nobody: 'denied' },
-  { iface: TRANSACTION_IFACE, member: 'GetLog', objPath: TX_PATH, args: ['a{sv}', '0'], nobody: 'denied' },
+  // The members that change something (and GetLog) reach the service for
+  // everyone, so that polkit can decide: the daemon is the gate
+  // (test/integration/security-access.test.ts, security-polkit.test.ts).
+  { iface: MANAGER_IFACE, member: 'StartPreStage', args: ['sa{sv}', '/sysroot/x', '0'], nobody: 'allowed' },
+  { iface: MANAGER_IFACE, member: 'CommitPreStage', args: ['sa{sv}', '/sysroot/x', '0'], nobody: 'allowed' },
+  { iface: MANAGER_IFACE, member: 'AbortPreStage', args: ['sa{sv}', '/sysroot/x', '0'], nobody: 'allowed' },
+  { iface: MANAGER_IFACE, member: 'Reconcile', args: ['a{sv}', '0'], nobody: 'allowed' },
+  { iface: MANAGER_IFACE, member: 'RegisterHook', args: ['sa{sv}a{sv}', 'x', '0', '0'], nobody: 'allowed' },
+  { iface: MANAGER_IFACE, member: 'UnregisterHook', args: ['s', 'x'], nobody: 'allowed' },
+  { iface: TRANSACTION_IFACE, member: 'Cancel', objPath: TX_PATH, nobody: 'allowed' },
+  { iface: TRANSACTION_IFACE, member: 'GetLog', objPath: TX_PATH, args: ['a{sv}', '0'], nobody: 'allowed' },
   // The allowed member names are tied to their interface.
   { iface: TRANSACTION_IFACE, member: 'ListHooks', objPath: TX_PATH, args: ['s', ''], nobody: 'denied' },
   { iface: 'org.example.Other', member: 'ListTransactions', nobody: 'denied' },

@@ -13,7 +13,7 @@ import {
   INTROSPECT_DOCTYPE, describeInterface, introspectXml, parseIntrospectionXml,
 } from '../../service/bus/introspection.js';
 import {
-  MANAGER, STANDARD_INTERFACES, TRANSACTION, type InterfaceSpec,
+  MANAGER, STANDARD_INTERFACES, TRANSACTION, type InterfaceSpec, type MethodSpec,
 } from '../../service/protocol/members.js';
 import {
   HOOK_DEFINITION, HOOK_ENTRY_EXTRA, LOG_OPTIONS, PHASE_OPTIONS, RECONCILE_OPTIONS, REGISTER_OPTIONS,
@@ -45,7 +45,9 @@ for (const spec of [MANAGER, TRANSACTION] as InterfaceSpec[]) {
       t.deepEqual(docArgs(doc), [...m.in, ...m.out].map((a) => a.name), `${m.name}: one @line per argument, in order`);
       t.true(doc.includes('Possible errors:'), `${m.name}: lists possible errors`);
       t.regex(doc, /Security: /, `${m.name}: says who may call it`);
-      t.is(/Security: root only/.test(doc), m.privileged, `${m.name}: Security matches the privileged flag`);
+      const polkit = /Security: root, or a caller polkit authorizes for the action\s+([a-z0-9.-]+)/.exec(doc);
+      t.is(polkit !== null, m.privileged, `${m.name}: Security matches the privileged flag`);
+      if (polkit) t.is(polkit[1], (m as MethodSpec).action ?? '', `${m.name}: Security names the member's polkit action`);
     }
     for (const s of spec.signals) {
       const doc = docs.get(s.name)!;

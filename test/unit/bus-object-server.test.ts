@@ -48,6 +48,7 @@ class FakeConnection implements BusConnection {
     const uid = this.uids.get(sender);
     return uid === undefined ? Promise.reject(new Error('no such name')) : Promise.resolve(uid);
   }
+  onNameVanished(): () => void { return () => {}; }
   addMethodHandler(handler: RawMethodHandler): () => void {
     this.handler = handler;
     return () => { this.handler = null; };
