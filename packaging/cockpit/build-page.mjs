@@ -117,7 +117,7 @@ export async function buildPage() {
     loader: { '.js': 'jsx', '.woff2': 'file', '.woff': 'file', '.svg': 'dataurl' },
     assetNames: '[name]',
     define: { 'process.env.NODE_ENV': '"production"' },
-    minify: !process.env['PAGE_NO_MINIFY'],
+    minify: true,
     legalComments: 'none',
     charset: 'utf8',
     plugins: [cockpitGlobal],

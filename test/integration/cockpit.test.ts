@@ -177,7 +177,18 @@ async function waitForView(page: Page, what: string, pred: (v: PageView) => bool
 
 async function screenshot(t: ExecutionContext<unknown>, page: Page, name: string): Promise<void> {
   const file = path.join(await screenshotDir(t), `cockpit-${name}.png`);
+  // PatternFly's page scrolls inside its main container, which a full-page
+  // screenshot does not expand: the viewport is made as tall as the content.
+  const size = page.viewportSize() ?? { width: 1280, height: 1000 };
+  const height = await page.evaluate(() => {
+    const d = (globalThis as unknown as { document: { querySelectorAll(s: string): ArrayLike<{ scrollHeight: number; getBoundingClientRect(): { top: number } }> } }).document;
+    // Whatever scrolls: the content's height is the largest scrollHeight below its top.
+    return Math.max(0, ...Array.from(d.querySelectorAll('.pf-v6-c-page, .pf-v6-c-page *'))
+      .map((e) => Math.ceil(e.getBoundingClientRect().top + e.scrollHeight + 24)));
+  });
+  await page.setViewportSize({ width: size.width, height: Math.min(Math.max(size.height, height), 8000) });
   await page.screenshot({ path: file, fullPage: true });
+  await page.setViewportSize(size);
   const png = await fsp.readFile(file);
   t.is(png.subarray(1, 4).toString('latin1'), 'PNG', `${file} is a PNG`);
   t.log(`screenshot: ${file}`);

@@ -165,7 +165,10 @@ function LogPane({ model, path }) {
         model.attachLog(ref.current, path);
         return () => model.attachLog(null, null);
     }, [model, path]);
-    return <div id="log" className="log" role="log" aria-live="off" tabIndex={0} ref={ref} />;
+    return (
+        <div id="log" className="log" role="log" aria-live="off" tabIndex={0} ref={ref}
+             data-empty={_('No output since this page was opened. The full log has all of it.')} />
+    );
 }
 
 function Fact({ term, id, children }) {
