@@ -639,12 +639,20 @@ if (unavailable) {
     ctx.client.bus.on('message', onMessage);
     t.teardown(() => { ctx.client.bus.off('message', onMessage); });
 
+    // The renderer's own accounting: main-thread CPU time and time in tasks,
+    // which, unlike the latencies, hardly depend on how loaded the machine is.
+    const cdp = await page.context().newCDPSession(page);
+    await cdp.send('Performance.enable');
+    const metrics = async () => Object.fromEntries((await cdp.send('Performance.getMetrics')).metrics.map((m) => [m.name, m.value]));
+    const before = await metrics();
     const startedAt = Date.now();
     const txPath = await startPrepare(ctx, staged!);
     // Waited for with a cheap look (not view(), which reads all 200 rows): the
     // test's own reading must not slow down the page it measures.
     await page.waitForSelector('#transaction[data-state=prepared]', { timeout: 180_000 });
     const wallMs = Date.now() - startedAt;
+    const after = await metrics();
+    const spent = (name: string) => Math.round(((after[name] ?? NaN) - (before[name] ?? NaN)) * 1000);
     const done = await waitForView(page, 'all 200 hooks done', (v) => v.state === 'prepared' && v.daemon === 'idle');
     t.is(done.hooks.length, HOOKS);
     t.deepEqual(done.hooks.map((h) => h.name), names);
@@ -682,6 +690,8 @@ if (unavailable) {
     t.log(`property change -> page, Progress: median ${p.median} ms, p95 ${p.p95} ms, max ${p.max} ms (n=${p.n})`);
     t.log(`property change -> page, hook result: median ${r.median} ms, p95 ${r.p95} ms, max ${r.max} ms (n=${r.n})`);
     t.log(`long tasks in the page (main thread busy > 50 ms): ${seen.longTasks.length}, longest ${Math.round(longest)} ms`);
+    t.log(`the page's main thread over the ${wallMs} ms: ${spent('ThreadTime')} ms CPU; in tasks ${spent('TaskDuration')} ms, `
+      + `of which script ${spent('ScriptDuration')} ms, layout ${spent('LayoutDuration')} ms, style ${spent('RecalcStyleDuration')} ms`);
     await screenshot(t, page, 'many-hooks');
     noErrors(t, tab);
   });
