@@ -4,7 +4,7 @@
  * asks for a render through `onChange`, at most once per RENDER_DELAY_MS.
  *
  * What must stay true (README.md, "The Cockpit page"; the bus interface is
- * README.md's "D-Bus interface"):
+ * README.md's "D-Bus API"):
  * - Late subscribers lose nothing the daemon keeps: properties (GetAll,
  *   then PropertiesChanged) carry the whole state, so the page shows a
  *   running or finished transaction correctly whenever it is opened.
