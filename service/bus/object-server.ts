@@ -24,13 +24,14 @@ import { readFileSync } from 'node:fs';
 import { Message, MessageFlag, Variant } from 'dbus-next';
 import type { Logger } from '../model/logger.js';
 import type { BusConnection } from './connection.js';
-import { DBUS_ERROR, toBusError } from './error-names.js';
+import { toBusError } from './error-reply.js';
+import { DBUS_ERROR } from '../protocol/errors.js';
 import { introspectXml } from './introspection.js';
 import {
   INTROSPECTABLE, PEER, PROPERTIES, SERVICE_INTERFACES, STANDARD_INTERFACES,
   findMethod, findProperty, signatureOf,
   type InterfaceSpec, type MethodName, type MethodSpec, type PropertyName,
-} from './members.js';
+} from '../protocol/members.js';
 
 /** One incoming call, as a handler sees it. */
 export interface MethodCall {

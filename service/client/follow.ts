@@ -22,7 +22,7 @@
  * a ClientError of kind `unreachable` naming what to do; a daemon that
  * restarted *before* we read the properties is simply the one we follow.
  */
-import { MANAGER_INTERFACE, MANAGER_PATH, TRANSACTION_INTERFACE } from '../bus/members.js';
+import { MANAGER_INTERFACE, MANAGER_PATH, TRANSACTION_INTERFACE } from '../protocol/members.js';
 import { RESTING_STATES, type TransactionState } from '../model/types.js';
 import { applyTransactionChanges, unwrapVariants } from './decode.js';
 import { ClientError, toClientError } from './errors.js';
