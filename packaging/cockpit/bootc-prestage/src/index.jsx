@@ -8,6 +8,7 @@
 import '@patternfly/react-core/dist/styles/base.css';
 
 import React from 'react';
+import { flushSync } from 'react-dom';
 import { createRoot } from 'react-dom/client';
 
 import { App } from './app.jsx';
@@ -22,7 +23,9 @@ followCockpitTheme();
 
 document.addEventListener('DOMContentLoaded', function () {
     const root = createRoot(document.getElementById('app'));
+    // Rendered synchronously, so that the model knows how long a render
+    // takes (it renders less often when that is long).
     const model = createModel(function () {
-        root.render(<App model={model} view={model.view()} />);
+        flushSync(() => root.render(<App model={model} view={model.view()} />));
     });
 });
