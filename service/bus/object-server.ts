@@ -1,15 +1,16 @@
 /**
  * Our own object dispatcher. dbus-next's `Interface` classes are not used
- * (STACK.md: property Set assigns after refusing, introspection loses
+ * (docs/platform-notes.md "dbus-next: known bugs and how to live with them":
+ * property Set assigns after refusing, introspection loses
  * argument names, handlers cannot see the caller); instead one raw method
  * handler takes every METHOD_CALL on the connection and answers it from
- * the member tables in members.ts:
+ * the member tables in service/protocol/members.ts:
  *
  * - the standard Peer, Introspectable and Properties interfaces on every
  *   exported object and on each of its ancestors (so `busctl tree` works);
  * - our methods, after an exact signature check and, for privileged
  *   members, a uid check against the bus's own credentials for the sender;
- * - every thrown error mapped through error-names.ts: callers see a named
+ * - every thrown error mapped through error-reply.ts: callers see a named
  *   error and a short message, never a stack trace.
  *
  * The daemon's connection belongs to this service alone, so calls to paths

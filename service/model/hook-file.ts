@@ -1,5 +1,5 @@
 /**
- * The hook file format (`NAME.hook`, DESIGN.md "Hooks"): parse, validate,
+ * The hook file format (`NAME.hook`, docs/design.md "Hooks"): parse, validate,
  * serialize. Pure: no I/O.
  *
  *     [Hook]
