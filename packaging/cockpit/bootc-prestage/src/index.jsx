@@ -8,7 +8,6 @@
 import '@patternfly/react-core/dist/styles/base.css';
 
 import React from 'react';
-import { flushSync } from 'react-dom';
 import { createRoot } from 'react-dom/client';
 
 import { App } from './app.jsx';
@@ -23,9 +22,7 @@ followCockpitTheme();
 
 document.addEventListener('DOMContentLoaded', function () {
     const root = createRoot(document.getElementById('app'));
-    // Rendered synchronously, so that the model knows how long a render
-    // takes (it renders less often when that is long).
     const model = createModel(function () {
-        flushSync(() => root.render(<App model={model} view={model.view()} />));
+        root.render(<App model={model} view={model.view()} />);
     });
 });

@@ -1,8 +1,7 @@
 /*
  * The page's model: bootc-prestaged's state on the system bus, live, with
  * no React in it. The view (app.jsx) renders `model.view()`; the model
- * asks for a render through `onChange`, which renders synchronously, at
- * most once per RENDER_DELAY_MS (more seldom when rendering is slow).
+ * asks for a render through `onChange`, at most once per RENDER_DELAY_MS.
  *
  * What must stay true (README.md, "The Cockpit page"; the bus interface is
  * README.md's "D-Bus API"):
@@ -36,13 +35,8 @@ const TX_PATH_PREFIX = '/org/containers/bootc/PreStage/Transaction';
 const NO_TRANSACTION = '/';
 /** Lines kept per transaction in the page; GetLog has them all. */
 const MAX_LOG_LINES = 2000;
-/**
- * Rendering is coalesced to this period, or to twice the time the last
- * render took when that is longer (at most MAX_RENDER_DELAY_MS): a page
- * short of CPU renders less often instead of falling behind the bus.
- */
+/** Rendering is coalesced to this period. */
 const RENDER_DELAY_MS = 50;
-const MAX_RENDER_DELAY_MS = 1000;
 const FULL_LOG_LINES = 100000;
 /** After the connection closed (the service is missing, the bridge died), try again this late. */
 const RECONNECT_DELAY_MS = 10000;
@@ -178,17 +172,14 @@ export function createModel(onChange) {
     /** Lines of the shown transaction not yet in the pane. */
     let pendingLines = [];
     let renderTimer = null;
-    let renderDelay = RENDER_DELAY_MS;
     function changed() {
         revision++;
         if (renderTimer === null) {
             renderTimer = window.setTimeout(function () {
-                const start = performance.now();
                 renderTimer = null;
                 flushLog();
                 onChange();
-                renderDelay = Math.min(MAX_RENDER_DELAY_MS, Math.max(RENDER_DELAY_MS, 2 * (performance.now() - start)));
-            }, renderDelay);
+            }, RENDER_DELAY_MS);
         }
     }
 
