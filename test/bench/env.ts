@@ -14,7 +14,12 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { MessageBus } from 'dbus-next';
-import { CoreConnection, Message, MessageType, openMessageBus } from '../../service/connection/core.js';
+import {
+  BUS_DAEMON, BUS_DAEMON_PATH, CoreConnection, Message, MessageType, openMessageBus,
+} from '../../service/connection/core.js';
+import {
+  BUS_NAME, MANAGER_PATH, TRANSACTION_INTERFACE, TRANSACTION_PATH_PREFIX,
+} from '../../service/protocol/members.js';
 
 /** The repository root: dist/test/bench/../../.. or test/bench/../.. */
 export const REPO_ROOT = (() => {
@@ -29,12 +34,12 @@ export const REPO_ROOT = (() => {
 
 /** The daemon as it ships: packaging/build.mjs's bundle of tsc's output. */
 export const DAEMON_ENTRY = path.join(REPO_ROOT, 'dist', 'bootc-prestaged.mjs');
-export const SERVICE = 'org.containers.bootc.PreStage';
-export const MANAGER_PATH = '/org/containers/bootc/PreStage';
-export const TX_IFACE = 'org.containers.bootc.PreStage.Transaction';
-export const TX_PREFIX = '/org/containers/bootc/PreStage/Transaction';
-const DBUS = 'org.freedesktop.DBus';
-const DBUS_PATH = '/org/freedesktop/DBus';
+export const SERVICE = BUS_NAME;
+export { MANAGER_PATH };
+export const TX_IFACE = TRANSACTION_INTERFACE;
+export const TX_PREFIX = TRANSACTION_PATH_PREFIX;
+const DBUS = BUS_DAEMON;
+const DBUS_PATH = BUS_DAEMON_PATH;
 
 /** What an interrupted run must not leave behind: live children and temporary directories. */
 const liveChildren = new Set<ChildProcess>();

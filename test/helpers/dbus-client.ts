@@ -14,7 +14,11 @@ import { Variant, unwrapVariants } from '../../service/connection/variants.js';
 
 export { DBusError, Variant, unwrapVariants };
 
-/** Well-known name, root path and interface names of the service under test. */
+/**
+ * Well-known name, root path and interface names of the service under test,
+ * written out rather than imported from service/protocol/, so that the tests
+ * check the public names themselves.
+ */
 export const SERVICE = 'org.containers.bootc.PreStage';
 export const MANAGER_PATH = '/org/containers/bootc/PreStage';
 export const MANAGER_IFACE = 'org.containers.bootc.PreStage';
