@@ -14,6 +14,9 @@
  *             each and dist/bundled-licenses.txt.
  *   spawner   dist/libexec/bootc-prestage-spawner, compiled from
  *             service/spawner/spawner.c (service/spawner/build.mjs).
+ *   page      dist/cockpit/bootc-prestage/, the Cockpit page as the
+ *             package installs it (packaging/cockpit/build-page.mjs), and
+ *             dist/cockpit/bundled-licenses.txt.
  *
  * Why bundles: the daemon is started by D-Bus activation, so its start-up
  * is on the path of the first call. Loaded from dist/service and
@@ -278,9 +281,16 @@ async function spawner() {
   buildSpawner();
 }
 
+/** dist/cockpit/bootc-prestage/: the Cockpit page (packaging/cockpit/build-page.mjs). */
+async function page() {
+  const { buildPage } = await import('./cockpit/build-page.mjs');
+  await buildPage();
+}
+
 const STEPS = [
   ['bundles', bundles],
   ['spawner', spawner],
+  ['page', page],
 ];
 
 const wanted = process.argv.slice(2);

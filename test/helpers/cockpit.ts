@@ -1,6 +1,7 @@
 /**
- * Cockpit for tests: the real cockpit-ws serving the repository's page
- * folder (packaging/cockpit/bootc-prestage) without a login, its bridge on
+ * Cockpit for tests: the real cockpit-ws serving the built page folder
+ * (dist/cockpit/bootc-prestage, what the package installs as
+ * /usr/share/cockpit/bootc-prestage; `npm run build` makes it) without a login, its bridge on
  * the test's private bus, and headless Debian Chromium driven by
  * playwright-core to look at it. Nothing is installed into /usr/share and
  * nothing leaves localhost.
@@ -9,8 +10,8 @@
  * with cockpit-ws's own environment, and the bridge reads packages from
  * $XDG_DATA_HOME/cockpit/<name>/ (and $XDG_DATA_DIRS/cockpit/, for base1's
  * cockpit.js). The helper points XDG_DATA_HOME at a temporary directory
- * holding a link to the repository's folder, so the page under test is the
- * file in the working tree, and DBUS_SYSTEM_BUS_ADDRESS at the test bus.
+ * holding a link to the built folder, so the page under test is the files
+ * the package installs, and DBUS_SYSTEM_BUS_ADDRESS at the test bus.
  *
  * Invariant: every process started here (cockpit-ws, its bridges, Chromium
  * and its helpers) is gone after the teardown, found by a marker in its
@@ -29,8 +30,12 @@ import {
 } from './processes.js';
 import { makeTmpDir, removeDir, REPO_ROOT, tmpDir } from './tmp.js';
 
-/** The page folder shipped by the project (installed as /usr/share/cockpit/bootc-prestage). */
-export const COCKPIT_PAGE_DIR = path.join(REPO_ROOT, 'packaging', 'cockpit', 'bootc-prestage');
+/**
+ * The page folder as the package installs it (/usr/share/cockpit/bootc-prestage),
+ * built from packaging/cockpit/bootc-prestage by `npm run build`
+ * (packaging/cockpit/build-page.mjs).
+ */
+export const COCKPIT_PAGE_DIR = path.join(REPO_ROOT, 'dist', 'cockpit', 'bootc-prestage');
 /** The Cockpit package name: the folder's name. */
 export const COCKPIT_PACKAGE = 'bootc-prestage';
 /** Debian's Chromium launcher (it execs /usr/lib/chromium/chromium). */
@@ -129,6 +134,9 @@ export interface TestCockpit {
 export async function startCockpit(t: ExecutionContext<unknown>, opts: StartCockpitOptions): Promise<TestCockpit> {
   const ws = findCockpitWs();
   if (!ws) throw new Error(cockpitTestsUnavailable() ?? 'cockpit-ws not found');
+  if (!existsSync(path.join(COCKPIT_PAGE_DIR, 'bootc-prestage.js'))) {
+    throw new Error(`${COCKPIT_PAGE_DIR} has no built page: run \`npm run build\` first`);
+  }
   // 0755 and everything in it world-readable: a bridge running as 65534
   // must read the package links and have a HOME.
   const dir = await tmpDir(t, { prefix: 'cockpit-', mode: 0o755 });
@@ -316,16 +324,20 @@ export async function openPage(t: ExecutionContext<unknown>, browser: TestBrowse
   return { page, errors, blockedRequests };
 }
 
+/** Where screenshots are kept when asked for with BOOTC_PRESTAGE_TEST_SCREENSHOTS=1 (git ignores the PNGs). */
+export const SCREENSHOTS_DIR = path.join(REPO_ROOT, 'test', 'integration', 'screenshots');
+
 /**
- * Where a test writes its screenshots: $BOOTC_PRESTAGE_TEST_SCREENSHOTS
- * (kept, for a person to look at; paths are logged), else a temporary
- * directory removed in teardown.
+ * Where a test writes its screenshots: with BOOTC_PRESTAGE_TEST_SCREENSHOTS=1,
+ * test/integration/screenshots; with =DIR, DIR (kept, for a person to look
+ * at; paths are logged); unset, a temporary directory removed in teardown.
  */
 export async function screenshotDir(t: ExecutionContext<unknown>): Promise<string> {
   const keep = process.env['BOOTC_PRESTAGE_TEST_SCREENSHOTS'];
   if (keep) {
-    await fsp.mkdir(keep, { recursive: true });
-    return keep;
+    const dir = keep === '1' ? SCREENSHOTS_DIR : path.resolve(keep);
+    await fsp.mkdir(dir, { recursive: true });
+    return dir;
   }
   return tmpDir(t, { prefix: 'screenshots-' });
 }

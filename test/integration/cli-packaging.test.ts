@@ -232,6 +232,18 @@ rpmbuild('packaging - the RPM builds from a source tarball and contains the inst
   for (const p of ['bundled(npm(dbus-next)) = ', 'bundled(npm(rxjs)) = ', 'bundled(npm(winston)) = ']) {
     t.true(provides.some((l) => l.startsWith(p)), `${p} is provided: ${provides.join(', ')}`);
   }
+  // The Cockpit page: the built folder, whole (test/integration/cockpit.test.ts serves the same folder).
+  const page = path.join(top, 'RPMS', 'noarch', `bootc-prestage-cockpit-${version}-1.noarch.rpm`);
+  const pageList = (await run('rpm', ['-qlp', page])).stdout.split('\n');
+  for (const f of ['manifest.json', 'index.html', 'bootc-prestage.js', 'bootc-prestage.css', 'RedHatTextVF.woff2']) {
+    t.true(pageList.includes(`/usr/share/cockpit/bootc-prestage/${f}`), `${f} is in the cockpit package: ${pageList.join(', ')}`);
+  }
+  t.true(pageList.includes('/usr/share/licenses/bootc-prestage-cockpit/bundled-licenses.txt'), 'the page\'s licence list');
+  t.false(pageList.some((f) => f.includes('/src/') || f.endsWith('.jsx')), 'not the page\'s sources');
+  const pageProvides = (await run('rpm', ['-qp', '--provides', page])).stdout.split('\n');
+  for (const p of ['bundled(npm(react)) = ', 'bundled(npm(@patternfly/react-core)) = ']) {
+    t.true(pageProvides.some((l) => l.startsWith(p)), `${p} is provided: ${pageProvides.join(', ')}`);
+  }
 });
 
 test.serial('packaging - the example image\'s hook parses, its program migrates through the real daemon', async (t) => {

@@ -1,18 +1,23 @@
 /**
- * The Cockpit page (packaging/cockpit/bootc-prestage) in a real browser:
- * cockpit-ws and cockpit-bridge on the test's private bus (shipped policy),
- * the real daemon with a real ostree sysroot, headless Chromium through
- * playwright-core. The page must show a prepare phase live (progress,
- * status text, output lines), the final state, a failure with its error,
- * and work read-only for a viewer who is not root.
+ * The Cockpit page (built from packaging/cockpit/bootc-prestage into
+ * dist/cockpit/bootc-prestage, the folder the package installs) in a real
+ * browser: cockpit-ws and cockpit-bridge on the test's private bus (shipped
+ * policy), the real daemon with a real ostree sysroot, headless Chromium
+ * through playwright-core. The page must show a prepare phase live
+ * (progress, status text, output lines), the final state, a failure with
+ * its error, work read-only for a viewer who is not root, say when the
+ * service is missing, follow Cockpit's light and dark themes, be listed in
+ * Cockpit's navigation, and keep up with a transaction of 200 hooks.
  *
  * Skipped only when cockpit-ws, cockpit-bridge or chromium is not
  * installed (.ci/run installs them).
  *
- * BOOTC_PRESTAGE_TEST_SCREENSHOTS=DIR keeps the screenshots in DIR.
+ * BOOTC_PRESTAGE_TEST_SCREENSHOTS=1 keeps the screenshots in
+ * test/integration/screenshots (=DIR: in DIR).
  */
 import test, { type ExecutionContext } from 'ava';
 import { promises as fsp } from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import type { Page } from 'playwright-core';
 import {
@@ -20,7 +25,7 @@ import {
   type TestBrowser, type TestPage,
 } from '../helpers/cockpit.js';
 import { deploymentsOf, withDaemon, type DaemonContext } from '../helpers/daemon.js';
-import { MANAGER_IFACE, MANAGER_PATH, SERVICE, TRANSACTION_IFACE } from '../helpers/dbus-client.js';
+import { MANAGER_IFACE, MANAGER_PATH, SERVICE, TRANSACTION_IFACE, unwrapVariants } from '../helpers/dbus-client.js';
 import { hookFile } from './cli-harness.js';
 
 const NOBODY = 65534;
@@ -98,15 +103,13 @@ async function view(page: Page): Promise<PageView> {
     const { document } = globalThis as unknown as PageGlobals;
     const q = (sel: string) => document.querySelector(sel);
     const text = (sel: string) => q(sel)?.textContent ?? '';
-    const alert = q('#tx-error');
-    const problem = q('#problem');
     return {
       title: text('#tx-title'),
       state: q('#tx-state')?.getAttribute('data-state') ?? null,
       phase: text('#tx-phase'),
       currentHook: text('#tx-current-hook'),
-      progress: Number(q('#tx-progress')?.getAttribute('aria-valuenow')),
-      progressText: text('#tx-progress-text'),
+      progress: Number(q('#tx-progress [role=progressbar]')?.getAttribute('aria-valuenow')),
+      progressText: text('#tx-progress .pf-v6-c-progress__measure'),
       hooks: Array.from(document.querySelectorAll('#hooks tbody tr')).map((tr) => ({
         name: tr.querySelector('.hook-name')?.textContent ?? '',
         result: tr.getAttribute('data-result') ?? '',
@@ -114,12 +117,10 @@ async function view(page: Page): Promise<PageView> {
         status: tr.querySelector('.hook-status')?.textContent ?? '',
       })),
       log: Array.from(document.querySelectorAll('#log .log-line')).map((l) => l.textContent ?? ''),
-      errorShown: alert !== null && !alert.hidden,
+      errorShown: q('#tx-error') !== null,
       errorName: text('#tx-error-name'),
       errorMessage: text('#tx-error-message'),
-      problem: problem && !problem.hidden
-        ? Array.from(problem.querySelectorAll('.problem > span')).map((p) => p.textContent ?? '').join('\n')
-        : '',
+      problem: Array.from(document.querySelectorAll('#problem .problem-text')).map((p) => p.textContent ?? '').join('\n'),
       daemon: q('#daemon')?.getAttribute('data-state') ?? null,
       history: Array.from(document.querySelectorAll('#history tbody tr')).map((tr) => ({
         path: tr.getAttribute('data-path') ?? '',
@@ -142,7 +143,7 @@ async function recordChanges(page: Page): Promise<void> {
     w.seenProgress = [];
     w.seenStatus = [];
     const note = () => {
-      const v = Number(w.document.querySelector('#tx-progress')?.getAttribute('aria-valuenow'));
+      const v = Number(w.document.querySelector('#tx-progress [role=progressbar]')?.getAttribute('aria-valuenow'));
       if (w.seenProgress[w.seenProgress.length - 1] !== v) w.seenProgress.push(v);
       for (const s of w.document.querySelectorAll('#hooks .hook-status')) {
         const st = s.textContent ?? '';
@@ -176,10 +177,64 @@ async function waitForView(page: Page, what: string, pred: (v: PageView) => bool
 
 async function screenshot(t: ExecutionContext<unknown>, page: Page, name: string): Promise<void> {
   const file = path.join(await screenshotDir(t), `cockpit-${name}.png`);
+  // PatternFly's page scrolls inside its main container, which a full-page
+  // screenshot does not expand: the viewport is made as tall as the content.
+  const size = page.viewportSize() ?? { width: 1280, height: 1000 };
+  const height = await page.evaluate(() => {
+    const d = (globalThis as unknown as { document: { querySelectorAll(s: string): ArrayLike<{ scrollHeight: number; getBoundingClientRect(): { top: number } }> } }).document;
+    // Whatever scrolls: the content's height is the largest scrollHeight below its top.
+    return Math.max(0, ...Array.from(d.querySelectorAll('.pf-v6-c-page, .pf-v6-c-page *'))
+      .map((e) => Math.ceil(e.getBoundingClientRect().top + e.scrollHeight + 24)));
+  });
+  await page.setViewportSize({ width: size.width, height: Math.min(Math.max(size.height, height), 8000) });
   await page.screenshot({ path: file, fullPage: true });
+  await page.setViewportSize(size);
   const png = await fsp.readFile(file);
   t.is(png.subarray(1, 4).toString('latin1'), 'PNG', `${file} is a PNG`);
   t.log(`screenshot: ${file}`);
+}
+
+interface Theme { dark: boolean; page: string; card: string; text: string; pageFont: string; }
+
+/**
+ * The theme class and computed colours. With `expectDark`, read once the
+ * class says so (events reach the page asynchronously), for at most 5 s;
+ * the test's assertion then says what it was.
+ */
+async function theme(page: Page, expectDark?: boolean): Promise<Theme> {
+  const read = () => page.evaluate(() => {
+    type Css = { backgroundColor: string; color: string; fontFamily: string };
+    const w = globalThis as unknown as {
+      document: { documentElement: { classList: { contains(c: string): boolean } }; querySelector(s: string): unknown };
+      getComputedStyle(e: unknown): Css;
+    };
+    const css = (sel: string) => w.getComputedStyle(w.document.querySelector(sel));
+    return {
+      dark: w.document.documentElement.classList.contains('pf-v6-theme-dark'),
+      page: css('.pf-v6-c-page').backgroundColor,
+      card: css('#transaction').backgroundColor,
+      text: css('#tx-title').color,
+      pageFont: css('#tx-title').fontFamily,
+    };
+  });
+  const deadline = Date.now() + 5000;
+  let last = await read();
+  while (expectDark !== undefined && last.dark !== expectDark && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 50));
+    last = await read();
+  }
+  return last;
+}
+
+/** Relative luminance of a CSS rgb()/rgba() colour (WCAG). */
+function luminance(color: string): number {
+  const m = /rgba?\(([\d.]+),\s*([\d.]+),\s*([\d.]+)/.exec(color);
+  if (!m) throw new Error(`not an rgb() colour: ${color}`);
+  const [r, g, b] = [m[1], m[2], m[3]].map((c) => {
+    const v = Number(c) / 255;
+    return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+  });
+  return 0.2126 * r! + 0.7152 * g! + 0.0722 * b!;
 }
 
 function noErrors(t: ExecutionContext<unknown>, b: TestPage): void {
@@ -230,7 +285,7 @@ if (unavailable) {
     t.is(running.daemon, 'busy');
     t.is(running.currentHook, 'slow');
     t.true(running.progress > 0 && running.progress < 100, `overall progress ${running.progress} is intermediate`);
-    t.is(running.progressText, `${running.progress} %`);
+    t.is(running.progressText, `${running.progress}%`);
     t.deepEqual(running.hooks.map((h) => [h.name, h.result]), [['slow', 'running'], ['after', 'pending']]);
     t.is(running.hooks[0]!.percent, 50);
     t.false(running.errorShown);
@@ -256,7 +311,7 @@ if (unavailable) {
     await fsp.writeFile(gate, '');
     const done = await waitForView(page, 'prepared', (v) => v.state === 'prepared' && v.daemon === 'idle');
     t.is(done.progress, 100);
-    t.is(done.progressText, '100 %');
+    t.is(done.progressText, '100%');
     t.is(done.phase, 'Prepare');
     t.deepEqual(done.hooks, [
       { name: 'slow', result: 'success', percent: 100, status: 'all parts copied' },
@@ -334,6 +389,7 @@ if (unavailable) {
     t.is(cancelled.hooks[0]?.result, 'cancelled');
     t.true(cancelled.log.includes('slow: slow abort ran'), cancelled.log.join('\n'));
     t.true(await page.locator('#cancel').isHidden());
+    await screenshot(t, page, 'cancelled');
     noErrors(t, tab);
   });
 
@@ -365,25 +421,37 @@ if (unavailable) {
     t.true(await page.locator('#cancel').isDisabled());
     t.regex(await page.locator('#cancel').getAttribute('title') ?? '', /administrative access/);
     t.true(await page.locator('#full-log').isDisabled());
-    // The daemon stays the judge: were the buttons enabled (a permission
-    // that changed under the page), the refusals would be shown, short.
-    // (Enabled and clicked in one step: the page's next render disables them again.)
-    const forceClick = (selector: string) => page.evaluate((sel) => {
-      const button = (globalThis as unknown as PageGlobals).document.querySelector(sel)!;
-      button.removeAttribute('disabled');
-      button.click();
-    }, selector);
-    await forceClick('#cancel');
-    await waitForView(page, 'the refused Cancel', (v) => v.problem !== '');
-    await forceClick('#full-log');
-    const refused = await waitForView(page, 'the refused GetLog', (v) => /Cannot read the full log/.test(v.problem));
+    // The daemon stays the judge: were the buttons enabled (a Cockpit that
+    // wrongly said this session has administrative access), the refusals
+    // would be shown, short. A second tab of the same session where
+    // cockpit.permission says yes: the one thing not real here.
+    const second = await openPage(t, await sharedBrowser());
+    await second.page.route('**/base1/cockpit.js', async (route) => {
+      const original = await route.fetch();
+      await route.fulfill({
+        response: original,
+        body: `${await original.text()}\n;cockpit.permission = function () {
+          return { allowed: true, addEventListener() {}, removeEventListener() {}, close() {} };
+        };\n`,
+      });
+    });
+    await second.page.goto(cockpit.pageUrl());
+    await waitForView(second.page, 'the running transaction', (v) => v.state === 'preparing');
+    t.true(await second.page.locator('#cancel').isEnabled());
+    await second.page.click('#cancel');
+    await waitForView(second.page, 'the refused Cancel', (v) => v.problem !== '');
+    await second.page.click('#full-log');
+    const refused = await waitForView(second.page, 'the refused GetLog', (v) => /Cannot read the full log/.test(v.problem));
     t.is(refused.problem, [
       'Cannot cancel: not permitted: this needs administrative access',
       'Cannot read the full log: not permitted: this needs administrative access',
     ].join('\n'));
-    await page.click('#problem [data-problem=cancel] .dismiss');
-    const dismissed = await waitForView(page, 'one problem dismissed', (v) => !v.problem.includes('Cannot cancel'));
+    await screenshot(t, second.page, 'refused');
+    await second.page.click('#problem [data-problem=cancel] .dismiss');
+    const dismissed = await waitForView(second.page, 'one problem dismissed', (v) => !v.problem.includes('Cannot cancel'));
     t.is(dismissed.problem, 'Cannot read the full log: not permitted: this needs administrative access');
+    noErrors(t, second);
+    await second.page.close();
     // Nothing was cancelled.
     t.is(await ctx.client.getProperty(SERVICE, txPath, TRANSACTION_IFACE, 'State'), 'preparing');
 
@@ -406,10 +474,225 @@ if (unavailable) {
     await page.goto(cockpit.pageUrl());
     const missing = await waitForView(page, 'the missing service', (v) => v.daemon === 'unavailable');
     t.regex(missing.problem, /org\.containers\.bootc\.PreStage is not on the system bus and cannot be started/);
+    // Not only an alert: the card says so in place of a transaction.
+    t.true(await page.locator('#service-missing').isVisible());
+    t.regex(await page.locator('#service-missing').textContent() ?? '', /bootc-prestaged is not available/);
+    await screenshot(t, page, 'missing-service');
     await ctx.restart();
     // The page tries again every 10 s.
     const back = await waitForView(page, 'the daemon back', (v) => v.daemon === 'idle', 30_000);
+    t.false(await page.locator('#service-missing').isVisible());
     t.is(back.problem, '');
+    noErrors(t, tab);
+  });
+
+  test.serial('cockpit page - is listed in Cockpit\'s navigation under Tools, with search keywords', async (t) => {
+    const ctx = await withDaemon(t, { sysroot: { deployments: 2 } });
+    const cockpit = await startCockpit(t, { busAddress: ctx.bus.address });
+    // What the shell builds its navigation and search from: every package's manifest, from the bridge.
+    const res = await fetch(`${cockpit.origin}/cockpit/@localhost/manifests.json`);
+    t.is(res.status, 200);
+    const manifests = await res.json() as Record<string, { tools?: Record<string, { label?: string; keywords?: { matches: string[] }[] }> }>;
+    const entry = manifests['bootc-prestage']?.tools?.['index'];
+    t.is(entry?.label, 'OS pre-stage');
+    const keywords = (entry?.keywords ?? []).flatMap((k) => k.matches);
+    for (const k of ['bootc', 'upgrade', 'hooks']) t.true(keywords.includes(k), `keyword ${k} in ${JSON.stringify(keywords)}`);
+  });
+
+  test.serial('cockpit page - follows Cockpit\'s light and dark themes: the shell\'s switcher, the stored style, the system preference', async (t) => {
+    const ctx = await withDaemon(t, {
+      sysroot: { deployments: 2 },
+      etcHooks: {
+        'check.hook': hookFile({ prepare: 'echo "checked"; echo PROGRESS=100 >&3; echo STATUS=compatible >&3' }),
+        'after.hook': AFTER_HOOK,
+      },
+    });
+    const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+    const finished = await ctx.client.collectSignals({ interface: MANAGER_IFACE, member: 'TransactionFinished' });
+    const txPath = await startPrepare(ctx, staged!);
+    await finished.waitFor((s) => s.body[0] === txPath);
+    const cockpit = await startCockpit(t, { busAddress: ctx.bus.address });
+    const browser = await sharedBrowser();
+
+    const tab = await openPage(t, browser);
+    const { page } = tab;
+    await page.emulateMedia({ colorScheme: 'light' });
+    await page.goto(cockpit.pageUrl());
+    await waitForView(page, 'the prepared transaction', (v) => v.state === 'prepared' && v.daemon === 'idle');
+    const light = await theme(page, false);
+    t.false(light.dark, 'no stored style, a light system: light');
+    t.regex(light.pageFont, /^"Red Hat (Display|Text)"/, 'PatternFly\'s fonts');
+    await screenshot(t, page, 'light');
+
+    // The shell's style switcher tells each page with an event.
+    await page.evaluate(() => {
+      const w = globalThis as unknown as { dispatchEvent(e: unknown): void; CustomEvent: new (n: string, o: unknown) => unknown };
+      w.dispatchEvent(new w.CustomEvent('cockpit-style', { detail: { style: 'dark' } }));
+    });
+    const dark = await theme(page, true);
+    t.true(dark.dark, 'cockpit-style dark: the html element has pf-v6-theme-dark');
+    t.not(dark.page, light.page, `the page background differs: ${light.page} / ${dark.page}`);
+    t.not(dark.card, light.card, `the card background differs: ${light.card} / ${dark.card}`);
+    t.not(dark.text, light.text, `the text colour differs: ${light.text} / ${dark.text}`);
+    t.true(luminance(dark.card) < luminance(light.card), `dark card ${dark.card} is darker than light ${light.card}`);
+    t.true(luminance(dark.text) > luminance(dark.card), `dark theme: light text ${dark.text} on ${dark.card}`);
+    await screenshot(t, page, 'dark');
+
+    // The style the shell stored: a page opened later is dark before it first renders.
+    await page.evaluate(() => (globalThis as unknown as { localStorage: { setItem(k: string, v: string): void } })
+      .localStorage.setItem('shell:style', 'dark'));
+    const later = await openPage(t, browser);
+    await later.page.emulateMedia({ colorScheme: 'light' });
+    await later.page.addInitScript(() => {
+      const w = globalThis as unknown as { darkAtLoad?: boolean; document: { addEventListener(n: string, f: () => void): void; documentElement: { classList: { contains(c: string): boolean } } } };
+      w.document.addEventListener('DOMContentLoaded', () => {
+        w.darkAtLoad = w.document.documentElement.classList.contains('pf-v6-theme-dark');
+      });
+    });
+    await later.page.goto(cockpit.pageUrl());
+    await waitForView(later.page, 'the prepared transaction', (v) => v.state === 'prepared');
+    t.true(await later.page.evaluate(() => (globalThis as unknown as { darkAtLoad?: boolean }).darkAtLoad), 'dark at DOMContentLoaded');
+    t.deepEqual(await theme(later.page, true), dark);
+
+    // Another window of the origin changes the stored style: 'storage' events.
+    await page.evaluate(() => (globalThis as unknown as { localStorage: { setItem(k: string, v: string): void } })
+      .localStorage.setItem('shell:style', 'auto'));
+    t.false((await theme(later.page, false)).dark, 'auto with a light system: light');
+    // 'auto' follows the system's preference, live.
+    await later.page.emulateMedia({ colorScheme: 'dark' });
+    t.true((await theme(later.page, true)).dark, 'auto with a dark system: dark');
+    await later.page.emulateMedia({ colorScheme: 'light' });
+    t.false((await theme(later.page, false)).dark, 'auto with a light system again: light');
+    noErrors(t, tab);
+    noErrors(t, later);
+  });
+
+  test.serial('cockpit page - a transaction of 200 hooks: the page keeps up (latency from a property change to the page measured)', async (t) => {
+    t.timeout(240_000);
+    const HOOKS = 200;
+    const names = Array.from({ length: HOOKS }, (_, i) => `h${String(i).padStart(3, '0')}`);
+    const etcHooks: Record<string, string> = {};
+    for (const n of names) {
+      etcHooks[`${n}.hook`] = hookFile({
+        prepare: `echo PROGRESS=50 >&3; echo "STATUS=${n} half way" >&3; echo "${n} output"; echo PROGRESS=100 >&3; echo "STATUS=${n} done" >&3`,
+      });
+    }
+    const ctx = await withDaemon(t, { sysroot: { deployments: 2 }, etcHooks });
+    const [staged] = (ctx.sysroot as { deployments: string[] }).deployments;
+    const cockpit = await startCockpit(t, { busAddress: ctx.bus.address });
+    const tab = await openPage(t, await sharedBrowser());
+    const { page } = tab;
+    await page.goto(cockpit.pageUrl());
+    await waitForView(page, 'the idle daemon', (v) => v.daemon === 'idle');
+
+    // In the page: when each overall progress value and each hook's result
+    // first shows (Date.now(), the same clock as the test's), and the long
+    // tasks (main thread busy > 50 ms, when the page could not react).
+    await page.evaluate(() => {
+      type El = { getAttribute(n: string): string | null; matches?(s: string): boolean; querySelectorAll?(s: string): ArrayLike<El> };
+      const w = globalThis as unknown as {
+        seenProgressAt: [number, number][]; seenResultAt: Record<string, number>; longTasks: number[];
+        document: { body: unknown; querySelector(s: string): El | null; querySelectorAll(s: string): ArrayLike<El> };
+        MutationObserver: new (cb: (records: { type: string; target: El; addedNodes: ArrayLike<El> }[]) => void) => { observe(n: unknown, o: unknown): void };
+        PerformanceObserver: new (cb: (list: { getEntries(): { duration: number }[] }) => void) => { observe(o: unknown): void };
+      };
+      w.seenProgressAt = [];
+      w.seenResultAt = {};
+      w.longTasks = [];
+      const noteRow = (tr: El, now: number) => {
+        const name = tr.getAttribute('data-hook');
+        if (name && tr.getAttribute('data-result') === 'success' && !(name in w.seenResultAt)) w.seenResultAt[name] = now;
+      };
+      new w.MutationObserver((records) => {
+        const now = Date.now();
+        const bar = w.document.querySelector('#tx-progress [role=progressbar]');
+        const v = Number(bar?.getAttribute('aria-valuenow'));
+        const last = w.seenProgressAt[w.seenProgressAt.length - 1];
+        if (bar && (!last || last[1] !== v)) w.seenProgressAt.push([now, v]);
+        for (const r of records) {
+          if (r.type === 'attributes' && r.target.matches?.('tr[data-hook]')) noteRow(r.target, now);
+          for (const n of Array.from(r.addedNodes ?? [])) {
+            if (n.matches?.('tr[data-hook]')) noteRow(n, now);
+            for (const tr of Array.from(n.querySelectorAll?.('tr[data-hook]') ?? [])) noteRow(tr, now);
+          }
+        }
+      }).observe(w.document.body, { subtree: true, childList: true, attributes: true, attributeFilter: ['data-result', 'aria-valuenow'] });
+      new w.PerformanceObserver((list) => { for (const e of list.getEntries()) w.longTasks.push(e.duration); })
+        .observe({ type: 'longtask', buffered: false });
+    });
+
+    // On the bus: when each Progress value and each hook's success is announced (PropertiesChanged).
+    const busProgressAt: [number, number][] = [];
+    const busResultAt: Record<string, number> = {};
+    const rec = await ctx.client.collectSignals({ interface: 'org.freedesktop.DBus.Properties', member: 'PropertiesChanged' });
+    t.teardown(() => rec.stop());
+    const onMessage = (msg: { type: number; member?: string; path?: string; body: unknown[] }) => {
+      if (msg.member !== 'PropertiesChanged' || !msg.path?.startsWith(`${MANAGER_PATH}/Transaction/`)) return;
+      const now = Date.now();
+      const [iface, changed] = msg.body.map(unwrapVariants) as [string, Record<string, unknown>];
+      if (iface !== TRANSACTION_IFACE) return;
+      if (typeof changed['Progress'] === 'number') busProgressAt.push([now, changed['Progress']]);
+      for (const h of (changed['Hooks'] as [string, string, number, string][] | undefined) ?? []) {
+        if (h[1] === 'success' && !(h[0] in busResultAt)) busResultAt[h[0]] = now;
+      }
+    };
+    ctx.client.bus.on('message', onMessage);
+    t.teardown(() => { ctx.client.bus.off('message', onMessage); });
+
+    // The renderer's own accounting: main-thread CPU time and time in tasks,
+    // which, unlike the latencies, hardly depend on how loaded the machine is.
+    const cdp = await page.context().newCDPSession(page);
+    await cdp.send('Performance.enable');
+    const metrics = async () => Object.fromEntries((await cdp.send('Performance.getMetrics')).metrics.map((m) => [m.name, m.value]));
+    const before = await metrics();
+    const startedAt = Date.now();
+    const txPath = await startPrepare(ctx, staged!);
+    // Waited for with a cheap look (not view(), which reads all 200 rows): the
+    // test's own reading must not slow down the page it measures.
+    await page.waitForSelector('#transaction[data-state=prepared]', { timeout: 180_000 });
+    const wallMs = Date.now() - startedAt;
+    const after = await metrics();
+    const spent = (name: string) => Math.round(((after[name] ?? NaN) - (before[name] ?? NaN)) * 1000);
+    const done = await waitForView(page, 'all 200 hooks done', (v) => v.state === 'prepared' && v.daemon === 'idle');
+    t.is(done.hooks.length, HOOKS);
+    t.deepEqual(done.hooks.map((h) => h.name), names);
+    t.true(done.hooks.every((h) => h.result === 'success' && h.percent === 100 && h.status === `${h.name} done`),
+      JSON.stringify(done.hooks.filter((h) => h.result !== 'success').slice(0, 5)));
+    t.is(done.progress, 100);
+    // Output lines are capped per second on the bus (README.md); the events are not.
+    t.true(done.log.some((l) => / output$/.test(l)), done.log.slice(-5).join('\n'));
+    t.true(done.log.some((l) => /Phase finished: Prepared/.test(l)), done.log.slice(-5).join('\n'));
+    t.deepEqual(done.history.map((h) => [h.path, h.state]), [[txPath, 'prepared']]);
+
+    const seen = await page.evaluate(() => {
+      const w = globalThis as unknown as { seenProgressAt: [number, number][]; seenResultAt: Record<string, number>; longTasks: number[] };
+      return { progress: w.seenProgressAt, results: w.seenResultAt, longTasks: w.longTasks };
+    });
+    // Progress: each value the bus announced, until the page showed it or a later one.
+    const progressLatency = busProgressAt.map(([at, p]) => {
+      const shown = seen.progress.find(([pageAt, v]) => v >= p && pageAt >= at - 1);
+      return shown ? shown[0] - at : null;
+    });
+    // Each hook's success, from the bus to its row.
+    const resultLatency = names.map((n) => (busResultAt[n] !== undefined && seen.results[n] !== undefined
+      ? seen.results[n]! - busResultAt[n]! : null));
+    t.true(progressLatency.every((l) => l !== null), 'the page showed every announced progress value');
+    t.is(resultLatency.filter((l) => l !== null).length, HOOKS, 'the page showed every hook\'s success');
+    const stats = (xs: (number | null)[]) => {
+      const v = xs.filter((x): x is number => x !== null).sort((a, b) => a - b);
+      return { n: v.length, median: v[Math.floor(v.length / 2)] ?? NaN, p95: v[Math.floor(v.length * 0.95)] ?? NaN, max: v[v.length - 1] ?? NaN };
+    };
+    const p = stats(progressLatency);
+    const r = stats(resultLatency);
+    const longest = Math.max(0, ...seen.longTasks);
+    t.log(`200 hooks in ${wallMs} ms; ${busProgressAt.length} Progress changes and ${HOOKS} hook results on the bus; `
+      + `load average ${os.loadavg().map((l) => l.toFixed(1)).join(' ')} on ${os.cpus().length} CPUs`);
+    t.log(`property change -> page, Progress: median ${p.median} ms, p95 ${p.p95} ms, max ${p.max} ms (n=${p.n})`);
+    t.log(`property change -> page, hook result: median ${r.median} ms, p95 ${r.p95} ms, max ${r.max} ms (n=${r.n})`);
+    t.log(`long tasks in the page (main thread busy > 50 ms): ${seen.longTasks.length}, longest ${Math.round(longest)} ms`);
+    t.log(`the page's main thread over the ${wallMs} ms: ${spent('ThreadTime')} ms CPU; in tasks ${spent('TaskDuration')} ms, `
+      + `of which script ${spent('ScriptDuration')} ms, layout ${spent('LayoutDuration')} ms, style ${spent('RecalcStyleDuration')} ms`);
+    await screenshot(t, page, 'many-hooks');
     noErrors(t, tab);
   });
 }

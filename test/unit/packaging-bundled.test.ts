@@ -11,12 +11,18 @@ import { fileURLToPath } from 'node:url';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 const listFile = resolve(root, 'dist/bundled-licenses.txt');
-const spec = readFileSync(resolve(root, 'packaging/bootc-prestage.spec'), 'utf8');
+/** The Cockpit page's list (packaging/cockpit/build-page.mjs), mirrored by the cockpit subpackage. */
+const pageListFile = resolve(root, 'dist/cockpit/bundled-licenses.txt');
+const fullSpec = readFileSync(resolve(root, 'packaging/bootc-prestage.spec'), 'utf8');
+/** The main package's preamble and sections, then the cockpit subpackage's. */
+const cockpitAt = fullSpec.indexOf('\n%package cockpit\n');
+const spec = cockpitAt < 0 ? fullSpec : fullSpec.slice(0, cockpitAt);
+const cockpitSpec = cockpitAt < 0 ? '' : fullSpec.slice(cockpitAt, fullSpec.indexOf('\n%description cockpit', cockpitAt));
 
 /** "  name@version (licence)" lines of the list's head. */
-function bundled(): { id: string; licence: string }[] {
+function bundled(file = listFile): { id: string; licence: string }[] {
   const out: { id: string; licence: string }[] = [];
-  for (const line of readFileSync(listFile, 'utf8').split('\n').slice(1)) {
+  for (const line of readFileSync(file, 'utf8').split('\n').slice(1)) {
     const m = /^ {2}(\S+)@(\S+) \((.*)\)$/.exec(line);
     if (!m) {
       if (out.length > 0) break; // the list is over; licence texts follow
@@ -50,4 +56,20 @@ test('spec - the main package\'s License names every licence the bundled package
     t.true(license.includes(name), `${id}: ${licence} is not in License: ${license}`);
   }
   t.true(license.startsWith('Apache-2.0'), 'our own code is Apache-2.0');
+});
+
+test('spec - the cockpit subpackage\'s Provides: bundled(npm(...)) list exactly what the page bundles, its License their licences', (t) => {
+  if (!existsSync(pageListFile)) {
+    t.fail('dist/cockpit/bundled-licenses.txt is missing: run `npm run build`');
+    return;
+  }
+  t.not(cockpitSpec, '', 'the spec has %package cockpit');
+  const provided = [...cockpitSpec.matchAll(/^Provides:\s+bundled\(npm\((\S+)\)\) = (\S+)$/gm)].map((m) => `${m[1]} = ${m[2]}`);
+  const all = bundled(pageListFile);
+  t.true(all.some((b) => b.id.startsWith('react = ')) && all.some((b) => b.id.startsWith('@patternfly/react-core = ')),
+    `React and PatternFly are in ${pageListFile}`);
+  t.deepEqual([...provided].sort(), all.map((b) => b.id).sort());
+  const license = /^License:\s+(.*)$/m.exec(cockpitSpec)![1]!;
+  for (const { id, licence } of all) t.true(license.includes(licence), `${id}: ${licence} is not in License: ${license}`);
+  t.true(license.includes('OFL-1.1'), 'the bundled Red Hat fonts');
 });
