@@ -316,7 +316,9 @@ test.serial('prepare - a missing image fails, and abort leaves no store behind',
     bound: { '1-app-a.image': unit('image', IMAGES.a), '2-missing.image': unit('image', 'quay.io/example/missing:1') },
   });
   const conf = await fsp.readFile(w.storageConf, 'utf8');
-  const r = await step(w, d, 'prepare');
+  // One at a time, so that app-a is complete before the failure (in
+  // parallel, the failure stops app-a's pull: bound-images-registry.test.ts).
+  const r = await step(w, d, 'prepare', { BOUND_IMAGES_PARALLEL: '1' });
   t.is(r.code, 1, describeStep(r));
   t.regex(r.stderr.join('\n'), /error: pulling quay\.io\/example\/missing:1 from oci-archive:.*no-such-archive\.tar failed/);
   t.regex(r.stderr.join('\n'), /bound by \/usr\/lib\/bootc\/bound-images\.d\/2-missing\.image/);
