@@ -15,7 +15,7 @@
 import { EventEmitter } from 'node:events';
 import { DBusError, Message, MessageType, Variant, sessionBus, type MessageBus } from 'dbus-next';
 import { DBUS_ERROR } from './error-names.js';
-import { marshalMessage } from './wire.js';
+import { marshalMessage } from './wire/message.js';
 
 /** `system`, `session`, or a D-Bus address such as `unix:path=/run/x/bus`. */
 export type BusSpec = 'system' | 'session' | string;
@@ -172,7 +172,7 @@ export async function connectBus(spec: BusSpec, opts: ConnectOptions = {}): Prom
 }
 
 /**
- * Put outgoing messages on the wire with wire.ts instead of dbus-next's
+ * Put outgoing messages on the wire with wire/message.ts instead of dbus-next's
  * marshaller (which cost ~1 ms per PropertiesChanged of 200 hooks; ours
  * writes the same bytes ~90x faster). Only the last step changes:
  * dbus-next's bus.send/bus.call still allocate serials and register reply

@@ -3,7 +3,7 @@
  * typed `Record<ErrorCode, string>`: adding a code to the engine without a
  * name here is a compile error.
  */
-import { isPreStageError, type ErrorCode } from '../engine/errors.js';
+import { isPreStageError, type ErrorCode } from '../model/errors.js';
 
 /** Prefix of this service's own error names. */
 export const ERROR_PREFIX = 'org.containers.bootc.PreStage.Error.';

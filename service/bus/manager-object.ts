@@ -13,7 +13,7 @@
  */
 import { Subject, Subscription } from 'rxjs';
 import type { EngineApi, EngineStatus, TransactionHandle } from '../engine/api.js';
-import type { Logger } from '../engine/logger.js';
+import type { Logger } from '../model/logger.js';
 import { coalesceTicks } from './coalesce.js';
 import { errorNameFor } from './error-names.js';
 import { toBusString } from './marshal.js';

@@ -22,7 +22,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { Message, MessageFlag, Variant } from 'dbus-next';
-import type { Logger } from '../engine/logger.js';
+import type { Logger } from '../model/logger.js';
 import type { BusConnection } from './connection.js';
 import { DBUS_ERROR, toBusError } from './error-names.js';
 import { introspectXml } from './introspection.js';

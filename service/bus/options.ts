@@ -6,9 +6,9 @@
  * argv absolute, is there an ordering cycle) is the engine's to judge.
  */
 import { Variant } from 'dbus-next';
-import { invalidArgs } from '../engine/errors.js';
-import type { LogOptions, PhaseOptions, RegisterOptions, StartOptions } from '../engine/api.js';
-import type { HookDefinition, ResolvedHook } from '../engine/types.js';
+import { invalidArgs } from '../model/errors.js';
+import type { LogOptions, PhaseOptions, RegisterOptions, StartOptions } from '../model/options.js';
+import type { HookDefinition, ResolvedHook } from '../model/types.js';
 import { toUint32 } from './marshal.js';
 
 /** Longest string argument or option value, in UTF-8 bytes, unless stated. */

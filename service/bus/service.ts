@@ -7,7 +7,7 @@
  */
 import { Subscription } from 'rxjs';
 import type { EngineApi, TransactionHandle } from '../engine/api.js';
-import type { Logger } from '../engine/logger.js';
+import type { Logger } from '../model/logger.js';
 import type { BusConnection } from './connection.js';
 import { ManagerObject, type TransactionExports } from './manager-object.js';
 import { BUS_NAME } from './members.js';

@@ -45,9 +45,9 @@
  */
 import { Subscription, timer } from 'rxjs';
 import type { TransactionHandle } from '../engine/api.js';
-import type { Logger } from '../engine/logger.js';
-import { MESSAGE_LINES_PER_WINDOW, MESSAGE_WINDOW_MS } from '../engine/message-limiter.js';
-import type { HookStatus, TransactionEvent, TransactionSnapshot } from '../engine/types.js';
+import type { Logger } from '../model/logger.js';
+import { MESSAGE_LINES_PER_WINDOW, MESSAGE_WINDOW_MS } from '../engine/api.js';
+import type { HookStatus, TransactionEvent, TransactionSnapshot } from '../model/types.js';
 import { errorNameFor } from './error-names.js';
 import { toBusString, toPercent, toUint32, toUint64 } from './marshal.js';
 import {

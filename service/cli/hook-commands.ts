@@ -6,11 +6,11 @@
  */
 import { promises as fsp } from 'node:fs';
 import { ClientError } from '../client/errors.js';
-import { CommandLineSyntaxError, splitCommandLine } from '../engine/command-line.js';
-import { isPreStageError } from '../engine/errors.js';
-import { DEFAULT_TIMEOUT_SEC, parseHookFile } from '../engine/hook-file.js';
-import { isValidHookName } from '../engine/hook-name.js';
-import type { HookDefinition } from '../engine/types.js';
+import { CommandLineSyntaxError, splitCommandLine } from '../model/command-line.js';
+import { isPreStageError } from '../model/errors.js';
+import { DEFAULT_TIMEOUT_SEC, parseHookFile } from '../model/hook-file.js';
+import { isValidHookName } from '../model/hook-name.js';
+import type { HookDefinition } from '../model/types.js';
 import type { Command } from './args.js';
 import { UsageError } from './args.js';
 import type { CliContext } from './context.js';

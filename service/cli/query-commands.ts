@@ -5,7 +5,7 @@
 import { shortErrorName } from '../client/errors.js';
 import { transactionPathOf } from '../client/pre-stage-client.js';
 import type { HookEntry, TransactionProperties } from '../client/types.js';
-import { quoteCommandLine } from '../engine/command-line.js';
+import { quoteCommandLine } from '../model/command-line.js';
 import type { Command } from './args.js';
 import type { CliContext } from './context.js';
 import { EXIT, type ExitCode } from './exit-codes.js';

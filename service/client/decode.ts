@@ -5,7 +5,7 @@
  */
 import { Variant } from 'dbus-next';
 import type { HookEntry, HookRow, ManagerProperties, TransactionProperties } from './types.js';
-import type { HookResult, Phase, TransactionState } from '../engine/types.js';
+import type { HookResult, Phase, TransactionState } from '../model/types.js';
 
 /** Replace every Variant by its value, recursively; BigInts and Buffers stay. */
 export function unwrapVariants(value: unknown): unknown {

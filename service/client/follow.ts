@@ -23,7 +23,7 @@
  * restarted *before* we read the properties is simply the one we follow.
  */
 import { MANAGER_INTERFACE, MANAGER_PATH, TRANSACTION_INTERFACE } from '../bus/members.js';
-import { RESTING_STATES, type TransactionState } from '../engine/types.js';
+import { RESTING_STATES, type TransactionState } from '../model/types.js';
 import { applyTransactionChanges, unwrapVariants } from './decode.js';
 import { ClientError, toClientError } from './errors.js';
 import { EventQueue } from './event-queue.js';

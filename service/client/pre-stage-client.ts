@@ -10,7 +10,7 @@ import { encodeHookDefinition } from '../bus/options.js';
 import {
   BUS_NAME, MANAGER_INTERFACE, MANAGER_PATH, TRANSACTION_INTERFACE, transactionIdFromPath,
 } from '../bus/members.js';
-import type { HookDefinition } from '../engine/types.js';
+import type { HookDefinition } from '../model/types.js';
 import {
   BusConnection, resolveClientAddress, DEFAULT_CALL_TIMEOUT_MS, type Reply,
 } from './connection.js';
@@ -32,7 +32,7 @@ export interface ClientOptions {
 }
 
 // The option shapes are the contract's own, shared with the engine (types only).
-import type { PhaseOptions, StartOptions } from '../engine/api.js';
+import type { PhaseOptions, StartOptions } from '../model/options.js';
 export type { PhaseOptions, StartOptions };
 
 export interface LogOptions {

@@ -6,7 +6,7 @@
  * known today; decoding accepts any string so an older client does not
  * break on a newer daemon.
  */
-import type { HookResult, Phase, StepResult, TransactionState } from '../engine/types.js';
+import type { HookResult, Phase, StepResult, TransactionState } from '../model/types.js';
 
 export type { HookResult, Phase, StepResult, TransactionState };
 

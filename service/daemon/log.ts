@@ -8,7 +8,7 @@
  */
 import stringify from 'safe-stable-stringify';
 import winston from 'winston';
-import type { Logger, LogFields } from '../engine/logger.js';
+import type { Logger, LogFields } from '../model/logger.js';
 
 export type LogFormat = 'text' | 'json';
 export type LogLevel = 'error' | 'warn' | 'info' | 'debug';

@@ -13,7 +13,7 @@ import { connectBus, type BusConnection } from '../bus/connection.js';
 import { BUS_NAME } from '../bus/members.js';
 import { exportService } from '../bus/service.js';
 import { Engine } from '../engine/engine.js';
-import type { Logger } from '../engine/logger.js';
+import type { Logger } from '../model/logger.js';
 import { parseDaemonArgs, UsageError, USAGE, type DaemonArgs } from './args.js';
 import { ensureDemoSysroot } from './demo-sysroot.js';
 import { startEmbeddedBus, type EmbeddedBus } from './embedded-bus.js';

@@ -1,40 +1,20 @@
 /**
  * What the engine offers its adapters (the D-Bus layer, tests). The engine
- * imports no D-Bus; the bus layer imports only this file, errors.ts and
- * types.ts from the engine.
+ * imports no D-Bus; the bus layer imports only this file from the engine
+ * (plain data types, errors and options are service/model/'s;
+ * test/unit/layers.test.ts checks both).
  */
 import type { Observable } from 'rxjs';
+import type { LogOptions, PhaseOptions, RegisterOptions, StartOptions } from '../model/options.js';
 import type {
   HookDefinition, HookSet, Phase, TransactionEvent, TransactionSnapshot,
-} from './types.js';
+} from '../model/types.js';
 
-export interface StartOptions {
-  /** Re-run even if already prepared with the same hooks. */
-  force?: boolean;
-  /** Queue behind a running transaction instead of failing Busy. */
-  wait?: boolean;
-  /** Resolve and order the hooks, run nothing. */
-  dryRun?: boolean;
-  /** Deadline for the whole phase, seconds (0 or absent: none). */
-  timeoutSec?: number;
-}
-
-export interface PhaseOptions {
-  wait?: boolean;
-  timeoutSec?: number;
-}
-
-export interface LogOptions {
-  /** Return at most this many lines (the last ones). */
-  maxLines: number;
-  /** Only lines of this hook ('' for all). */
-  hook?: string;
-}
-
-export interface RegisterOptions {
-  /** Write to the runtime directory (/run/...) instead of /etc. */
-  runtime: boolean;
-}
+/**
+ * The Message signal cap the bus applies per transaction, which the engine's
+ * message limiter applies per step too (message-limiter.ts says why).
+ */
+export { MESSAGE_LINES_PER_WINDOW, MESSAGE_WINDOW_MS } from './message-limiter.js';
 
 /** A live transaction, exported on the bus as one object. */
 export interface TransactionHandle {

@@ -7,7 +7,7 @@
  */
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { invalidDeployment } from './errors.js';
+import { invalidDeployment } from '../model/errors.js';
 
 export const MAX_PATH_LENGTH = 4096;
 const DEPLOY_NAME_RE = /^([0-9a-f]{64})\.(\d{1,9})$/;

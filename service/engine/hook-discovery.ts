@@ -14,13 +14,13 @@
 import { createHash } from 'node:crypto';
 import { constants as C, promises as fsp, statSync, type Dirent, type Stats } from 'node:fs';
 import * as nodePath from 'node:path';
-import { expandVariables } from './command-line.js';
-import { PreStageError } from './errors.js';
-import { environmentRecord, LIMITS, parseHookFile } from './hook-file.js';
-import { HOOK_FILE_SUFFIX, isValidHookName } from './hook-name.js';
-import { nullLogger, type Logger } from './logger.js';
+import { expandVariables } from '../model/command-line.js';
+import { PreStageError } from '../model/errors.js';
+import { environmentRecord, LIMITS, parseHookFile } from '../model/hook-file.js';
+import { HOOK_FILE_SUFFIX, isValidHookName } from '../model/hook-name.js';
+import { nullLogger, type Logger } from '../model/logger.js';
 import { orderHooks } from './plan.js';
-import type { HookDefinition, HookOrigin, HookSet, Phase, ResolvedHook } from './types.js';
+import type { HookDefinition, HookOrigin, HookSet, Phase, ResolvedHook } from '../model/types.js';
 
 /** Admin hooks; highest precedence. */
 export const ETC_HOOK_DIR = '/etc/bootc/pre-stage.d';

@@ -5,12 +5,12 @@
  */
 import { isDeepStrictEqual } from 'node:util';
 import * as nodePath from 'node:path';
-import { PreStageError } from './errors.js';
+import { PreStageError } from '../model/errors.js';
 import { mkdirDurable, unlinkDurable, writeFileAtomic } from './fs-atomic.js';
 import { ETC_HOOK_DIR, RUN_HOOK_DIR, programsOf } from './hook-discovery.js';
-import { parseHookFile, serializeHookFile, validateDefinition } from './hook-file.js';
-import { HOOK_FILE_SUFFIX, isValidHookName } from './hook-name.js';
-import type { HookDefinition } from './types.js';
+import { parseHookFile, serializeHookFile, validateDefinition } from '../model/hook-file.js';
+import { HOOK_FILE_SUFFIX, isValidHookName } from '../model/hook-name.js';
+import type { HookDefinition } from '../model/types.js';
 
 const DIR_MODE = 0o755;
 const FILE_MODE = 0o644;

@@ -16,9 +16,9 @@
  */
 import { promises as fsp, constants as fsc, writeSync } from 'node:fs';
 import * as path from 'node:path';
-import type { ErrorCode } from './errors.js';
+import type { ErrorCode } from '../model/errors.js';
 import { fsyncDir } from './fs-atomic.js';
-import type { HookDefinition, Phase, StepResult, TransactionState } from './types.js';
+import type { HookDefinition, Phase, StepResult, TransactionState } from '../model/types.js';
 
 export const JOURNAL_VERSION = 1;
 const SUFFIX = '.jnl';

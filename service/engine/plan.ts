@@ -7,7 +7,7 @@
  * which is UTF-8 byte order) goes first, so the order depends only on the
  * set of hooks, never on the order they were found in.
  */
-import { PreStageError } from './errors.js';
+import { PreStageError } from '../model/errors.js';
 
 /** What ordering needs to know of a hook. */
 export interface Orderable {

@@ -9,12 +9,12 @@
  * may have run. When the journal is damaged mid-file we cannot know which
  * steps started and assume they all did (abort steps are idempotent).
  */
-import type { ErrorCode } from './errors.js';
+import type { ErrorCode } from '../model/errors.js';
 import type { BeginRecord, ReadJournal } from './journal.js';
 import { JOURNAL_VERSION } from './journal.js';
 import { phaseOrder } from './transaction.js';
-import type { HookStatus, Phase, TransactionState } from './types.js';
-import { RESTING_STATES } from './types.js';
+import type { HookStatus, Phase, TransactionState } from '../model/types.js';
+import { RESTING_STATES } from '../model/types.js';
 
 export interface Replayed {
   begin: BeginRecord;

@@ -1,5 +1,5 @@
 /**
- * Runs one hook step (one argv) as DESIGN.md "Hooks" specifies: stdin
+ * Runs one hook step (one argv) as docs/design.md "Hooks" specifies: stdin
  * /dev/null, cwd `/`, exactly the environment given, its own session and
  * process group, stdout/stderr delivered line by line, sd_notify-style lines
  * on fd 3, a timeout that EXTEND_TIMEOUT_USEC can push back, and SIGTERM then
@@ -24,118 +24,40 @@
  * daemon is large, and forking it costs more than a trivial step. Without
  * it, Node's spawn forks the daemon and blocks the event loop while it
  * does. Either way pid is known once `started` resolves.
+ *
+ * Over 500 lines on purpose: StepRun is one state machine (start, input,
+ * timeout and cancel, end) over shared fields; its parts that hold no state
+ * live beside it (step-spec.ts, step-pipes.ts, step-leftovers.ts).
  */
-import { spawn, spawnSync, type ChildProcess, type StdioOptions } from 'node:child_process';
-import { closeSync, constants as fsConstants, existsSync, mkdtempSync, openSync, rmSync, rmdirSync, unlinkSync } from 'node:fs';
-import { mkdtemp } from 'node:fs/promises';
+import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
+import { existsSync } from 'node:fs';
 import { Socket, type OnReadOpts, type SocketConstructorOpts } from 'node:net';
 import { tmpdir } from 'node:os';
-import { dirname, isAbsolute, join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { getSystemErrorMap } from 'node:util';
-import { PreStageError } from './errors.js';
 import { SpawnerUnavailable, sharedSpawner, type ExitStatus, type Spawned, type Spawner } from './spawner.js';
-import { LineSplitter, type LineBatch } from './line-splitter.js';
+import { LineSplitter } from './line-splitter.js';
 import { NotifyParser, type NotifyUpdate } from './notify-parser.js';
+import { processStartTime, readProcStat, type ProcessRef } from './process-tree.js';
 import {
-  filterByEnv, processStartTime, processesSince, readProcStat, terminateGroup, terminateProcesses, type ProcessRef,
-} from './process-tree.js';
-import type { StepResult } from './types.js';
+  PID_WINDOW_MAX_MS, describeProcesses, findStepProcesses, terminateStepProcesses,
+} from './step-leftovers.js';
+import {
+  closeFd, closePipes, helperPipePool, pipePool, releaseFifos, type Fifo, type PipePair,
+} from './step-pipes.js';
+import {
+  DEFAULT_KILL_GRACE_MS, EXIT_SKIPPED, MAX_IGNORED_REPORTS, OUTPUT_DRAIN_MS,
+  defaultTrackEnv, describeErrno, formatDuration, validateStepSpec,
+  type RunningStep, type StepOutcome, type StepSink, type StepSpec,
+} from './step-spec.js';
 
-/** SIGTERM -> SIGKILL delay when StepSpec.killGraceMs is not given (systemd uses 90 s; hooks are short). */
-export const DEFAULT_KILL_GRACE_MS = 5000;
-/** After the step's processes are gone, how long output pipes may stay open before we stop reading. */
-export const OUTPUT_DRAIN_MS = 1000;
+export {
+  DEFAULT_KILL_GRACE_MS, EXIT_SKIPPED, MAX_IGNORED_REPORTS, OUTPUT_DRAIN_MS, TRACK_ENV_KEYS, formatDuration,
+  type RunningStep, type StepOutcome, type StepSink, type StepSpec,
+} from './step-spec.js';
+export { PIPE_BATCH } from './step-pipes.js';
+
 /** Each pipe reader's buffer: one read takes at most this much (a pipe holds 64 KiB). */
 const READ_BUFFER_BYTES = 64 * 1024;
-/** notifyIgnored is called at most this often per step; the rest are counted in one warning. */
-export const MAX_IGNORED_REPORTS = 100;
-/** Exit status meaning "nothing to do" (as in automake's test protocol). */
-export const EXIT_SKIPPED = 77;
-/**
- * The environment keys that, when present in StepSpec.env, identify a step's
- * processes by default (StepSpec.trackEnv).
- */
-export const TRACK_ENV_KEYS = [
-  'BOOTC_PRESTAGE_TRANSACTION', 'BOOTC_PRESTAGE_HOOK', 'BOOTC_PRESTAGE_PHASE',
-] as const;
-
-export interface StepSpec {
-  /** Already expanded; argv[0] must be absolute (PreStageError InvalidHook otherwise). */
-  argv: string[];
-  /** The complete environment (the caller builds it); nothing from process.env is added. */
-  env: Record<string, string>;
-  /**
-   * Milliseconds; null = no timeout (EXTEND_TIMEOUT_USEC then has no effect).
-   * 0 times out at once.
-   */
-  timeoutMs: number | null;
-  /** SIGTERM -> SIGKILL delay, default DEFAULT_KILL_GRACE_MS. */
-  killGraceMs?: number;
-  /**
-   * Environment entries that identify this step's processes: after the main
-   * process exits, any process whose environment holds all of them is killed
-   * too, even one that left the session with setsid. Default: the
-   * TRACK_ENV_KEYS entries of `env` if it has BOOTC_PRESTAGE_TRANSACTION,
-   * else none. null disables the scan.
-   */
-  trackEnv?: Record<string, string> | null;
-  /**
-   * 'pipe' (default): stdout, stderr and fd 3 are pipes, falling back to
-   * socket pairs (with a warning) if pipes cannot be made. 'socket': Node's
-   * socket pairs (for tests of that path).
-   */
-  channels?: 'pipe' | 'socket';
-}
-
-export interface StepSink {
-  /**
-   * One line of output, without its '\n', decoded; lines over 64 KiB arrive
-   * in pieces. Not called when the sink has outputLines.
-   */
-  output?(stream: 'stdout' | 'stderr', line: string): void;
-  /**
-   * The same lines undecoded, a read chunk's worth at a time (see
-   * LineBatch; `buf` and `lines` are lent for the call only). For a sink
-   * that decodes few of many lines.
-   */
-  outputLines?(stream: 'stdout' | 'stderr', buf: Buffer, lines: LineBatch): void;
-  /** Latest value only, coalesced per read chunk. */
-  progress(percent: number): void;
-  /** Latest value only, coalesced per read chunk. */
-  status(text: string): void;
-  /** A fd-3 line that was ignored (first 256 bytes), at most MAX_IGNORED_REPORTS per step. */
-  notifyIgnored?(line: string, reason: string): void;
-  /**
-   * The runner's own remarks for the log: leftover processes killed, pipes
-   * held open, fallbacks taken. Not part of the step's output.
-   */
-  warning?(text: string): void;
-}
-
-export interface StepOutcome {
-  result: StepResult;
-  exitCode: number | null;
-  signal: string | null;
-  /** For people: "exited with status 3", "killed by signal SIGSEGV", "timed out after 5s", ... */
-  message: string;
-  durationMs: number;
-  /** Processes still running after the main process exited, which were then killed. */
-  leftovers: number;
-}
-
-export interface RunningStep {
-  /** Also the process group and session id. 0 until `started`, and when the program could not be started. */
-  readonly pid: number;
-  /** /proc/<pid>/stat starttime, for PID-reuse guards; null if not started or already gone. */
-  readonly startTime: string | null;
-  /** Resolves (never rejects) once the process exists, or starting it failed (then `done` says why). */
-  readonly started: Promise<void>;
-  /** Never rejects. */
-  readonly done: Promise<StepOutcome>;
-  /** SIGTERM to the group, SIGKILL after the grace; result 'cancelled'. No-op once the main process exited. */
-  cancel(): void;
-}
 
 /**
  * Start one step. Throws PreStageError('InvalidHook') before starting
@@ -144,342 +66,15 @@ export interface RunningStep {
  * including a program that cannot be executed, is reported through `done`.
  */
 export function runStep(spec: StepSpec, sink: StepSink): RunningStep {
-  validate(spec);
+  validateStepSpec(spec);
   return new StepRun(spec, sink);
 }
 
-function validate(spec: StepSpec): void {
-  const { argv, env } = spec;
-  if (!Array.isArray(argv) || argv.length === 0 || typeof argv[0] !== 'string' || !isAbsolute(argv[0])) {
-    throw new PreStageError('InvalidHook',
-      `the program must be an absolute path, not ${JSON.stringify(Array.isArray(argv) ? argv[0] ?? '' : argv)}`);
-  }
-  for (const a of argv) {
-    if (typeof a !== 'string' || a.includes('\0')) {
-      throw new PreStageError('InvalidHook', `command line argument ${JSON.stringify(a)} is not a string without NUL bytes`);
-    }
-  }
-  for (const [k, v] of Object.entries(env)) {
-    if (k === '' || k.includes('=') || k.includes('\0') || typeof v !== 'string' || v.includes('\0')) {
-      throw new PreStageError('InvalidHook', `invalid environment entry ${JSON.stringify(k)}=${JSON.stringify(v)}`);
-    }
-  }
-  if (spec.timeoutMs !== null && !(Number.isFinite(spec.timeoutMs) && spec.timeoutMs >= 0)) {
-    throw new RangeError(`timeoutMs must be null or a finite number >= 0, not ${spec.timeoutMs}`);
-  }
-  for (const [k, v] of Object.entries(spec.trackEnv ?? {})) {
-    if (k === '' || k.includes('=') || k.includes('\0') || typeof v !== 'string' || v.includes('\0')) {
-      throw new RangeError(`invalid trackEnv entry ${JSON.stringify(k)}=${JSON.stringify(v)}`);
-    }
-  }
-  const grace = spec.killGraceMs;
-  if (grace !== undefined && !(Number.isFinite(grace) && grace >= 0)) {
-    throw new RangeError(`killGraceMs must be a finite number >= 0, not ${grace}`);
-  }
-}
-
-function defaultTrackEnv(env: Record<string, string>): Record<string, string> | null {
-  if (env.BOOTC_PRESTAGE_TRANSACTION === undefined) return null;
-  const out: Record<string, string> = {};
-  for (const k of TRACK_ENV_KEYS) if (env[k] !== undefined) out[k] = env[k];
-  return out;
-}
-
-/** "5s", "0.25s", "1.5s": a duration for messages. */
-export function formatDuration(ms: number): string {
-  return `${Number((ms / 1000).toFixed(3))}s`;
-}
-
-function describeErrno(e: unknown): string {
-  const err = e as NodeJS.ErrnoException;
-  const text = typeof err?.errno === 'number' ? getSystemErrorMap().get(err.errno)?.[1] : undefined;
-  if (err?.code && text) return `${err.code} (${text})`;
-  return err?.code ?? (err instanceof Error ? err.message : String(e));
-}
-
-// ---------------------------------------------------------------------------
-// Pipes
-
-interface PipePair { read: number; write: number }
-
-const MKFIFO = ['/usr/bin/mkfifo', '/bin/mkfifo'];
-
-/** Pipes made per mkfifo run: enough for PIPE_BATCH / 3 steps. */
-export const PIPE_BATCH = 24;
-/** Below this many pooled pipes a refill starts in the background. */
-const PIPE_LOW_WATER = 12;
-/** Pooled pipes are closed after this long without a step (an idle daemon holds no spare fds). */
-const PIPE_IDLE_MS = 30_000;
-
-function mkfifoBinary(): string | undefined {
-  return MKFIFO.find((p) => existsSync(p));
-}
-
-/**
- * Open the FIFOs at `paths` as pipes and unlink them. The read ends are
- * non-blocking for libuv; the write ends, which a step inherits, are
- * blocking, as a program expects its stdout to be. Every fd is close-on-exec
- * (libuv opens so), so a pooled pipe never leaks into another step.
- */
-function openFifos(paths: string[]): PipePair[] {
-  const pairs: PipePair[] = [];
-  try {
-    for (const p of paths) {
-      const read = openSync(p, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK);
-      pairs.push({ read, write: -1 });
-      // Cannot block: the read end is open.
-      pairs[pairs.length - 1]!.write = openSync(p, fsConstants.O_WRONLY);
-    }
-    return pairs;
-  } catch (e) {
-    closePipes(pairs);
-    throw e;
-  }
-}
-
-/**
- * `n` anonymous pipes, made as FIFOs in a private directory of `base` that
- * is removed before returning (Node cannot call pipe(2)). Blocks on one
- * mkfifo run. Returns the reason on failure.
- */
-function makePipesSync(n: number, base: string): PipePair[] | string {
-  const bin = mkfifoBinary();
-  if (bin === undefined) return 'mkfifo not found';
-  let dir: string;
-  try {
-    dir = mkdtempSync(join(base, 'bootc-prestage-step-'));
-  } catch (e) {
-    return `cannot create a directory in ${base}: ${describeErrno(e)}`;
-  }
-  try {
-    const paths = Array.from({ length: n }, (_, i) => join(dir, String(i)));
-    const r = spawnSync(bin, ['-m', '600', '--', ...paths], { stdio: 'ignore', env: {}, timeout: 10_000 });
-    if (r.status !== 0) return `mkfifo failed (${r.error ? describeErrno(r.error) : `status ${r.status}`})`;
-    return openFifos(paths);
-  } catch (e) {
-    return `cannot open pipes: ${describeErrno(e)}`;
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
-
-/** makePipesSync without blocking the event loop; rejects on failure. */
-async function makePipes(n: number, base: string): Promise<PipePair[]> {
-  const bin = mkfifoBinary();
-  if (bin === undefined) throw new Error('mkfifo not found');
-  const dir = await mkdtemp(join(base, 'bootc-prestage-step-'));
-  try {
-    const paths = Array.from({ length: n }, (_, i) => join(dir, String(i)));
-    await new Promise<void>((resolve, reject) => {
-      const child = spawn(bin, ['-m', '600', '--', ...paths], { stdio: 'ignore', env: {} });
-      child.once('error', reject);
-      child.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`mkfifo exited with ${code}`))));
-    });
-    return openFifos(paths);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
-
-/**
- * Pipes made ahead of need. Forking mkfifo for every step cost more than
- * the step itself (tens of milliseconds on a loaded machine); the pool makes
- * PIPE_BATCH at a time, synchronously only when it is empty, otherwise in
- * the background once it runs low, so a run of steps forks nothing but the
- * steps. Pipes have no state before use, so a pooled pair is as good as a
- * fresh one. The pool follows the temporary directory: when TMPDIR changes,
- * the pipes made in the old one are dropped and the new one is used (and a
- * directory that cannot be used makes runStep fall back, as before).
- */
-class PipePool {
-  private pairs: PipePair[] = [];
-  private base: string | null = null;
-  private refilling = false;
-  private idleTimer: NodeJS.Timeout | null = null;
-
-  take(n: number, base: string = tmpdir()): PipePair[] | string {
-    if (base !== this.base) {
-      this.drop();
-      this.base = base;
-    }
-    if (this.pairs.length < n) {
-      const made = makePipesSync(Math.max(n, PIPE_BATCH), base);
-      if (typeof made === 'string') return made;
-      this.pairs.push(...made);
-    }
-    const out = this.pairs.splice(0, n);
-    if (this.pairs.length < PIPE_LOW_WATER) this.refill(base);
-    this.armIdle();
-    return out;
-  }
-
-  private refill(base: string): void {
-    if (this.refilling) return;
-    this.refilling = true;
-    makePipes(PIPE_BATCH, base).then((made) => {
-      if (base === this.base) {
-        this.pairs.push(...made);
-        this.armIdle();
-      } else {
-        closePipes(made);
-      }
-    }, () => {
-      // The next take() makes pipes synchronously and reports why it cannot.
-    }).finally(() => { this.refilling = false; });
-  }
-
-  private armIdle(): void {
-    if (this.idleTimer) clearTimeout(this.idleTimer);
-    this.idleTimer = setTimeout(() => { this.idleTimer = null; this.drop(); }, PIPE_IDLE_MS);
-    this.idleTimer.unref();
-  }
-
-  private drop(): void {
-    closePipes(this.pairs);
-    this.pairs = [];
-  }
-}
-
-const pipePool = new PipePool();
-
-/** A FIFO whose read end we hold; the helper opens its write end by path. */
-interface Fifo { read: number; path: string }
-
-/**
- * The pipe pool for the spawn helper: FIFOs made by the helper (mkfifo(3),
- * no fork) in batches, read ends opened here, write ends opened by the
- * helper when it starts the step, which then unlinks them. As with
- * PipePool, a refill runs in the background once the pool runs low, and
- * pooled FIFOs are released after PIPE_IDLE_MS without a step.
- */
-class HelperPipePool {
-  private fifos: Fifo[] = [];
-  private base: string | null = null;
-  private refilling: { base: string; done: Promise<void> } | null = null;
-  private idleTimer: NodeJS.Timeout | null = null;
-  private serial = 0;
-  private exitHook = false;
-
-  async take(n: number, helper: Spawner, base: string = tmpdir()): Promise<Fifo[]> {
-    // Re-checked after every wait: a take for another directory may have run meanwhile.
-    for (;;) {
-      if (base !== this.base) {
-        this.drop();
-        this.base = base;
-      }
-      if (this.fifos.length >= n) break;
-      await this.refill(base, helper);
-    }
-    const out = this.fifos.splice(0, n);
-    if (this.fifos.length < PIPE_LOW_WATER) this.refill(base, helper).catch(() => { /* the next take retries and reports */ });
-    this.armIdle();
-    return out;
-  }
-
-  /** The refill in flight for `base`, or a new one (after any for another directory). */
-  private refill(base: string, helper: Spawner): Promise<void> {
-    const inFlight = this.refilling;
-    if (inFlight !== null && inFlight.base === base) return inFlight.done;
-    const done = (inFlight?.done.catch(() => {}) ?? Promise.resolve())
-      .then(() => this.make(base, helper))
-      .finally(() => { if (this.refilling?.done === done) this.refilling = null; });
-    this.refilling = { base, done };
-    return done;
-  }
-
-  private async make(base: string, helper: Spawner): Promise<void> {
-    const dir = mkdtempSync(join(base, 'bootc-prestage-step-'));
-    const paths = Array.from({ length: PIPE_BATCH }, () => join(dir, String(this.serial++)));
-    fifoDirs.set(dir, PIPE_BATCH);
-    const made: Fifo[] = [];
-    try {
-      await helper.mkfifos(paths);
-      // The read end first and non-blocking: opening cannot wait for a writer.
-      for (const p of paths) made.push({ read: openSync(p, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK), path: p });
-    } catch (e) {
-      for (const f of made) closeFd(f.read);
-      fifoDirs.delete(dir);
-      rmSync(dir, { recursive: true, force: true });
-      throw e;
-    }
-    if (base === this.base) {
-      this.fifos.push(...made);
-      this.armIdle();
-      // Pooled FIFOs have names in the temporary directory: remove them when
-      // the daemon exits (a stop, or `npm start` ended), not only when idle.
-      if (!this.exitHook) {
-        this.exitHook = true;
-        process.once('exit', () => this.drop());
-      }
-    } else {
-      releaseFifos(made, true);
-    }
-  }
-
-  private armIdle(): void {
-    if (this.idleTimer) clearTimeout(this.idleTimer);
-    this.idleTimer = setTimeout(() => { this.idleTimer = null; this.drop(); }, PIPE_IDLE_MS);
-    this.idleTimer.unref();
-  }
-
-  private drop(): void {
-    releaseFifos(this.fifos, true);
-    this.fifos = [];
-  }
-}
-
-const helperPipePool = new HelperPipePool();
-
-/**
- * Done with FIFOs' names: the helper unlinks the ones it opened; `unused`
- * ones (a failed start, a dropped pool) are unlinked and their read ends
- * closed here. A batch's directory goes with its last FIFO.
- */
-function releaseFifos(fifos: Fifo[], unused: boolean): void {
-  for (const f of fifos) {
-    if (unused) {
-      closeFd(f.read);
-      f.read = -1;
-      try { unlinkSync(f.path); } catch { /* the helper did, or never made it */ }
-    }
-    const dir = dirname(f.path);
-    const left = (fifoDirs.get(dir) ?? 1) - 1;
-    if (left > 0) {
-      fifoDirs.set(dir, left);
-      continue;
-    }
-    fifoDirs.delete(dir);
-    try { rmdirSync(dir); } catch { /* not ours to remove after all */ }
-  }
-}
-
-/** FIFOs not yet released, by batch directory: the last one's release removes it (one rmdir per batch, not per FIFO). */
-const fifoDirs = new Map<string, number>();
-
-function closeFd(fd: number): void {
-  if (fd < 0) return;
-  try { closeSync(fd); } catch { /* already closed */ }
-}
-
-function closePipes(pairs: PipePair[]): void {
-  for (const p of pairs) { closeFd(p.read); closeFd(p.write); p.read = -1; p.write = -1; }
-}
 
 // ---------------------------------------------------------------------------
 
 type StreamName = 'stdout' | 'stderr' | 'notify';
 const STREAMS: readonly StreamName[] = ['stdout', 'stderr', 'notify'];
-
-/**
- * A step that ended within this long is cleaned up by looking only at the
- * pids allocated since its own (see processesSince): going round the whole
- * pid space in that time takes over 32,000 process creations.
- */
-const PID_WINDOW_MAX_MS = 1000;
-
-function readComm(pid: number): string {
-  return readProcStat(pid)?.comm ?? '?';
-}
 
 /** The largest delay setTimeout honours; longer ones fire at once. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -816,74 +411,64 @@ class StepRun implements RunningStep {
   }
 
   /**
-   * Kill what the step left running, then drain the pipes. What is left
-   * of the grace started by a timeout or cancel carries over, so a step that
-   * ignores SIGTERM does not get a second full grace period.
+   * Kill what the step left running, then drain the pipes, then resolve
+   * `done`.
    */
   private async cleanUp(): Promise<void> {
-    const grace = this.killDeadline === null
-      ? this.graceMs
-      : Math.max(0, this.killDeadline - performance.now());
-    const sid = this.pid;
-    if (sid <= 0) {
+    if (this.pid <= 0) {
       // Never scan for "our" processes without a session id: in a pid namespace
       // every process whose session leader is outside reads as session 0.
       this.warn('internal error: the step ended before its pid was known; not looking for leftovers');
-      await this.drain();
-      this.finish();
-      return;
+    } else {
+      await this.killLeftovers(this.remainingGrace());
     }
-    const track = this.spec.trackEnv === undefined ? defaultTrackEnv(this.spec.env) : this.spec.trackEnv;
-    const trackEnv = track !== null && Object.keys(track).length > 0 ? track : null;
+    await this.drain();
+    this.finish();
+  }
 
+  /**
+   * What is left of the grace started by a timeout or cancel carries over,
+   * so a step that ignores SIGTERM does not get a second full grace period.
+   */
+  private remainingGrace(): number {
+    return this.killDeadline === null
+      ? this.graceMs
+      : Math.max(0, this.killDeadline - performance.now());
+  }
+
+  /** The environment entries that identify the step's escaped processes, or null. */
+  private trackEnv(): Record<string, string> | null {
+    const track = this.spec.trackEnv === undefined ? defaultTrackEnv(this.spec.env) : this.spec.trackEnv;
+    return track !== null && Object.keys(track).length > 0 ? track : null;
+  }
+
+  /**
+   * Up to three rounds of find-and-kill: go round again while anything is
+   * found at all, since a process seen in the group may have escaped with
+   * setsid before the group kill reached it. Only the first round grants
+   * a grace period.
+   */
+  private async killLeftovers(grace: number): Promise<void> {
+    const sid = this.pid;
+    const trackEnv = this.trackEnv();
     // Only processes created since the leader can be the step's; a step
     // that lasted under PID_WINDOW_MAX_MS lets the scan skip older pids.
     const leader: ProcessRef = { pid: sid, startTime: this.startTime ?? '0' };
     const seen = new Set<number>();
     for (let round = 0; round < 3; round++) {
       const pidWindow = this.startTime !== null && performance.now() - this.t0 < PID_WINDOW_MAX_MS;
-      // One pass over /proc: the group, and the session (members that moved
-      // to another group, e.g. jobs of a shell with `set -m`).
-      let inGroup = false;
-      const stray: ProcessRef[] = [];
-      const others: ProcessRef[] = [];
-      const names = new Map<number, string>();
-      for (const p of processesSince(leader, { pidWindow })) {
-        if (p.pgrp === sid) inGroup = true;
-        else if (p.session === sid) stray.push({ pid: p.pid, startTime: p.startTime });
-        else {
-          if (p.pid !== process.pid) others.push({ pid: p.pid, startTime: p.startTime });
-          continue;
-        }
-        names.set(p.pid, p.comm);
-      }
-      if (trackEnv !== null && others.length > 0) {
-        // Escaped with setsid: only the environment still tells.
-        for (const r of await filterByEnv(others, trackEnv)) {
-          stray.push(r);
-          names.set(r.pid, readComm(r.pid));
-        }
-      }
-      // Go round again while anything is found at all: a process seen in the
-      // group may have escaped with setsid before the group kill reached it.
-      if (names.size === 0) break;
-      const fresh = [...names.keys()];
+      const found = await findStepProcesses(sid, leader, pidWindow, trackEnv);
+      if (found.names.size === 0) break;
+      const fresh = [...found.names.keys()];
       for (const p of fresh) seen.add(p);
       this.leftovers = seen.size;
       this.warn(`${round === 0 ? 'killing' : 'killing more'} processes left behind by the step: `
-        + fresh.slice(0, 10).map((p) => `${p} (${names.get(p)})`).join(', ')
-        + (fresh.length > 10 ? `, and ${fresh.length - 10} more` : ''));
-      const [groupGone, strayGone] = await Promise.all([
-        inGroup ? terminateGroup(sid, round === 0 ? grace : 0) : true,
-        stray.length > 0 ? terminateProcesses(stray, round === 0 ? grace : 0) : true,
-      ]);
-      if (!groupGone || !strayGone) {
+        + describeProcesses(fresh, found.names));
+      if (!(await terminateStepProcesses(sid, found, round === 0 ? grace : 0))) {
         this.warn('processes of the step survived SIGKILL (uninterruptible sleep?); leaving them behind');
         break;
       }
     }
-    await this.drain();
-    this.finish();
   }
 
   private async drain(): Promise<void> {

@@ -6,13 +6,14 @@
  * engine is the only writer.
  */
 import { BehaviorSubject, Subject, type Observable } from 'rxjs';
-import type { LogOptions, TransactionHandle } from './api.js';
+import type { TransactionHandle } from './api.js';
+import type { LogOptions } from '../model/options.js';
 import type { JournalHook, TransactionJournal } from './journal.js';
 import { TransactionLog } from './transaction-log.js';
 import type {
   HookStatus, Phase, TransactionEvent, TransactionSnapshot, TransactionState,
-} from './types.js';
-import { RESTING_STATES } from './types.js';
+} from '../model/types.js';
+import { RESTING_STATES } from '../model/types.js';
 
 export interface TransactionInit {
   id: string;

@@ -2,7 +2,7 @@
  * Micro-benchmark of outgoing marshalling: the PropertiesChanged a
  * transaction sends per hook, carrying the whole `Hooks` property
  * (a(ssus), one entry per hook), and the HookStarted / HookFinished signals
- * next to it; dbus-next's marshallMessage against service/bus/wire.ts.
+ * next to it; dbus-next's marshallMessage against service/bus/wire/message.ts.
  *
  *   npx tsc -p tsconfig.json && node dist/test/bench/marshal-micro.js [--hooks 200] [--ms 1500]
  *
@@ -12,7 +12,7 @@
 import { createRequire } from 'node:module';
 import { parseArgs } from 'node:util';
 import { Message, Variant } from 'dbus-next';
-import { marshalMessage } from '../../service/bus/wire.js';
+import { marshalMessage } from '../../service/bus/wire/message.js';
 
 const require = createRequire(import.meta.url);
 const { marshallMessage } = require('dbus-next/lib/marshall-compat.js') as {
@@ -72,13 +72,13 @@ function measure(make: () => Message, fn: (m: Message) => unknown): number {
 const sample = propertiesChanged();
 const theirs = marshallMessage(propertiesChanged())[0];
 const ours = marshalMessage(sample);
-if (!ours.equals(theirs)) throw new Error('wire.ts and dbus-next disagree on the PropertiesChanged bytes');
+if (!ours.equals(theirs)) throw new Error('wire/message.ts and dbus-next disagree on the PropertiesChanged bytes');
 
 const cases: [string, () => Message][] = [
   [`PropertiesChanged, Hooks a(ssus) x ${hookCount} (${ours.length} bytes)`, propertiesChanged],
   ['HookStarted (suu)', hookStarted],
 ];
-console.log('| message | dbus-next µs | wire.ts µs | speed-up |');
+console.log('| message | dbus-next µs | wire/message.ts µs | speed-up |');
 console.log('| --- | --- | --- | --- |');
 for (const [name, make] of cases) {
   const a = measure(make, (m) => marshallMessage(m));

@@ -33,7 +33,7 @@ import type { TransactionProperties } from '../../service/client/types.js';
 import { parseJournal, type JournalRecord, type ReadJournal } from '../../service/engine/journal.js';
 import { findProcessRefsByEnv, isSameProcess, processStartTime, type ProcessRef } from '../../service/engine/process-tree.js';
 import { replayJournal } from '../../service/engine/recovery.js';
-import type { Phase } from '../../service/engine/types.js';
+import type { Phase } from '../../service/model/types.js';
 import { withDaemon, type DaemonContext } from './daemon.js';
 import type { Sysroot } from './ostree.js';
 import { sleep } from './processes.js';

@@ -9,9 +9,9 @@ import type { ExecutionContext } from 'ava';
 import { firstValueFrom, filter } from 'rxjs';
 import type { TransactionHandle } from '../../service/engine/api.js';
 import { Engine, type EngineOptions } from '../../service/engine/engine.js';
-import type { Logger } from '../../service/engine/logger.js';
-import type { TransactionEvent, TransactionSnapshot } from '../../service/engine/types.js';
-import { RESTING_STATES } from '../../service/engine/types.js';
+import type { Logger } from '../../service/model/logger.js';
+import type { TransactionEvent, TransactionSnapshot } from '../../service/model/types.js';
+import { RESTING_STATES } from '../../service/model/types.js';
 import { withSysroot, type Sysroot } from './ostree.js';
 import { tmpDir } from './tmp.js';
 

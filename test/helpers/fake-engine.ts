@@ -16,14 +16,13 @@
  *   change is emitted.
  */
 import { BehaviorSubject, Subject, type Observable } from 'rxjs';
-import type {
-  EngineApi, EngineStatus, LogOptions, PhaseOptions, RegisterOptions, StartOptions, TransactionHandle,
-} from '../../service/engine/api.js';
-import { PreStageError, type ErrorCode } from '../../service/engine/errors.js';
+import type { EngineApi, EngineStatus, TransactionHandle } from '../../service/engine/api.js';
+import type { LogOptions, PhaseOptions, RegisterOptions, StartOptions } from '../../service/model/options.js';
+import { PreStageError, type ErrorCode } from '../../service/model/errors.js';
 import type {
   HookDefinition, HookResult, HookSet, Phase, StepResult, TransactionEvent, TransactionSnapshot,
   TransactionState,
-} from '../../service/engine/types.js';
+} from '../../service/model/types.js';
 
 /** One driveable transaction. */
 export class FakeTransaction implements TransactionHandle {

@@ -25,7 +25,7 @@ import {
 } from '../helpers/dbus-client.js';
 import { makeSysroot, type Sysroot } from '../helpers/ostree.js';
 import { FIXTURES_DIR, makeTmpDir, removeDir } from '../helpers/tmp.js';
-import type { Phase } from '../../service/engine/types.js';
+import type { Phase } from '../../service/model/types.js';
 
 const exec = promisify(execFile);
 const IMAGE_FIXTURES = path.join(FIXTURES_DIR, 'images');

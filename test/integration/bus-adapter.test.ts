@@ -21,8 +21,8 @@ import {
 } from '../../service/bus/members.js';
 import { exportService, type ExportOptions, type ServiceHandle } from '../../service/bus/service.js';
 import type { RateLimits } from '../../service/bus/transaction-object.js';
-import { ERROR_CODES, PreStageError } from '../../service/engine/errors.js';
-import type { LogFields, Logger } from '../../service/engine/logger.js';
+import { ERROR_CODES, PreStageError } from '../../service/model/errors.js';
+import type { LogFields, Logger } from '../../service/model/logger.js';
 import { runNodeAs } from '../helpers/as-user.js';
 import { withBus, type TestBus } from '../helpers/bus.js';
 import { busctl, busctlCall, busctlGetProperty, NOBODY } from '../helpers/busctl.js';

@@ -1,5 +1,5 @@
 /**
- * BusConnection puts its messages on the wire with service/bus/wire.ts:
+ * BusConnection puts its messages on the wire with service/bus/wire/ (message.ts):
  * through a real dbus-daemon to a dbus-next peer, signals, calls and
  * replies arrive whole, and a body that does not marshal fails at once
  * with a MarshalError, leaving the connection usable.
@@ -7,7 +7,7 @@
 import test from 'ava';
 import { Message, MessageType, Variant } from 'dbus-next';
 import { connectBus } from '../../service/bus/connection.js';
-import { MarshalError } from '../../service/bus/wire.js';
+import { MarshalError } from '../../service/bus/wire/message.js';
 import { withBus } from '../helpers/bus.js';
 import { withClient } from '../helpers/dbus-client.js';
 

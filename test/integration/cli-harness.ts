@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { ensureBuilt } from '../helpers/daemon.js';
 import { exited, exitedWithin, lineCollector, spawnTied, terminate, type ExitInfo } from '../helpers/processes.js';
 import { FIXTURES_DIR, REPO_ROOT } from '../helpers/tmp.js';
-import { quoteCommandLine } from '../../service/engine/command-line.js';
+import { quoteCommandLine } from '../../service/model/command-line.js';
 
 export const CLI_ENTRY = path.join(REPO_ROOT, 'dist', 'bootc-prestage.mjs');
 /** The directory holding the stand-in `bootc` (put first on PATH). */

@@ -11,7 +11,7 @@ import * as path from 'node:path';
 import { describeStep, HOOKS_DIR, installPrograms, runHookStep, type HookStepResult } from '../fixtures/images/hook-step.js';
 import { withSysroot } from '../helpers/ostree.js';
 import { tmpDir } from '../helpers/tmp.js';
-import type { Phase } from '../../service/engine/types.js';
+import type { Phase } from '../../service/model/types.js';
 
 interface Machine {
   dir: string;

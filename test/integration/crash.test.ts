@@ -18,7 +18,7 @@ import test, { type ExecutionContext } from 'ava';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import type { JournalRecord } from '../../service/engine/journal.js';
-import type { Phase } from '../../service/engine/types.js';
+import type { Phase } from '../../service/model/types.js';
 import {
   calibrate, checkNewWork, checkRecovery, CrashRig, describeRecord, HOOKS, rigSlot, type CrashSnapshot,
 } from '../helpers/crash.js';

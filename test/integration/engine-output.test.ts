@@ -7,7 +7,7 @@
 import test from 'ava';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import type { TransactionEvent } from '../../service/engine/types.js';
+import type { TransactionEvent } from '../../service/model/types.js';
 import { recordEvents, settled, withEngine, type EngineEnv } from '../helpers/engine-env.js';
 
 const staged = (env: EngineEnv) => env.sysroot.deployments[0]!;

@@ -10,8 +10,8 @@ import { DBUS_ERROR, ERROR_NAMES } from '../../service/bus/error-names.js';
 import { parseIntrospectionXml } from '../../service/bus/introspection.js';
 import type { InterfaceSpec } from '../../service/bus/members.js';
 import { ObjectServer, type InterfaceImpl } from '../../service/bus/object-server.js';
-import { ERROR_CODES, PreStageError, type ErrorCode } from '../../service/engine/errors.js';
-import type { LogFields, Logger } from '../../service/engine/logger.js';
+import { ERROR_CODES, PreStageError, type ErrorCode } from '../../service/model/errors.js';
+import type { LogFields, Logger } from '../../service/model/logger.js';
 
 const TEST_IFACE = {
   name: 'org.example.Test',

@@ -1,7 +1,7 @@
 import test from 'ava';
 import { Variant } from 'dbus-next';
-import { PreStageError } from '../../service/engine/errors.js';
-import type { ResolvedHook } from '../../service/engine/types.js';
+import { PreStageError } from '../../service/model/errors.js';
+import type { ResolvedHook } from '../../service/model/types.js';
 import {
   DEFAULT_HOOK_TIMEOUT_SEC, MAX_ARRAY_ENTRIES, MAX_LOG_LINES, MAX_STRING_BYTES,
   checkDeploymentArg, decodeHookDefinition, decodeLogOptions, decodeOptions, decodePhaseOptions,

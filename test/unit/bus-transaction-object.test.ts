@@ -11,8 +11,8 @@ import type { ExportedObject, MethodCall, ObjectRegistry } from '../../service/b
 import {
   PROGRESS_INTERVAL_MS, TransactionObject, transactionProperties, type RateLimits,
 } from '../../service/bus/transaction-object.js';
-import { PreStageError } from '../../service/engine/errors.js';
-import { nullLogger } from '../../service/engine/logger.js';
+import { PreStageError } from '../../service/model/errors.js';
+import { nullLogger } from '../../service/model/logger.js';
 import { FakeEngine, type FakeTransaction } from '../helpers/fake-engine.js';
 
 interface Emitted {

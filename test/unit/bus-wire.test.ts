@@ -1,7 +1,7 @@
 import test, { type ExecutionContext } from 'ava';
 import { createRequire } from 'node:module';
 import { Message, MessageType, Variant } from 'dbus-next';
-import { MAX_ARRAY_BYTES, MarshalError, isValidObjectPath, marshalMessage } from '../../service/bus/wire.js';
+import { MAX_ARRAY_BYTES, MarshalError, isValidObjectPath, marshalMessage } from '../../service/bus/wire/message.js';
 
 // dbus-next's own marshaller and unmarshaller, the references.
 const require = createRequire(import.meta.url);
@@ -268,7 +268,7 @@ class Gen {
     if (k < 0.2) d = this.int(-1000, 1000);
     else if (k < 0.3) d = this.pick([Number.MIN_VALUE, Number.MAX_VALUE, -Number.MAX_VALUE, 2 ** -1074, 1e-310]);
     else d = (this.r() - 0.5) * 10 ** this.int(-300, 300);
-    return Object.is(d, -0) ? 0 : d; // dbus-next writes -0 as +0 (see wire.ts)
+    return Object.is(d, -0) ? 0 : d; // dbus-next writes -0 as +0 (see wire/message.ts)
   }
 
   int64(signed: boolean): bigint | number {
@@ -280,7 +280,7 @@ class Gen {
     const u = (hi << 32n) | lo;
     if (!signed) return u;
     const s = BigInt.asIntN(64, u);
-    return s === -(2n ** 63n) ? s + 1n : s; // dbus-next refuses -2^63 (see wire.ts)
+    return s === -(2n ** 63n) ? s + 1n : s; // dbus-next refuses -2^63 (see wire/message.ts)
   }
 
   value(t: TNode, depth: number): unknown {

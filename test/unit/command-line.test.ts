@@ -1,7 +1,7 @@
 import test from 'ava';
 import {
   CommandLineSyntaxError, expandArgv, expandVariables, quoteCommandLine, quoteWord, splitCommandLine,
-} from '../../service/engine/command-line.js';
+} from '../../service/model/command-line.js';
 
 const splits = test.macro({
   exec(t, input: string, expected: string[]) {

@@ -4,11 +4,11 @@ import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as nodePath from 'node:path';
-import { PreStageError } from '../../service/engine/errors.js';
+import { PreStageError } from '../../service/model/errors.js';
 import {
   DEPLOYMENT_HOOK_DIR, ETC_HOOK_DIR, RUN_HOOK_DIR, discoverHooks, hookDirectories, resolveInRoot,
 } from '../../service/engine/hook-discovery.js';
-import type { Logger } from '../../service/engine/logger.js';
+import type { Logger } from '../../service/model/logger.js';
 
 const NOBODY = 65534;
 

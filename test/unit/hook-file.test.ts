@@ -1,10 +1,10 @@
 import test from 'ava';
-import { PreStageError } from '../../service/engine/errors.js';
+import { PreStageError } from '../../service/model/errors.js';
 import {
   DEFAULT_TIMEOUT_SEC, LIMITS, MAX_TIMEOUT_SEC, environmentRecord, parseHookFile, serializeHookFile,
   validateDefinition,
-} from '../../service/engine/hook-file.js';
-import type { HookDefinition } from '../../service/engine/types.js';
+} from '../../service/model/hook-file.js';
+import type { HookDefinition } from '../../service/model/types.js';
 
 const P = '/etc/bootc/pre-stage.d/x.hook';
 

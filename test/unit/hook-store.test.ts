@@ -2,12 +2,12 @@ import test from 'ava';
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as nodePath from 'node:path';
-import { PreStageError, type ErrorCode } from '../../service/engine/errors.js';
+import { PreStageError, type ErrorCode } from '../../service/model/errors.js';
 import { fsyncDir, mkdirDurable, unlinkDurable, writeFileAtomic } from '../../service/engine/fs-atomic.js';
 import { discoverHooks } from '../../service/engine/hook-discovery.js';
-import { DEFAULT_TIMEOUT_SEC, parseHookFile } from '../../service/engine/hook-file.js';
+import { DEFAULT_TIMEOUT_SEC, parseHookFile } from '../../service/model/hook-file.js';
 import { hookWriteDir, registerHookFile, unregisterHookFile } from '../../service/engine/hook-store.js';
-import type { HookDefinition } from '../../service/engine/types.js';
+import type { HookDefinition } from '../../service/model/types.js';
 
 async function tempRoot(t: { teardown(f: () => Promise<void>): void }): Promise<string> {
   const dir = await fsp.mkdtemp(nodePath.join(os.tmpdir(), 'hook-store-'));

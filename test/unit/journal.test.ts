@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { JournalStore, parseJournal, type BeginRecord } from '../../service/engine/journal.js';
 import { replayJournal } from '../../service/engine/recovery.js';
-import type { HookDefinition } from '../../service/engine/types.js';
+import type { HookDefinition } from '../../service/model/types.js';
 
 const def = (over: Partial<HookDefinition> = {}): HookDefinition => ({
   description: '', prepare: ['/bin/true'], commit: ['/bin/true'], abort: ['/bin/true'],

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { PreStageError } from '../../service/engine/errors.js';
+import { PreStageError } from '../../service/model/errors.js';
 import { compareNames, orderHooks } from '../../service/engine/plan.js';
 
 interface H { name: string; after: string[]; before: string[]; source?: string }

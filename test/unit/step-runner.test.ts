@@ -9,7 +9,7 @@ import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { PreStageError } from '../../service/engine/errors.js';
+import { PreStageError } from '../../service/model/errors.js';
 import { locateSpawner } from '../../service/engine/spawner.js';
 import { findProcessesByEnv, parseProcStat, readProcStat } from '../../service/engine/process-tree.js';
 import {

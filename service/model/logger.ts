@@ -1,6 +1,6 @@
 /**
- * The engine logs through this interface only; the daemon backs it with
- * winston (service/daemon/log.ts), tests with a collector.
+ * The engine and its adapters log through this interface only; the daemon
+ * backs it with winston (service/daemon/log.ts), tests with a collector.
  */
 export interface LogFields {
   transaction?: string;

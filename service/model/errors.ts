@@ -1,7 +1,9 @@
 /**
- * Engine error codes. The engine knows nothing of D-Bus: the bus adapter maps
- * each code to a D-Bus error name in one table (service/bus/error-names.ts),
- * and the type system checks that the table covers every code.
+ * Error codes of the engine's operations, and the error that carries one.
+ * Plain: the engine throws them, the protocol layer maps each code to a
+ * D-Bus error name in one table (service/protocol/errors.ts, where the type
+ * system checks that the table covers every code), and the CLI reads the
+ * ones the model's own parsers throw.
  */
 export type ErrorCode =
   | 'InvalidDeployment'

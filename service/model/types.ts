@@ -1,6 +1,6 @@
 /**
- * Plain data shared across the engine: hook definitions, plans, transaction
- * snapshots and events. No I/O here.
+ * Plain data shared by the engine, its adapters and the CLI: hook definitions,
+ * plans, transaction snapshots and events. No I/O here.
  */
 import type { ErrorCode } from './errors.js';
 
