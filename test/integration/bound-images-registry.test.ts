@@ -23,7 +23,7 @@ import {
 import { processesMentioning } from '../helpers/processes.js';
 import { startRegistry, type PushedImage, type Registry, type RegistryRequest } from '../helpers/registry.js';
 import { makeTmpDir, removeDir } from '../helpers/tmp.js';
-import type { Phase } from '../../service/engine/types.js';
+import type { Phase } from '../../service/model/types.js';
 
 const exec = promisify(execFile);
 
