@@ -11,12 +11,16 @@
 #   2. the manifest digest it must have: the pinned one, or for a tag the
 #      digest of the manifest the source serves now (skopeo inspect --raw:
 #      one manifest request, no layers);
-#   3. another deployment's store holds an image of that repository with
+#   3. a first store starts as a clone of the booted deployment's, its
+#      layer files hard-linked, pruned to the images bound here with those
+#      digests (clone_store);
+#   4. another deployment's store holds an image of that repository with
 #      that digest: copied from there (skopeo copy between the two
-#      containers-storage stores: no download, and the new store owns its
-#      own copy of every layer, so it never depends on the old store, which
-#      a later commit removes);
-#   4. otherwise pulled from the source.
+#      containers-storage stores: no download);
+#   5. otherwise pulled from the source.
+# Either way the new store owns every layer it uses (a hard link keeps a
+# file's data after the old store's link is gone), so it never depends on
+# the old store, which a later commit removes.
 # Up to BOUND_IMAGES_PARALLEL images are worked on at once, each by a job
 # (a subshell) that reports to the main loop through a FIFO; the main loop
 # alone writes to the notify fd.
@@ -314,16 +318,28 @@ image_job() {
 	_j_rc=1
 	case "$NL$present$NL" in
 	*"$NL$_j_dest$NL"*)
-		_j_rc=0
-		got_digest=
-		# Pinned: what the name holds is checked, not assumed.
-		[ -z "$_j_digest" ] || image_state "$_j_dest" "$_j_digest" || _j_rc=$?
+		# In a clone, a tag's name came from another deployment: it is
+		# checked against the registry below, never trusted.
+		if [ -n "$_j_digest" ] || [ "$cloning" = 0 ]; then
+			_j_rc=0
+			got_digest=
+			# Pinned: what the name holds is checked, not assumed.
+			[ -z "$_j_digest" ] || image_state "$_j_dest" "$_j_digest" || _j_rc=$?
+		fi
 		;;
 	esac
 	case $_j_rc in
 	0)
-		if [ -n "$got_digest" ]; then say "$_j_dest: already present ($got_digest)"; else say "$_j_dest: already present"; fi
-		echo "present $got_digest" >"$jw/result"
+		if [ "$cloning" = 1 ]; then
+			say "$_j_dest: in the clone with the pinned digest ($got_digest)"
+			echo "cloned $got_digest" >"$jw/result"
+		elif [ -n "$got_digest" ]; then
+			say "$_j_dest: already present ($got_digest)"
+			echo "present $got_digest" >"$jw/result"
+		else
+			say "$_j_dest: already present"
+			echo "present" >"$jw/result"
+		fi
 		return 0
 		;;
 	2) warn "$_j_dest: the store holds manifest $got_digest under that name, not the pinned one; fetching again" ;;
@@ -340,6 +356,11 @@ image_job() {
 		[ ! -e "$work/stop" ] || exit 143
 		warn "$_j_dest: cannot read the manifest from $_j_src ($(tr '\n' ' ' <"$jw/source.err")); pulling without checking other stores"
 		[ -n "$_j_digest" ] || _j_want=
+	fi
+	if [ "$cloning" = 1 ] && [ -n "$_j_want" ] && [ -z "$_j_digest" ] && store_image_has "$_j_dest" "$_j_want"; then
+		say "$_j_dest: in the clone with the digest the source serves ($_j_want)"
+		echo "cloned $_j_want" >"$jw/result"
+		return 0
 	fi
 	if is_true "$REUSE" && [ -n "$_j_want" ] && [ -s "$work/others" ]; then
 		case $_j_dest in
@@ -380,6 +401,129 @@ image_job() {
 	esac
 	say "$_j_dest: pulled ($got_digest)"
 	echo "pulled $got_digest" >"$jw/result"
+}
+
+# image_records [STORE]: the image records of STORE's images.json (this
+# store by default), one per line as 'ID<US>RECORD'. Each record starts
+# with {"id":" and nested objects have no "id", so the split is exact for
+# the compact JSON containers-storage writes.
+image_records() {
+	_ir_json=$(cat -- "${1:-$store}/$driver-images/images.json" 2>/dev/null) || return 0
+	_ir_rest=${_ir_json#*\{\"id\":\"}
+	[ "$_ir_rest" != "$_ir_json" ] || return 0
+	while [ -n "$_ir_rest" ]; do
+		case $_ir_rest in
+		*'{"id":"'*) _ir_img=${_ir_rest%%\{\"id\":\"*}; _ir_rest=${_ir_rest#*\{\"id\":\"} ;;
+		*) _ir_img=$_ir_rest; _ir_rest= ;;
+		esac
+		case $_ir_img in
+		*"$NL"*) continue ;;
+		esac
+		printf '%s%s%s\n' "${_ir_img%%\"*}" "$US" "$_ir_img"
+	done
+}
+
+# store_image_has NAME DIGEST: the store's image named NAME has DIGEST (as
+# its manifest's digest, or one of its manifests').
+store_image_has() {
+	image_records >"$jw/records"
+	while IFS="$US" read -r _sh_id _sh_rec; do
+		_sh_names=${_sh_rec#*\"names\":\[}
+		_sh_names=${_sh_names%%]*}
+		case ",$_sh_names," in
+		*",\"$1\","*) ;;
+		*) continue ;;
+		esac
+		case $_sh_rec in
+		*"\"$2\""* | *"-$2\""*) return 0 ;;
+		esac
+		return 1
+	done <"$jw/records"
+	return 1
+}
+
+# clone_start: begin this deployment's first store as a clone of the
+# booted deployment's (the first of $work/others), under .clone-<name>;
+# $store names the clone until clone_finish. Layer files are hard links
+# (cp -a --link): no data is copied, and since a file's data stays until
+# its last link goes, removing the old store later leaves the clone whole.
+# Everything containers-storage rewrites (its JSON records, locks, image
+# metadata, tar-split files) is a copy of its own. Layer files are never
+# modified in place: overlay mounts them read-only below a container's
+# upper directory, and these stores hold no containers. A clone left by a
+# killed run is taken up again: no tag in a clone is trusted (image_job
+# asks the registry for each), so it is as good as a new one.
+clone_start() {
+	cloning=0
+	final_store=$store
+	_cl_tmp=$STORE_ROOT/.clone-$name
+	if [ ! -d "$_cl_tmp" ]; then
+		read -r _cl_src _cl_drv _cl_run <"$work/others" || return 0
+		[ "$_cl_drv" = "$driver" ] || return 0
+		remove_tree "$_cl_tmp" || return 0
+		notify "STATUS=Cloning $_cl_src (layers shared by hard links)"
+		mkdir -- "$_cl_tmp.new" 2>/dev/null || { remove_tree "$_cl_tmp.new" && mkdir -- "$_cl_tmp.new"; } || return 0
+		set +f
+		set -- "$_cl_src"/*
+		set -f
+		for _cl_e in "$@"; do
+			case ${_cl_e##*/} in
+			# podman's own database and scratch directories are not part of the store.
+			libpod | tmp | mounts) continue ;;
+			"$_cl_drv") _cl_how=--link ;;
+			*) _cl_how= ;;
+			esac
+			# shellcheck disable=SC2086 # empty or one option
+			if ! cp -a $_cl_how -- "$_cl_e" "$_cl_tmp.new/"; then
+				warn "cannot clone $_cl_src (see above); copying image by image instead"
+				remove_tree "$_cl_tmp.new" || :
+				return 0
+			fi
+		done
+		# Complete under its name or not there at all.
+		mv -- "$_cl_tmp.new" "$_cl_tmp" || { remove_tree "$_cl_tmp.new" || :; return 0; }
+		say "cloned $_cl_src (layer files hard-linked); each image is checked against its source"
+	else
+		say "taking up the clone $_cl_tmp a killed run left; each image is checked against its source"
+	fi
+	cloning=1
+	store=$_cl_tmp
+}
+
+# clone_finish: remove from the clone every image that carries no name
+# bound here (the other deployment's images, and those whose name a pull
+# moved to a newer image), then rename it into place as the store.
+clone_finish() {
+	[ "$cloning" = 1 ] || return 0
+	image_records >"$work/records"
+	_cf_drop=0
+	while IFS="$US" read -r _cf_id _cf_rec; do
+		_cf_names=${_cf_rec#*\"names\":\[}
+		_cf_names=${_cf_names%%]*}
+		_cf_keep=0
+		_cf_i=1
+		while [ "$_cf_i" -le "$_ei_n" ]; do
+			eval "_cf_dest=\$_ei_name_$_cf_i"
+			case ",$_cf_names," in
+			*",\"$_cf_dest\","*) _cf_keep=1; break ;;
+			esac
+			_cf_i=$((_cf_i + 1))
+		done
+		[ "$_cf_keep" = 0 ] || continue
+		case $_cf_id in
+		'' | *[!0-9a-f]*) die "cannot read the image records of $store" ;;
+		esac
+		# shellcheck disable=SC2086 # SKOPEO is a word list
+		run $SKOPEO delete "$(store_ref "@$_cf_id")" ||
+			die "cannot remove image $_cf_id, which this deployment does not bind, from $store (see above); start the pre-stage again"
+		_cf_drop=$((_cf_drop + 1))
+	done <"$work/records"
+	sync -f -- "$store" 2>/dev/null || :
+	mv -- "$store" "$final_store" || die "cannot rename $store to $final_store"
+	sync -- "$STORE_ROOT" 2>/dev/null || :
+	[ "$_cf_drop" = 0 ] || say "removed $_cf_drop images this deployment does not bind from the clone"
+	store=$final_store
+	cloning=0
 }
 
 # fmt_bytes DONE TOTAL: "120/300 MB" (decimal units, as registries and
@@ -445,58 +589,22 @@ words_without() {
 	printf '%s' "$_ww"
 }
 
-# ensure_images: every image of $work/images present in the store (kept,
-# reused or pulled, see the top of this file), with progress on the notify
-# fd. Fails naming the first image that could not be made present; the
-# other jobs are stopped, and what they completed stays.
-ensure_images() {
-	_ei_n=0
-	while IFS= read -r _ei_line; do
-		_ei_n=$((_ei_n + 1))
-		printf '%s\n' "$_ei_line" >"$work/img.$_ei_n"
-		eval "_ei_name_$_ei_n=\${_ei_line%%\"\$US\"*}"
-	done <"$work/images"
-	choose_driver
-	mkdir -p -- "$STORE_ROOT" "$RUNROOT_BASE" || die "cannot create $STORE_ROOT or $RUNROOT_BASE"
-	chmod 0700 -- "$STORE_ROOT" 2>/dev/null || :
-	present=$(store_names)
-	other_stores >"$work/others"
-	jw=$work
-	rm -f -- "$work/stop" "$work/events"
-	mkfifo -m 0600 -- "$work/events" || die "cannot make $work/events"
-	# Read and write: neither open blocks, and no writer ever sees EPIPE.
-	exec 5<>"$work/events"
-	# The ticker: a line a second, for the bytes progress. Its sleep is
-	# stopped with it, so that nothing outlives the step.
-	(
-		_tk=
-		trap 'kill "$_tk" 2>/dev/null; exit 0' TERM
-		trap - INT
-		while [ ! -e "$work/stop" ] && [ ! -e "$work/done" ]; do
-			sleep 1 &
-			_tk=$!
-			wait "$_tk"
-			event tick 2>/dev/null || exit 0
-		done
-	) 3>&- 4<&- </dev/null >/dev/null 2>&1 &
-	_ei_ticker=$!
+# run_jobs MODE: image_MODE I for every image I, PARALLEL at once, until
+# all are done or one failed (_ei_failed); events from the jobs and the
+# ticker are handled as they come.
+run_jobs() {
 	_ei_next=1
 	_ei_done=0
 	_ei_running=
 	_ei_pulling=
 	_ei_failed=
-	_ei_progress=0
-	_ei_pulled=0
-	_ei_reused=0
-	trap 'stop_jobs; kill -TERM "$_ei_ticker" 2>/dev/null; exit 143' TERM
-	trap 'stop_jobs; kill -TERM "$_ei_ticker" 2>/dev/null; exit 130' INT
 	while :; do
 		while [ -z "$_ei_failed" ] && [ "$_ei_next" -le "$_ei_n" ] && [ "$(set -- $_ei_running; echo $#)" -lt "$PARALLEL" ]; do
 			eval "_ei_dest=\$_ei_name_$_ei_next"
 			notify "STATUS=Checking bound image $_ei_next/$_ei_n: $_ei_dest"
 			(
 				trap - TERM INT EXIT
-				(image_job "$_ei_next")
+				("image_$1" "$_ei_next")
 				event "done $_ei_next $?"
 			) 3>&- 4<&- </dev/null &
 			printf '%s\n' "$!" >"$work/job.$_ei_next.pid"
@@ -526,7 +634,7 @@ ensure_images() {
 				_ei_done=$((_ei_done + 1))
 				case $(cat -- "$work/job.$_ei_i/result") in
 				pulled*) _ei_pulled=$((_ei_pulled + 1)) ;;
-				reused*) _ei_reused=$((_ei_reused + 1)) ;;
+				reused* | cloned*) _ei_reused=$((_ei_reused + 1)) ;;
 				esac
 				progress $((_ei_done * 100 / _ei_n))
 			elif [ -z "$_ei_failed" ]; then
@@ -536,12 +644,62 @@ ensure_images() {
 			;;
 		esac
 	done
+}
+
+# ensure_images: every image of $work/images present in the store (kept,
+# reused or pulled, see the top of this file), with progress on the notify
+# fd. Fails naming the first image that could not be made present; the
+# other jobs are stopped, and what they completed stays.
+ensure_images() {
+	_ei_n=0
+	while IFS= read -r _ei_line; do
+		_ei_n=$((_ei_n + 1))
+		printf '%s\n' "$_ei_line" >"$work/img.$_ei_n"
+		eval "_ei_name_$_ei_n=\${_ei_line%%\"\$US\"*}"
+	done <"$work/images"
+	choose_driver
+	mkdir -p -- "$STORE_ROOT" "$RUNROOT_BASE" || die "cannot create $STORE_ROOT or $RUNROOT_BASE"
+	chmod 0700 -- "$STORE_ROOT" 2>/dev/null || :
+	other_stores >"$work/others"
+	jw=$work
+	# A first store starts as a clone of the booted deployment's.
+	cloning=0
+	if [ ! -e "$store" ] && is_true "$REUSE" && { [ -s "$work/others" ] || [ -d "$STORE_ROOT/.clone-$name" ]; }; then
+		clone_start
+	fi
+	present=$(store_names)
+	rm -f -- "$work/stop" "$work/events"
+	mkfifo -m 0600 -- "$work/events" || die "cannot make $work/events"
+	# Read and write: neither open blocks, and no writer ever sees EPIPE.
+	exec 5<>"$work/events"
+	# The ticker: a line a second, for the bytes progress. Its sleep is
+	# stopped with it, so that nothing outlives the step.
+	(
+		_tk=
+		trap 'kill "$_tk" 2>/dev/null; exit 0' TERM
+		trap - INT
+		while [ ! -e "$work/stop" ] && [ ! -e "$work/done" ]; do
+			sleep 1 &
+			_tk=$!
+			wait "$_tk"
+			event tick 2>/dev/null || exit 0
+		done
+	) 3>&- 4<&- </dev/null >/dev/null 2>&1 &
+	_ei_ticker=$!
+	_ei_progress=0
+	_ei_pulled=0
+	_ei_reused=0
+	_ei_failed=
+	trap 'stop_jobs; kill -TERM "$_ei_ticker" 2>/dev/null; exit 143' TERM
+	trap 'stop_jobs; kill -TERM "$_ei_ticker" 2>/dev/null; exit 130' INT
+	run_jobs job
 	: >"$work/done"
 	kill -TERM "$_ei_ticker" 2>/dev/null
 	wait "$_ei_ticker" 2>/dev/null
 	exec 5<&-
 	trap 'exit 143' TERM
 	trap 'exit 130' INT
+	[ -n "$_ei_failed" ] || clone_finish
 	if [ -n "$_ei_failed" ]; then
 		eval "_ei_dest=\$_ei_name_$_ei_failed"
 		if [ -s "$work/job.$_ei_failed/error" ]; then

@@ -59,7 +59,7 @@ median() {
 
 secs() { awk -v v="$1" 'BEGIN { printf "%.2f s", v / 1000 }'; }
 mb() { awk -v v="$1" 'BEGIN { printf "%.2f MB", v / 1e6 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f\n", a / b }'; }
 
 # --- the registry -----------------------------------------------------------
 port=

@@ -200,7 +200,13 @@ test.serial('registry - an upgrade downloads only the changed image; the others 
   const reqs = reg.requests(since);
   const out = r.stdout.join('\n');
   t.regex(out, /4 bound images ready in .*, 3 reused from other deployments' stores \(1 pulled, 0 already present\)/);
-  for (const k of ['a', 'b', 'c'] as const) t.true(out.includes(`${fx.images[k].ref}: reused from ${storeOf(w, a)}`), out);
+  // B's store starts as a clone of A's (layer files hard-linked), pruned to
+  // what B binds with the digests the registry serves.
+  t.true(out.includes(`bound-images: cloned ${storeOf(w, a)} (layer files hard-linked); each image is checked against its source`), out);
+  for (const k of ['a', 'b', 'c'] as const) {
+    t.true(out.includes(`bound-images: ${fx.images[k].ref}: in the clone with the digest the source serves (${fx.images[k].digest})`), out);
+  }
+  t.true(out.includes('bound-images: removed 1 images this deployment does not bind from the clone'), out);
 
   // What the registry served: manifests, and the changed image's blobs once each.
   const blobs = blobGets(reqs);
@@ -323,7 +329,7 @@ async function markingWrapper(w: World): Promise<{ wrapper: string; marks: strin
   await fsp.writeFile(wrapper, [
     '#!/bin/sh',
     'kind=other',
-    'case " $* " in *" copy "*" containers-storage:"*" containers-storage:"*) kind=copy-storage ;; *" copy "*" docker://"*) kind=copy-docker ;; *" inspect "*) kind=inspect ;; esac',
+    'case " $* " in *" copy "*" containers-storage:"*" containers-storage:"*) kind=copy-storage ;; *" copy "*" docker://"*) kind=copy-docker ;; *" inspect "*) kind=inspect ;; *" delete "*) kind=delete ;; esac',
     `mktemp -p '${marks}' --suffix=.$kind >/dev/null`,
     'exec skopeo "$@"',
     '',
@@ -352,13 +358,14 @@ test.serial('registry - SIGKILL during a reuse or a parallel pull: the re-run co
   const w = await makeWorld(t);
   const a = await committedA(t, w);
   const aNames = await storeNames(storeOf(w, a));
-  // B: three images to reuse, two big ones to pull.
+  // B's store starts as a clone of A's (before the first inspect), its tags
+  // are checked (inspect), the two big ones pulled in parallel
+  // (copy-docker), the clone pruned (delete) and renamed into place.
   const points: { kind: string; count: number; delayMs: number; then: 'rerun' | 'abort' }[] = [
     { kind: 'inspect', count: 1, delayMs: 0, then: 'rerun' },
-    { kind: 'copy-storage', count: 1, delayMs: 0, then: 'rerun' },
-    { kind: 'copy-storage', count: 2, delayMs: 150, then: 'rerun' },
-    { kind: 'copy-storage', count: 3, delayMs: 40, then: 'rerun' },
+    { kind: 'inspect', count: 3, delayMs: 20, then: 'rerun' },
     { kind: 'copy-docker', count: 2, delayMs: 300, then: 'rerun' },
+    { kind: 'delete', count: 1, delayMs: 0, then: 'rerun' },
     { kind: 'copy-docker', count: 1, delayMs: 200, then: 'abort' },
   ];
   for (const p of points) {
@@ -374,6 +381,7 @@ test.serial('registry - SIGKILL during a reuse or a parallel pull: the re-run co
       t.deepEqual(await storeNames(storeOf(w, b)), refs(['a', 'b', 'c', 'big1', 'big2']), label);
       t.deepEqual(await incompleteLayers(storeOf(w, b)), [], `${label}: no half-copied layer is left`);
       t.false(existsSync(path.join(w.stateDir, path.basename(b), 'bound-images.work')), `${label}: no scratch files`);
+      t.false(existsSync(path.join(w.storeRoot, `.clone-${path.basename(b)}`)), `${label}: no clone left`);
     } else {
       ok(t, await step(w, b, 'abort'));
       t.false(existsSync(storeOf(w, b)), label);
@@ -381,7 +389,7 @@ test.serial('registry - SIGKILL during a reuse or a parallel pull: the re-run co
     t.deepEqual(await processesMentioning(w.dir), [], `${label}: nothing left running`);
     // A is untouched whatever happened to B.
     t.deepEqual(await storeNames(storeOf(w, a)), aNames, label);
-    t.deepEqual((await fsp.readdir(w.storeRoot)).filter((n) => n.startsWith('.')), [], `${label}: no trash`);
+    if (p.then === 'abort') t.deepEqual((await fsp.readdir(w.storeRoot)).filter((n) => n.startsWith('.')), [], `${label}: no trash, no clone`);
     if (p.then === 'rerun') {
       ok(t, await step(w, b, 'abort'));
       t.false(existsSync(storeOf(w, b)));
@@ -404,5 +412,59 @@ test.serial('registry - BOUND_IMAGES_REUSE=0 downloads every image again; a bad 
     if (bad === '') { ok(t, r); continue; } // empty means the default
     t.is(r.code, 1, describeStep(r));
     t.regex(r.stderr.join('\n'), /BOUND_IMAGES_PARALLEL=.* is not a whole number of at least 1/);
+  }
+});
+
+test.serial('registry - a tag that moved in the registry is downloaded again, not taken from the old store', async (t) => {
+  const w = await makeWorld(t);
+  const reg = fx.registry!;
+  const before = await reg.build('example/moving:1', { sizeKiB: 64 });
+  const a = await makeDeployment(w, ['a']);
+  await fsp.writeFile(path.join(a, 'usr/share/containers/systemd/moving.image'), `[Image]\nImage=${before.ref}\nTLSVerify=false\n`);
+  await fsp.symlink('/usr/share/containers/systemd/moving.image', path.join(a, 'usr/lib/bootc/bound-images.d/moving.image'));
+  ok(t, await step(w, a, 'prepare'));
+  ok(t, await step(w, a, 'commit'));
+  // The same tag now names another image.
+  const after = await reg.build('example/moving:1', { sizeKiB: 64 });
+  t.not(after.digest, before.digest);
+  const b = await makeDeployment(w, ['a']);
+  await fsp.writeFile(path.join(b, 'usr/share/containers/systemd/moving.image'), `[Image]\nImage=${after.ref}\nTLSVerify=false\n`);
+  await fsp.symlink('/usr/share/containers/systemd/moving.image', path.join(b, 'usr/lib/bootc/bound-images.d/moving.image'));
+  const since = reg.mark();
+  const r = await step(w, b, 'prepare');
+  ok(t, r);
+  t.true(r.stdout.includes(`bound-images: ${after.ref}: pulled (${after.digest})`), r.stdout.join('\n'));
+  t.deepEqual(blobGets(reg.requests(since)).map((x) => x.digest).sort(), [...after.blobs].sort(), 'only the moved image is downloaded');
+  const stored = await sh('skopeo', ['inspect', '--raw',
+    `containers-storage:[${fx.driver}@${storeOf(w, b)}+${w.runRoot}/x${fx.driver === 'overlay' ? ':overlay.skip_mount_home=true' : ''}]${after.ref.replace(/:1$/, '')}@${after.digest}`]);
+  t.is(`sha256:${createHash('sha256').update(stored).digest('hex')}`, after.digest);
+  // A's store still holds the old image, untouched.
+  t.deepEqual(await storeNames(storeOf(w, a)), [fx.images.a.ref, before.ref].sort());
+});
+
+test.serial('registry - images found in two other deployments\' stores: one is cloned, the other copied, nothing downloaded', async (t) => {
+  const w = await makeWorld(t);
+  const reg = fx.registry!;
+  const a = await committedA(t, w);
+  const c = await makeDeployment(w, ['d2']);
+  ok(t, await step(w, c, 'prepare'));
+  const b = await makeDeployment(w, ['a', 'b', 'c', 'd2']);
+  const since = reg.mark();
+  const r = await step(w, b, 'prepare');
+  ok(t, r);
+  const out = r.stdout.join('\n');
+  t.deepEqual(blobGets(reg.requests(since)), [], reg.log());
+  t.regex(out, /bound-images: cloned \S+ \(layer files hard-linked\)/);
+  t.regex(out, /: copying \S+ from \S+ \(the manifest digest matches; nothing is downloaded\)/);
+  t.regex(out, /4 bound images ready in .*, 4 reused from other deployments' stores \(0 pulled, 0 already present\)/);
+  t.deepEqual(await storeNames(storeOf(w, b)), refs(['a', 'b', 'c', 'd2']));
+  // Neither source is needed afterwards.
+  await fsp.rm(a, { recursive: true });
+  await fsp.rm(c, { recursive: true });
+  ok(t, await step(w, b, 'commit'));
+  t.deepEqual(await fsp.readdir(w.storeRoot), [path.basename(b)]);
+  t.deepEqual(await readOnlyImages(w), { names: refs(['a', 'b', 'c', 'd2']), all: true });
+  for (const k of ['a', 'b', 'c', 'd2'] as const) {
+    await sh('podman', ['save', '-q', '--format', 'oci-dir', '-o', path.join(w.dir, `export-${k}`), fx.images[k].ref], { CONTAINERS_STORAGE_CONF: w.storageConf });
   }
 });
