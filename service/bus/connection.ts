@@ -1,7 +1,6 @@
 /**
- * One connection to a message bus, on top of dbus-next used only as a
- * connection and marshalling library (STACK.md lists its traps; this file
- * is where they are handled):
+ * The daemon's connection to its message bus, on the connection core
+ * (service/connection/core.ts, where dbus-next's traps are handled):
  *
  * - every outgoing call has a real timeout, and calls still pending when
  *   the connection goes away are rejected instead of hanging forever;
@@ -12,9 +11,12 @@
  *   name disappears;
  * - no promise created here is left without a rejection handler.
  */
-import { EventEmitter } from 'node:events';
-import { DBusError, Message, MessageType, Variant, sessionBus, type MessageBus } from 'dbus-next';
-import { DBUS_ERROR } from './error-names.js';
+import { DBusError, Message, MessageType, Variant, type MessageBus } from 'dbus-next';
+import {
+  BUS_DAEMON, BUS_DAEMON_PATH, ConnectError, CoreConnection, DEFAULT_CALL_TIMEOUT_MS, DEFAULT_SYSTEM_BUS_ADDRESS,
+  openMessageBus,
+} from '../connection/core.js';
+import { DBUS_ERROR } from '../protocol/errors.js';
 import { marshalMessage } from './wire/message.js';
 
 /** `system`, `session`, or a D-Bus address such as `unix:path=/run/x/bus`. */
@@ -62,11 +64,6 @@ export interface ConnectOptions {
   env?: NodeJS.ProcessEnv;
 }
 
-/** libdbus's default method call timeout. */
-export const DEFAULT_CALL_TIMEOUT_MS = 25_000;
-const DEFAULT_SYSTEM_BUS = 'unix:path=/run/dbus/system_bus_socket';
-const BUS_DAEMON = 'org.freedesktop.DBus';
-const BUS_DAEMON_PATH = '/org/freedesktop/DBus';
 const NAME_FLAG_DO_NOT_QUEUE = 4;
 const REQUEST_NAME_REPLY = ['', 'PRIMARY_OWNER', 'IN_QUEUE', 'EXISTS', 'ALREADY_OWNER'];
 /** A credentials cache larger than this is dropped whole (eviction signals were missed). */
@@ -78,7 +75,7 @@ const UID_CACHE_MAX = 4096;
  * but it ignores every option, so we always connect through sessionBus()).
  */
 export function resolveBusAddress(spec: BusSpec, env: NodeJS.ProcessEnv = process.env): string {
-  if (spec === 'system') return env.DBUS_SYSTEM_BUS_ADDRESS || DEFAULT_SYSTEM_BUS;
+  if (spec === 'system') return env.DBUS_SYSTEM_BUS_ADDRESS || DEFAULT_SYSTEM_BUS_ADDRESS;
   if (spec === 'session') {
     if (env.DBUS_SESSION_BUS_ADDRESS) return env.DBUS_SESSION_BUS_ADDRESS;
     if (env.XDG_RUNTIME_DIR) return `unix:path=${env.XDG_RUNTIME_DIR}/bus`;
@@ -94,26 +91,6 @@ export function resolveBusAddress(spec: BusSpec, env: NodeJS.ProcessEnv = proces
   return spec;
 }
 
-/** dbus-next internals we rely on (version pinned to 0.10.2). */
-interface RawStream extends EventEmitter {
-  writable: boolean;
-  destroyed?: boolean;
-  /** Set on sockets that negotiated fd passing (dbus-next's optional usocket). */
-  supportsUnixFd?: boolean;
-  destroy(): void;
-  write(chunk: Buffer | { data: Buffer; fds: number[] }): boolean;
-}
-interface RawConnection extends EventEmitter {
-  stream: RawStream;
-  /** Marshals and writes one message; bus.send and bus.call end here. */
-  message(msg: Message): void;
-}
-interface RawBus {
-  _connection: RawConnection;
-  _methodReturnHandlers: Record<number, unknown>;
-  name: string | null;
-}
-
 function disconnectedError(what: string): DBusError {
   return new DBusError(DBUS_ERROR.Disconnected, `${what}: the bus connection is closed`);
 }
@@ -124,44 +101,11 @@ export async function connectBus(spec: BusSpec, opts: ConnectOptions = {}): Prom
   const timeoutMs = opts.connectTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
   let bus: MessageBus;
   try {
-    bus = sessionBus({ busAddress: address });
+    bus = await openMessageBus(address, timeoutMs);
   } catch (e) {
-    throw new Error(`cannot connect to the bus at ${address}: ${(e as Error).message}`);
+    throw new Error(`cannot connect to the bus at ${address}: ${connectFailure(e as ConnectError, timeoutMs)}`);
   }
-  const raw = bus as unknown as RawBus;
-  // An EventEmitter without an 'error' listener throws: keep one for the
-  // whole life of the bus object, whatever happens below. The listeners
-  // that act on errors are added next to it.
-  bus.on('error', () => { /* handled by the listeners below */ });
-
-  await new Promise<void>((resolve, reject) => {
-    let settled = false;
-    const finish = (err?: Error) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      bus.removeListener('connect', onConnect);
-      bus.removeListener('error', onError);
-      raw._connection.removeListener('end', onEnd);
-      if (err) {
-        try { raw._connection.stream.destroy(); } catch { /* already gone */ }
-        reject(err);
-      } else {
-        resolve();
-      }
-    };
-    const onConnect = () => finish();
-    const onError = (err: unknown) => finish(new Error(
-      `cannot connect to the bus at ${address}: ${err instanceof Error ? err.message : String(err)}`));
-    const onEnd = () => finish(new Error(`cannot connect to the bus at ${address}: connection closed by the bus`));
-    const timer = setTimeout(() => finish(new Error(
-      `cannot connect to the bus at ${address}: no answer within ${timeoutMs} ms`)), timeoutMs);
-    bus.on('connect', onConnect);
-    bus.on('error', onError);
-    raw._connection.on('end', onEnd);
-  });
-
-  const conn = new DbusNextConnection(bus, raw);
+  const conn = new DbusNextConnection(bus);
   try {
     await conn.watchNameOwners();
   } catch (e) {
@@ -171,63 +115,39 @@ export async function connectBus(spec: BusSpec, opts: ConnectOptions = {}): Prom
   return conn;
 }
 
+function connectFailure(e: ConnectError, timeoutMs: number): string {
+  switch (e.kind) {
+    case 'end': return 'connection closed by the bus';
+    case 'timeout': return `no answer within ${timeoutMs} ms`;
+    default: return e.message;
+  }
+}
+
 /**
- * Put outgoing messages on the wire with wire/message.ts instead of dbus-next's
- * marshaller (which cost ~1 ms per PropertiesChanged of 200 hooks; ours
- * writes the same bytes ~90x faster). Only the last step changes:
- * dbus-next's bus.send/bus.call still allocate serials and register reply
- * handlers, then call `connection.message(msg)`, which this replaces with
- * a copy of dbus-next's post-connect version (connection.js) calling our
- * marshaller. It throws synchronously, as before, when the stream is
- * closed or the body does not fit its signature (a MarshalError). On
- * stream end dbus-next swaps `message` again for its error emitter, which
- * is still what we want.
+ * The daemon's connection: the core's calls and loss detection, plus the
+ * bus name, the caller's uid and the raw method handlers the object server
+ * needs. Outgoing messages go through our own marshaller (wire/message.ts:
+ * dbus-next's cost ~1 ms per PropertiesChanged of 200 hooks; ours writes
+ * the same bytes ~90x faster).
  */
-function useFastMarshaller(conn: RawConnection): void {
-  const stream = conn.stream;
-  conn.message = (msg: Message): void => {
-    if (!stream.writable) throw new Error('Cannot send message, stream is closed');
-    if (stream.supportsUnixFd) {
-      const fds: number[] = [];
-      const data = marshalMessage(msg, fds);
-      stream.write({ data, fds });
-    } else {
-      // Without fd passing a message carrying an 'h' is refused here
-      // (dbus-next would warn and send a message the bus rejects).
-      stream.write(marshalMessage(msg));
-    }
-  };
-}
-
-interface PendingCall {
-  reject(err: Error): void;
-}
-
 class DbusNextConnection implements BusConnection {
-  readonly uniqueName: string;
-  private lostReason: Error | null = null;
+  private readonly core: CoreConnection;
   private closing = false;
   private readonly lostCallbacks: ((reason: Error) => void)[] = [];
-  private readonly pending = new Set<PendingCall>();
   private readonly uidCache = new Map<string, Promise<number>>();
 
-  constructor(private readonly bus: MessageBus, private readonly raw: RawBus) {
-    this.uniqueName = raw.name ?? '';
-    bus.on('error', (err: unknown) => {
-      const e = err instanceof Error ? err : new Error(String(err));
-      // dbus-next reports both fatal stream errors and per-message decode
-      // errors here; only the former leave the stream unusable.
-      const stream = raw._connection.stream;
-      if (stream.destroyed || !stream.writable) this.markLost(e);
-    });
-    raw._connection.on('end', () => this.markLost(new Error('the bus closed the connection')));
-    raw._connection.stream.on('close', () => this.markLost(new Error('the bus connection was closed')));
-    bus.on('message', (msg: Message) => this.onMessage(msg));
-    useFastMarshaller(raw._connection);
+  constructor(private readonly bus: MessageBus) {
+    this.core = new CoreConnection(bus, (reason) => this.markLost(reason));
+    this.core.onMessage((msg) => this.onMessage(msg));
+    this.core.useMarshaller(marshalMessage);
+  }
+
+  get uniqueName(): string {
+    return this.core.uniqueName;
   }
 
   get closed(): boolean {
-    return this.closing || this.lostReason !== null;
+    return this.closing || this.core.lost !== null;
   }
 
   /** Subscribe to the bus's "name vanished" signals that evict the uid cache. */
@@ -249,9 +169,7 @@ class DbusNextConnection implements BusConnection {
   }
 
   private markLost(reason: Error): void {
-    if (this.lostReason !== null) return;
-    this.lostReason = reason;
-    this.failPending(disconnectedError('call aborted'));
+    this.core.failPending(disconnectedError('call aborted'));
     this.uidCache.clear();
     if (this.closing) return;
     for (const cb of this.lostCallbacks.splice(0)) {
@@ -259,60 +177,18 @@ class DbusNextConnection implements BusConnection {
     }
   }
 
-  private failPending(err: Error): void {
-    for (const p of [...this.pending]) p.reject(err);
-    this.pending.clear();
-  }
-
-  call(msg: Message, timeoutMs: number = DEFAULT_CALL_TIMEOUT_MS): Promise<Message> {
+  async call(msg: Message, timeoutMs: number = DEFAULT_CALL_TIMEOUT_MS): Promise<Message> {
     const what = `${msg.interface ?? ''}.${msg.member}`;
-    if (this.closed) return Promise.reject(disconnectedError(what));
-    return new Promise<Message>((resolve, reject) => {
-      let done = false;
-      const entry: PendingCall = {
-        reject: (err) => {
-          if (done) return;
-          done = true;
-          clearTimeout(timer);
-          this.pending.delete(entry);
-          // Forget the reply slot, or a late reply would find a stale handler.
-          if (typeof msg.serial === 'number') delete this.raw._methodReturnHandlers[msg.serial];
-          reject(err);
-        },
-      };
-      const timer = setTimeout(() => entry.reject(
-        new DBusError(DBUS_ERROR.NoReply, `${what} did not answer within ${timeoutMs} ms`)), timeoutMs);
-      this.pending.add(entry);
-      let sent: Promise<Message | null>;
-      try {
-        sent = this.bus.call(msg);
-      } catch (e) {
-        entry.reject(e as Error);
-        return;
-      }
-      sent.then((reply) => {
-        if (done) return;
-        done = true;
-        clearTimeout(timer);
-        this.pending.delete(entry);
-        if (reply === null) reject(new Error(`${what} was sent with NO_REPLY_EXPECTED; use send()`));
-        else resolve(reply);
-      }, (err: unknown) => {
-        if (done) return;
-        done = true;
-        clearTimeout(timer);
-        this.pending.delete(entry);
-        // A message that did not marshal leaves dbus-next's reply handler
-        // registered (a reply has removed it already otherwise).
-        if (typeof msg.serial === 'number') delete this.raw._methodReturnHandlers[msg.serial];
-        reject(err instanceof Error ? err : new Error(String(err)));
-      });
-    });
+    if (this.closed) throw disconnectedError(what);
+    const reply = await this.core.call(msg, timeoutMs,
+      () => new DBusError(DBUS_ERROR.NoReply, `${what} did not answer within ${timeoutMs} ms`));
+    if (reply === null) throw new Error(`${what} was sent with NO_REPLY_EXPECTED; use send()`);
+    return reply;
   }
 
   send(msg: Message): void {
     if (this.closed) throw disconnectedError(`sending ${msg.interface ?? ''}.${msg.member ?? ''}`);
-    this.bus.send(msg);
+    this.core.send(msg);
   }
 
   async requestName(name: string): Promise<void> {
@@ -367,9 +243,10 @@ class DbusNextConnection implements BusConnection {
   }
 
   onLost(cb: (reason: Error) => void): void {
-    if (this.lostReason !== null) {
+    const lost = this.core.lost;
+    if (lost !== null) {
       if (!this.closing) {
-        const reason = this.lostReason;
+        const reason = lost;
         process.nextTick(() => cb(reason));
       }
       return;
@@ -380,8 +257,8 @@ class DbusNextConnection implements BusConnection {
   close(): void {
     if (this.closing) return;
     this.closing = true;
-    this.failPending(disconnectedError('call aborted'));
+    this.core.failPending(disconnectedError('call aborted'));
     this.uidCache.clear();
-    try { this.bus.disconnect(); } catch { /* already closed */ }
+    this.core.disconnect();
   }
 }

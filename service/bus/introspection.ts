@@ -6,7 +6,7 @@
  * introspection uses is understood: elements, attributes, comments, the
  * DOCTYPE and an XML declaration.
  */
-import type { InterfaceSpec } from './members.js';
+import type { InterfaceSpec } from '../protocol/members.js';
 
 export const INTROSPECT_DOCTYPE =
   '<!DOCTYPE node PUBLIC "-//freedesktop//DTD D-BUS Object Introspection 1.0//EN"\n'

@@ -14,17 +14,19 @@
 import { Subject, Subscription } from 'rxjs';
 import type { EngineApi, EngineStatus, TransactionHandle } from '../engine/api.js';
 import type { Logger } from '../model/logger.js';
+import type { ResolvedHook } from '../model/types.js';
+import { toVariants, type Variant } from '../connection/variants.js';
 import { coalesceTicks } from './coalesce.js';
-import { errorNameFor } from './error-names.js';
-import { toBusString } from './marshal.js';
+import { errorNameFor } from '../protocol/errors.js';
+import { toBusString } from '../protocol/values.js';
 import {
   MANAGER, MANAGER_PATH, findSignal, signatureOf, transactionPath, type SignalName,
-} from './members.js';
+} from '../protocol/members.js';
 import type { InterfaceImpl, ObjectRegistry } from './object-server.js';
 import {
   checkDeploymentArg, checkString, decodeHookDefinition, decodePhaseOptions,
   decodeReconcileOptions, decodeRegisterOptions, decodeStartOptions, encodeHookEntry,
-} from './options.js';
+} from '../protocol/options.js';
 
 /** The transaction objects, as the manager needs them. */
 export interface TransactionExports {
@@ -107,7 +109,7 @@ export class ManagerObject {
         ListHooks: async (call) => {
           const deployment = checkDeploymentArg(call.args[0] as string);
           const set = await engine.listHooks(deployment);
-          return [set.hooks.map(encodeHookEntry)];
+          return [set.hooks.map(hookEntryReply)];
         },
         ListTransactions: () => [engine.transactions().map(path)],
       },
@@ -187,4 +189,10 @@ export class ManagerObject {
     const spec = findSignal(MANAGER, member)!;
     this.registry.emitSignal(this.path, MANAGER.name, member, signatureOf(spec.args), body);
   }
+}
+
+/** One ListHooks entry as sent: the protocol's encoding, its values as Variants. */
+function hookEntryReply(hook: ResolvedHook): [string, Record<string, Variant>] {
+  const [name, dict] = encodeHookEntry(hook);
+  return [name, toVariants(dict)];
 }

@@ -1,15 +1,16 @@
 /**
  * Our own object dispatcher. dbus-next's `Interface` classes are not used
- * (STACK.md: property Set assigns after refusing, introspection loses
+ * (docs/platform-notes.md "dbus-next: known bugs and how to live with them":
+ * property Set assigns after refusing, introspection loses
  * argument names, handlers cannot see the caller); instead one raw method
  * handler takes every METHOD_CALL on the connection and answers it from
- * the member tables in members.ts:
+ * the member tables in service/protocol/members.ts:
  *
  * - the standard Peer, Introspectable and Properties interfaces on every
  *   exported object and on each of its ancestors (so `busctl tree` works);
  * - our methods, after an exact signature check and, for privileged
  *   members, a uid check against the bus's own credentials for the sender;
- * - every thrown error mapped through error-names.ts: callers see a named
+ * - every thrown error mapped through error-reply.ts: callers see a named
  *   error and a short message, never a stack trace.
  *
  * The daemon's connection belongs to this service alone, so calls to paths
@@ -24,13 +25,14 @@ import { readFileSync } from 'node:fs';
 import { Message, MessageFlag, Variant } from 'dbus-next';
 import type { Logger } from '../model/logger.js';
 import type { BusConnection } from './connection.js';
-import { DBUS_ERROR, toBusError } from './error-names.js';
+import { toBusError } from './error-reply.js';
+import { DBUS_ERROR } from '../protocol/errors.js';
 import { introspectXml } from './introspection.js';
 import {
   INTROSPECTABLE, PEER, PROPERTIES, SERVICE_INTERFACES, STANDARD_INTERFACES,
   findMethod, findProperty, signatureOf,
   type InterfaceSpec, type MethodName, type MethodSpec, type PropertyName,
-} from './members.js';
+} from '../protocol/members.js';
 
 /** One incoming call, as a handler sees it. */
 export interface MethodCall {

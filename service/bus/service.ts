@@ -10,7 +10,7 @@ import type { EngineApi, TransactionHandle } from '../engine/api.js';
 import type { Logger } from '../model/logger.js';
 import type { BusConnection } from './connection.js';
 import { ManagerObject, type TransactionExports } from './manager-object.js';
-import { BUS_NAME } from './members.js';
+import { BUS_NAME } from '../protocol/members.js';
 import { ObjectServer, type ObjectRegistry, type ObjectServerOptions } from './object-server.js';
 import { TransactionObject, type RateLimits } from './transaction-object.js';
 

@@ -48,13 +48,13 @@ import type { TransactionHandle } from '../engine/api.js';
 import type { Logger } from '../model/logger.js';
 import { MESSAGE_LINES_PER_WINDOW, MESSAGE_WINDOW_MS } from '../engine/api.js';
 import type { HookStatus, TransactionEvent, TransactionSnapshot } from '../model/types.js';
-import { errorNameFor } from './error-names.js';
-import { toBusString, toPercent, toUint32, toUint64 } from './marshal.js';
+import { errorNameFor } from '../protocol/errors.js';
+import { toBusString, toPercent, toUint32, toUint64 } from '../protocol/values.js';
 import {
   TRANSACTION, findSignal, signatureOf, transactionPath, type SignalName,
-} from './members.js';
+} from '../protocol/members.js';
 import type { InterfaceImpl, ObjectRegistry } from './object-server.js';
-import { decodeLogOptions } from './options.js';
+import { decodeLogOptions } from '../protocol/options.js';
 
 /**
  * Minimum spacing of HookProgress per hook, ms: 18 spaced signals fit in a

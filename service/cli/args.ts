@@ -145,18 +145,8 @@ export function parseCommandLine(argv: string[]): Invocation {
     throw new UsageError(`unknown command '${command}' (see 'bootc-prestage --help')`);
   }
   const name = command ?? 'help';
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args: rest, strict: true, allowPositionals: true,
-      options: { ...GLOBAL, ...COMMAND_OPTIONS[name] },
-    });
-  } catch (e) {
-    // node's messages are long and mention parseArgs internals; keep the first sentence.
-    const msg = (e as Error).message.split('. ')[0]!.replace(/^Unknown option '(.*)'$/, "unknown option '$1'");
-    throw new UsageError(msg, command);
-  }
-  const v = parsed.values as Record<string, string | boolean | string[] | undefined>;
+  const parsed = parseOptions(name, command, rest);
+  const v = parsed.values as Values;
   const global: GlobalOptions = {
     address: (v['address'] as string | undefined) ?? null,
     json: v['json'] === true,
@@ -166,6 +156,29 @@ export function parseCommandLine(argv: string[]): Invocation {
     return { global, command: { name: 'help', topic: command === 'help' ? null : command } };
   }
   const pos = parsed.positionals;
+  checkPositionals(name, pos);
+  const build = Object.hasOwn(BUILDERS, name) ? BUILDERS[name] : undefined;
+  if (build === undefined) throw new UsageError(`unknown command '${name}'`);
+  return { global, command: build(new OptionReader(name, v), pos) };
+}
+
+type Values = Record<string, string | boolean | string[] | undefined>;
+
+/** node's parseArgs with the global and the command's options; its errors as UsageError. */
+function parseOptions(name: string, command: string | null, rest: string[]): { values: unknown; positionals: string[] } {
+  try {
+    return parseArgs({
+      args: rest, strict: true, allowPositionals: true,
+      options: { ...GLOBAL, ...COMMAND_OPTIONS[name] },
+    });
+  } catch (e) {
+    // node's messages are long and mention parseArgs internals; keep the first sentence.
+    const msg = (e as Error).message.split('. ')[0]!.replace(/^Unknown option '(.*)'$/, "unknown option '$1'");
+    throw new UsageError(msg, command);
+  }
+}
+
+function checkPositionals(name: string, pos: string[]): void {
   const spec = POSITIONALS[name]!;
   if (pos.length < spec.required.length) {
     throw new UsageError(`${name}: missing ${spec.required.slice(pos.length).join(' ')}`, name);
@@ -173,105 +186,106 @@ export function parseCommandLine(argv: string[]): Invocation {
   if (pos.length > spec.required.length + spec.optional.length) {
     throw new UsageError(`${name}: unexpected argument '${pos[spec.required.length + spec.optional.length]}'`, name);
   }
-  const str = (k: string) => v[k] as string | undefined;
-  const bool = (k: string) => v[k] === true;
-  const list = (k: string) => (v[k] as string[] | undefined) ?? [];
-  const seconds = (k: string) => (str(k) === undefined ? 0 : parseSeconds(str(k)!, `--${k}`, name));
-  const fd = (k: string) => (str(k) === undefined ? null : parseFd(str(k)!, name));
-  const noFollow = bool('no-follow');
-  const nonEmpty = (s: string, what: string) => {
-    if (s === '') throw new UsageError(`${name}: ${what} cannot be empty`, name);
-    return s;
-  };
+}
 
-  let cmd: Command;
-  switch (name) {
-    case 'help':
-      if (pos[0] !== undefined && !COMMANDS.includes(pos[0])) {
-        throw new UsageError(`unknown command '${pos[0]}' (see 'bootc-prestage --help')`);
-      }
-      cmd = { name: 'help', topic: pos[0] ?? null };
-      break;
-    case 'start': {
-      const staged = bool('staged');
-      if (staged && pos[0] !== undefined) throw new UsageError('start: give a DEPLOYMENT or --staged, not both', name);
-      if (!staged && pos[0] === undefined) throw new UsageError('start: missing DEPLOYMENT (or --staged)', name);
-      if (!staged && str('sysroot') !== undefined) throw new UsageError('start: --sysroot goes with --staged', name);
-      if (noFollow && str('progress-fd') !== undefined) {
-        throw new UsageError('start: --progress-fd needs the transaction followed; drop --no-follow', name);
-      }
-      cmd = {
-        name, staged, deployment: pos[0] === undefined ? null : deploymentArg(nonEmpty(pos[0], 'DEPLOYMENT')),
-        sysroot: path.resolve(str('sysroot') ?? '/sysroot'), force: bool('force'), wait: bool('wait'),
-        dryRun: bool('dry-run'), timeoutSec: seconds('timeout'), progressFd: fd('progress-fd'), noFollow,
-      };
-      break;
-    }
-    case 'commit':
-    case 'abort':
-      cmd = {
-        name, deployment: deploymentArg(nonEmpty(pos[0]!, 'DEPLOYMENT')), wait: bool('wait'),
-        timeoutSec: seconds('timeout'), noFollow,
-      };
-      break;
-    case 'reconcile':
-      cmd = { name, noFollow };
-      break;
-    case 'upgrade':
-      cmd = {
-        name, apply: bool('apply'), sysroot: path.resolve(str('sysroot') ?? '/sysroot'), force: bool('force'),
-        timeoutSec: seconds('timeout'), progressFd: fd('progress-fd'),
-      };
-      break;
-    case 'status':
-    case 'monitor':
-      cmd = { name };
-      break;
-    case 'hooks':
-      cmd = { name, deployment: pos[0] === undefined ? '' : deploymentArg(nonEmpty(pos[0], 'DEPLOYMENT')) };
-      break;
-    case 'register': {
-      const file = str('file') ?? null;
-      const stepOpts = ['prepare', 'commit', 'abort', 'after', 'before', 'env', 'optional', 'timeout', 'description']
-        .filter((k) => v[k] !== undefined);
-      if (file !== null && stepOpts.length > 0) {
-        throw new UsageError(`register: --file takes the whole definition; drop --${stepOpts.join(', --')}`, name);
-      }
-      if (file === null && str('prepare') === undefined && str('commit') === undefined && str('abort') === undefined) {
-        throw new UsageError('register: give --prepare CMD (and/or --commit, --abort), or --file FILE.hook', name);
-      }
-      const timeout = str('timeout') ?? null;
-      if (timeout !== null && timeout !== 'infinity') parseSeconds(timeout, '--timeout', name);
-      for (const e of list('env')) {
-        if (!/^[A-Za-z_][A-Za-z0-9_]*=/.test(e)) throw new UsageError(`register: --env takes KEY=VALUE, not '${e}'`, name);
-      }
-      cmd = {
-        name, hook: nonEmpty(pos[0]!, 'NAME'), runtime: bool('runtime'), file, prepare: str('prepare') ?? null,
-        commit: str('commit') ?? null, abort: str('abort') ?? null, after: list('after'), before: list('before'),
-        environment: list('env'), optional: bool('optional'), timeout, description: str('description') ?? null,
-      };
-      break;
-    }
-    case 'unregister':
-      cmd = { name, hook: nonEmpty(pos[0]!, 'NAME') };
-      break;
-    case 'cancel':
-      cmd = { name, transaction: nonEmpty(pos[0]!, 'TRANSACTION'), noWait: bool('no-wait') };
-      break;
-    case 'log': {
-      const lines = str('lines');
-      let n: number | null = null;
-      if (lines !== undefined) {
-        if (!/^\d{1,6}$/.test(lines) || Number(lines) < 1) {
-          throw new UsageError(`--lines takes a number of lines from 1 to 100000, not '${lines}'`, name);
-        }
-        n = Number(lines);
-      }
-      cmd = { name, transaction: nonEmpty(pos[0]!, 'TRANSACTION'), lines: n, hook: str('hook') ?? null };
-      break;
-    }
-    default:
-      throw new UsageError(`unknown command '${name}'`);
+/** Typed reads of one command's parsed options; errors name the command. */
+class OptionReader {
+  constructor(readonly name: string, readonly values: Values) {}
+  str(k: string): string | undefined { return this.values[k] as string | undefined; }
+  bool(k: string): boolean { return this.values[k] === true; }
+  list(k: string): string[] { return (this.values[k] as string[] | undefined) ?? []; }
+  seconds(k: string): number { return this.str(k) === undefined ? 0 : parseSeconds(this.str(k)!, `--${k}`, this.name); }
+  fd(k: string): number | null { return this.str(k) === undefined ? null : parseFd(this.str(k)!, this.name); }
+  get noFollow(): boolean { return this.bool('no-follow'); }
+  nonEmpty(s: string, what: string): string {
+    if (s === '') throw new UsageError(`${this.name}: ${what} cannot be empty`, this.name);
+    return s;
   }
-  return { global, command: cmd };
+}
+
+type Builder = (r: OptionReader, pos: string[]) => Command;
+
+/** One builder per command: the checks beyond option types, then the typed command. */
+const BUILDERS: Readonly<Record<string, Builder>> = {
+  help: (_r, pos) => {
+    if (pos[0] !== undefined && !COMMANDS.includes(pos[0])) {
+      throw new UsageError(`unknown command '${pos[0]}' (see 'bootc-prestage --help')`);
+    }
+    return { name: 'help', topic: pos[0] ?? null };
+  },
+  start: startCommand,
+  commit: (r, pos) => phaseCommand('commit', r, pos),
+  abort: (r, pos) => phaseCommand('abort', r, pos),
+  reconcile: (r) => ({ name: 'reconcile', noFollow: r.noFollow }),
+  upgrade: (r) => ({
+    name: 'upgrade', apply: r.bool('apply'), sysroot: path.resolve(r.str('sysroot') ?? '/sysroot'), force: r.bool('force'),
+    timeoutSec: r.seconds('timeout'), progressFd: r.fd('progress-fd'),
+  }),
+  status: () => ({ name: 'status' }),
+  monitor: () => ({ name: 'monitor' }),
+  hooks: (r, pos) => ({ name: 'hooks', deployment: pos[0] === undefined ? '' : deploymentArg(r.nonEmpty(pos[0], 'DEPLOYMENT')) }),
+  register: registerCommand,
+  unregister: (r, pos) => ({ name: 'unregister', hook: r.nonEmpty(pos[0]!, 'NAME') }),
+  cancel: (r, pos) => ({ name: 'cancel', transaction: r.nonEmpty(pos[0]!, 'TRANSACTION'), noWait: r.bool('no-wait') }),
+  log: logCommand,
+};
+
+function startCommand(r: OptionReader, pos: string[]): Command {
+  const name = 'start';
+  const staged = r.bool('staged');
+  if (staged && pos[0] !== undefined) throw new UsageError('start: give a DEPLOYMENT or --staged, not both', name);
+  if (!staged && pos[0] === undefined) throw new UsageError('start: missing DEPLOYMENT (or --staged)', name);
+  if (!staged && r.str('sysroot') !== undefined) throw new UsageError('start: --sysroot goes with --staged', name);
+  const noFollow = r.noFollow;
+  if (noFollow && r.str('progress-fd') !== undefined) {
+    throw new UsageError('start: --progress-fd needs the transaction followed; drop --no-follow', name);
+  }
+  return {
+    name, staged, deployment: pos[0] === undefined ? null : deploymentArg(r.nonEmpty(pos[0], 'DEPLOYMENT')),
+    sysroot: path.resolve(r.str('sysroot') ?? '/sysroot'), force: r.bool('force'), wait: r.bool('wait'),
+    dryRun: r.bool('dry-run'), timeoutSec: r.seconds('timeout'), progressFd: r.fd('progress-fd'), noFollow,
+  };
+}
+
+function phaseCommand(name: 'commit' | 'abort', r: OptionReader, pos: string[]): Command {
+  return {
+    name, deployment: deploymentArg(r.nonEmpty(pos[0]!, 'DEPLOYMENT')), wait: r.bool('wait'),
+    timeoutSec: r.seconds('timeout'), noFollow: r.noFollow,
+  };
+}
+
+function registerCommand(r: OptionReader, pos: string[]): Command {
+  const name = 'register';
+  const file = r.str('file') ?? null;
+  const stepOpts = ['prepare', 'commit', 'abort', 'after', 'before', 'env', 'optional', 'timeout', 'description']
+    .filter((k) => r.values[k] !== undefined);
+  if (file !== null && stepOpts.length > 0) {
+    throw new UsageError(`register: --file takes the whole definition; drop --${stepOpts.join(', --')}`, name);
+  }
+  if (file === null && r.str('prepare') === undefined && r.str('commit') === undefined && r.str('abort') === undefined) {
+    throw new UsageError('register: give --prepare CMD (and/or --commit, --abort), or --file FILE.hook', name);
+  }
+  const timeout = r.str('timeout') ?? null;
+  if (timeout !== null && timeout !== 'infinity') parseSeconds(timeout, '--timeout', name);
+  for (const e of r.list('env')) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*=/.test(e)) throw new UsageError(`register: --env takes KEY=VALUE, not '${e}'`, name);
+  }
+  return {
+    name, hook: r.nonEmpty(pos[0]!, 'NAME'), runtime: r.bool('runtime'), file, prepare: r.str('prepare') ?? null,
+    commit: r.str('commit') ?? null, abort: r.str('abort') ?? null, after: r.list('after'), before: r.list('before'),
+    environment: r.list('env'), optional: r.bool('optional'), timeout, description: r.str('description') ?? null,
+  };
+}
+
+function logCommand(r: OptionReader, pos: string[]): Command {
+  const name = 'log';
+  const lines = r.str('lines');
+  let n: number | null = null;
+  if (lines !== undefined) {
+    if (!/^\d{1,6}$/.test(lines) || Number(lines) < 1) {
+      throw new UsageError(`--lines takes a number of lines from 1 to 100000, not '${lines}'`, name);
+    }
+    n = Number(lines);
+  }
+  return { name, transaction: r.nonEmpty(pos[0]!, 'TRANSACTION'), lines: n, hook: r.str('hook') ?? null };
 }

@@ -1,6 +1,6 @@
 /**
  * `bootc-prestage upgrade`: today's bootc upgrade flow with the pre-stage
- * phase in the middle (DESIGN.md, "Real-world flow with today's bootc"):
+ * phase in the middle (docs/design.md, "Real-world flow with today's bootc"):
  *
  *     bootc upgrade --download-only            stage, finalization locked
  *     (prepare phase of the staged deployment, followed)

@@ -1,12 +1,8 @@
 /**
- * The client's one connection to a message bus, over dbus-next's low-level
- * API only (STACK.md lists the traps this file handles):
+ * The client's one connection to a message bus, on the connection core
+ * (service/connection/core.ts: connect and call with a timeout, loss
+ * detection, dbus-next's traps):
  *
- * - `systemBus()` ignores its options, so every address goes through
- *   `sessionBus({ busAddress })`;
- * - no proxy objects (`getProxyObject` leaks match rules): calls are
- *   `bus.call(new Message(...))` with a real timeout, and a timed-out call's
- *   reply slot is dropped so a late reply finds nothing;
  * - a lost connection is reported once to every listener and fails every
  *   pending call, instead of leaving the caller waiting forever;
  * - every message that arrives gets a sequence number in arrival order, and
@@ -14,17 +10,15 @@
  *   which signals came before a reply and which after (see follow.ts: a
  *   property snapshot already contains every change signalled before it).
  */
-import { DBusError, Message, MessageType, sessionBus, type MessageBus } from 'dbus-next';
+import {
+  BUS_DAEMON, DBusError, Message, MessageType, BUS_DAEMON_PATH, CoreConnection, DEFAULT_CALL_TIMEOUT_MS, DEFAULT_SYSTEM_BUS_ADDRESS,
+  openMessageBus, type ConnectError,
+} from '../connection/core.js';
+import { DBUS_ERROR } from '../protocol/errors.js';
 
-/** libdbus's default method call timeout. */
-export const DEFAULT_CALL_TIMEOUT_MS = 25_000;
-/** The system bus socket when DBUS_SYSTEM_BUS_ADDRESS is unset (D-Bus specification). */
-export const DEFAULT_SYSTEM_BUS_ADDRESS = 'unix:path=/run/dbus/system_bus_socket';
-
-const BUS_DAEMON = 'org.freedesktop.DBus';
-const BUS_DAEMON_PATH = '/org/freedesktop/DBus';
-export const ERROR_NO_REPLY = 'org.freedesktop.DBus.Error.NoReply';
-export const ERROR_DISCONNECTED = 'org.freedesktop.DBus.Error.Disconnected';
+export { DEFAULT_CALL_TIMEOUT_MS };
+const ERROR_NO_REPLY = DBUS_ERROR.NoReply;
+const ERROR_DISCONNECTED = DBUS_ERROR.Disconnected;
 
 /**
  * The address the client connects to: `explicit` (from --address), else
@@ -69,93 +63,44 @@ export interface CallOptions {
   flags?: number;
 }
 
-/** dbus-next internals this file relies on (the version is pinned to 0.10.2). */
-interface RawBus {
-  _connection: NodeJS.EventEmitter & {
-    stream: NodeJS.EventEmitter & { destroy(): void; destroyed?: boolean; writable: boolean };
-  };
-  _methodReturnHandlers: Record<number, unknown>;
-  name: string | null;
-}
-
 /** A D-Bus error reply or a local failure named like one. */
 export function dbusError(name: string, text: string): DBusError {
   return new DBusError(name, text);
 }
 
 /** One client connection. */
-export class BusConnection {
+export class ClientConnection {
   readonly address: string;
-  private readonly bus: MessageBus;
-  private readonly raw: RawBus;
+  private readonly core: CoreConnection;
   private seq = 0;
   /** Arrival sequence of replies not yet claimed by their caller, by reply serial. */
   private readonly replySeq = new Map<number, number>();
   /** Serials of our calls still waiting for their reply. */
   private readonly waiting = new Set<number>();
-  private readonly pending = new Set<(err: Error) => void>();
   private readonly signalListeners = new Set<(s: ReceivedSignal) => void>();
   private readonly lostListeners = new Set<(err: Error) => void>();
   private lost: Error | null = null;
   private closing = false;
 
-  private constructor(address: string, bus: MessageBus) {
+  private constructor(address: string, core: (lost: (reason: Error) => void) => CoreConnection) {
     this.address = address;
-    this.bus = bus;
-    this.raw = bus as unknown as RawBus;
-    bus.on('message', (msg: Message) => this.onMessage(msg));
-    bus.on('error', (e: unknown) => {
-      // dbus-next reports fatal stream errors and single undecodable
-      // messages alike; only the former leave the stream unusable.
-      const stream = this.raw._connection.stream;
-      if (stream.destroyed || !stream.writable) this.markLost(e instanceof Error ? e : new Error(String(e)));
-    });
-    this.raw._connection.stream.on('close', () => this.markLost(new Error('the bus connection was closed')));
-    this.raw._connection.on('end', () => this.markLost(new Error('the bus closed the connection')));
+    this.core = core((reason) => this.markLost(reason));
+    this.core.onMessage((msg: Message) => this.onMessage(msg));
   }
 
   /** Connect and wait for the bus's Hello reply. */
-  static async connect(address: string, timeoutMs = DEFAULT_CALL_TIMEOUT_MS): Promise<BusConnection> {
-    let bus: MessageBus;
+  static async connect(address: string, timeoutMs = DEFAULT_CALL_TIMEOUT_MS): Promise<ClientConnection> {
     try {
-      bus = sessionBus({ busAddress: address });
+      const bus = await openMessageBus(address, timeoutMs);
+      return new ClientConnection(address, (lost) => new CoreConnection(bus, lost));
     } catch (e) {
-      throw dbusError(ERROR_DISCONNECTED, `cannot connect to the bus at ${address}: ${(e as Error).message}`);
+      throw connectError(e as ConnectError, timeoutMs);
     }
-    const raw = bus as unknown as RawBus;
-    // An EventEmitter without an 'error' listener throws; keep one for the
-    // bus object's whole life, whatever happens below.
-    bus.on('error', () => { /* reported through connect's rejection or markLost */ });
-    await new Promise<void>((resolve, reject) => {
-      const finish = (err?: Error) => {
-        clearTimeout(timer);
-        bus.off('connect', onConnect);
-        bus.off('error', onError);
-        raw._connection.off('end', onEnd);
-        if (err) {
-          try { raw._connection.stream.destroy(); } catch { /* already gone */ }
-          reject(err);
-        } else {
-          resolve();
-        }
-      };
-      const onConnect = () => finish();
-      const onError = (e: unknown) => finish(dbusError(ERROR_DISCONNECTED,
-        `cannot connect to the bus at ${address}: ${describeSocketError(e)}`));
-      const onEnd = () => finish(dbusError(ERROR_DISCONNECTED,
-        `cannot connect to the bus at ${address}: the bus closed the connection`));
-      const timer = setTimeout(() => finish(dbusError(ERROR_NO_REPLY,
-        `cannot connect to the bus at ${address}: no answer within ${timeoutMs} ms`)), timeoutMs);
-      bus.on('connect', onConnect);
-      bus.on('error', onError);
-      raw._connection.on('end', onEnd);
-    });
-    return new BusConnection(address, bus);
   }
 
   /** Our unique name on the bus. */
   get uniqueName(): string {
-    return this.raw.name ?? '';
+    return this.core.uniqueName;
   }
 
   get closed(): boolean {
@@ -185,7 +130,7 @@ export class BusConnection {
     if (this.lost || this.closing) return;
     this.lost = err;
     const e = dbusError(ERROR_DISCONNECTED, `lost the bus connection: ${err.message}`);
-    for (const p of [...this.pending]) p(e);
+    this.core.failPending(e);
     for (const l of [...this.lostListeners]) {
       try { l(e); } catch { /* keep going */ }
     }
@@ -197,58 +142,34 @@ export class BusConnection {
    * reply in time rejects with Error.NoReply; a lost connection with
    * Error.Disconnected.
    */
-  call(
+  async call(
     destination: string, path: string, iface: string, member: string,
     signature = '', body: unknown[] = [], opts: CallOptions = {},
   ): Promise<Reply> {
     const what = `${iface}.${member}`;
-    if (this.closed) return Promise.reject(dbusError(ERROR_DISCONNECTED, `${what}: the bus connection is closed`));
+    if (this.closed) throw dbusError(ERROR_DISCONNECTED, `${what}: the bus connection is closed`);
     const timeoutMs = opts.timeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
     const msg = new Message({
       destination, path, interface: iface, member, signature, body: body as any[],
       ...(opts.flags !== undefined ? { flags: opts.flags } : {}),
     });
-    // Our own serial, so a timed-out call's reply slot can be removed.
-    const serial = this.bus.newSerial();
+    // Our own serial, so the reply's arrival sequence can be kept for it.
+    const serial = this.core.newSerial();
     msg.serial = serial;
     this.waiting.add(serial);
-    return new Promise<Reply>((resolve, reject) => {
-      let done = false;
-      const fail = (err: Error) => {
-        if (done) return;
-        done = true;
-        clearTimeout(timer);
-        this.waiting.delete(serial);
-        this.pending.delete(fail);
-        delete this.raw._methodReturnHandlers[serial];
-        this.replySeq.delete(serial);
-        reject(err);
-      };
-      const timer = setTimeout(() => fail(dbusError(ERROR_NO_REPLY,
-        `${what} got no reply within ${Math.round(timeoutMs / 1000)} s`)), timeoutMs);
-      this.pending.add(fail);
-      let sent: Promise<Message | null>;
-      try {
-        sent = this.bus.call(msg);
-      } catch (e) {
-        fail(e as Error);
-        return;
-      }
-      sent.then((reply) => {
-        if (done) return;
-        done = true;
-        clearTimeout(timer);
-        this.waiting.delete(serial);
-        this.pending.delete(fail);
-        const seq = this.replySeq.get(serial) ?? this.seq;
-        this.replySeq.delete(serial);
-        resolve({ seq, sender: reply?.sender ?? '', body: reply?.body ?? [] });
-      }, (err: unknown) => {
-        if (done) return;
-        this.replySeq.delete(serial);
-        fail(err instanceof Error ? err : new Error(String(err)));
-      });
-    });
+    let reply: Message | null;
+    try {
+      reply = await this.core.call(msg, timeoutMs, () => dbusError(ERROR_NO_REPLY,
+        `${what} got no reply within ${Math.round(timeoutMs / 1000)} s`));
+    } catch (e) {
+      this.waiting.delete(serial);
+      this.replySeq.delete(serial);
+      throw e;
+    }
+    this.waiting.delete(serial);
+    const seq = this.replySeq.get(serial) ?? this.seq;
+    this.replySeq.delete(serial);
+    return { seq, sender: reply?.sender ?? '', body: reply?.body ?? [] };
   }
 
   /** Call a method of the bus itself (org.freedesktop.DBus). */
@@ -288,9 +209,19 @@ export class BusConnection {
   close(): void {
     if (this.closing) return;
     this.closing = true;
-    const e = dbusError(ERROR_DISCONNECTED, 'the bus connection was closed');
-    for (const p of [...this.pending]) p(e);
-    try { this.bus.disconnect(); } catch { /* already gone */ }
+    this.core.failPending(dbusError(ERROR_DISCONNECTED, 'the bus connection was closed'));
+    this.core.disconnect();
+  }
+}
+
+/** Why connecting failed, as a D-Bus error a person can read. */
+function connectError(e: ConnectError, timeoutMs: number): DBusError {
+  const at = `cannot connect to the bus at ${e.address}`;
+  switch (e.kind) {
+    case 'create': return dbusError(ERROR_DISCONNECTED, `${at}: ${e.message}`);
+    case 'error': return dbusError(ERROR_DISCONNECTED, `${at}: ${describeSocketError(e.detail)}`);
+    case 'end': return dbusError(ERROR_DISCONNECTED, `${at}: the bus closed the connection`);
+    case 'timeout': return dbusError(ERROR_NO_REPLY, `${at}: no answer within ${timeoutMs} ms`);
   }
 }
 

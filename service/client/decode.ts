@@ -3,21 +3,11 @@
  * value is checked: a property of the wrong type is a protocol error named
  * after the property, never a silent `undefined` further down.
  */
-import { Variant } from 'dbus-next';
+import { unwrapVariants } from '../connection/variants.js';
 import type { HookEntry, HookRow, ManagerProperties, TransactionProperties } from './types.js';
 import type { HookResult, Phase, TransactionState } from '../model/types.js';
 
-/** Replace every Variant by its value, recursively; BigInts and Buffers stay. */
-export function unwrapVariants(value: unknown): unknown {
-  if (value instanceof Variant) return unwrapVariants(value.value);
-  if (Array.isArray(value)) return value.map(unwrapVariants);
-  if (value !== null && typeof value === 'object' && !Buffer.isBuffer(value)) {
-    const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value)) out[k] = unwrapVariants(v);
-    return out;
-  }
-  return value;
-}
+export { unwrapVariants };
 
 export class ProtocolError extends Error {
   constructor(message: string) {

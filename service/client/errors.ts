@@ -3,8 +3,8 @@
  * status, a test) can act on, each with a one-line message for people and
  * the D-Bus error name it came from.
  */
-import { DBusError } from 'dbus-next';
-import { ERROR_NAMES, ERROR_PREFIX } from '../bus/error-names.js';
+import { DBusError } from '../connection/core.js';
+import { ERROR_NAMES, ERROR_PREFIX } from '../protocol/errors.js';
 
 /**
  * - `failed`: the work ran and failed (a hook failed, timed out, was

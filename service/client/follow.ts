@@ -2,7 +2,7 @@
  * Follow one transaction to the end of a phase: yield its events as they
  * come and resolve with its final properties.
  *
- * How nothing is lost (DESIGN.md: "a client that subscribes late must lose
+ * How nothing is lost (docs/design.md: "a client that subscribes late must lose
  * nothing it needs"):
  *
  * 1. The signal subscription exists before the properties are read (for a
@@ -22,7 +22,7 @@
  * a ClientError of kind `unreachable` naming what to do; a daemon that
  * restarted *before* we read the properties is simply the one we follow.
  */
-import { MANAGER_INTERFACE, MANAGER_PATH, TRANSACTION_INTERFACE } from '../bus/members.js';
+import { MANAGER_INTERFACE, MANAGER_PATH, PROPERTIES, TRANSACTION_INTERFACE } from '../protocol/members.js';
 import { RESTING_STATES, type TransactionState } from '../model/types.js';
 import { applyTransactionChanges, unwrapVariants } from './decode.js';
 import { ClientError, toClientError } from './errors.js';
@@ -30,8 +30,6 @@ import { EventQueue } from './event-queue.js';
 import type { PreStageClient } from './pre-stage-client.js';
 import type { ServiceWatch, WatchItem } from './service-watch.js';
 import type { FollowEvent, TransactionProperties } from './types.js';
-
-const PROPERTIES = 'org.freedesktop.DBus.Properties';
 
 /**
  * When following ends:
@@ -74,210 +72,234 @@ export interface TransactionFollow extends AsyncIterable<FollowEvent> {
   stop(): void;
 }
 
+type FinishedInfo = { state: string; error: string; message?: string };
+
 export function followTransaction(client: PreStageClient, path: string, opts: FollowOptions): TransactionFollow {
-  const queue = new EventQueue<FollowEvent>();
-  let settle!: { resolve: (t: TransactionProperties) => void; reject: (e: ClientError) => void };
-  const result = new Promise<TransactionProperties>((resolve, reject) => { settle = { resolve, reject }; });
-  // The consumer may only iterate; the rejection reaches it through the
-  // iterator, so `result` must not count as unhandled.
-  result.catch(() => undefined);
+  const follower = new Follower(client, path, opts);
+  void follower.drive().catch((e) => follower.fail(e));
+  return {
+    path,
+    result: follower.result,
+    stop: () => follower.fail(new ClientError('failed', 'stopped following')),
+    [Symbol.asyncIterator]: () => follower.queue[Symbol.asyncIterator](),
+  };
+}
 
-  let finished = false;
-  const cleanups: (() => void | Promise<void>)[] = [];
-  const cleanup = () => {
-    for (const c of cleanups.splice(0).reverse()) {
+/** One follow's state: the snapshot, what was seen before it, and how it ends. */
+class Follower {
+  readonly queue = new EventQueue<FollowEvent>();
+  readonly result: Promise<TransactionProperties>;
+  private settle!: { resolve: (t: TransactionProperties) => void; reject: (e: ClientError) => void };
+  private finished = false;
+  private readonly cleanups: (() => void | Promise<void>)[] = [];
+
+  private loaded = false;
+  private readonly early: WatchItem[] = [];
+  private state: TransactionProperties | null = null;
+  private owner = '';
+  private snapshotSeq = 0;
+  private sawPhaseStart = false;
+  private finishing = false;
+  /**
+   * The transaction's Finished signal, which carries the result message
+   * (ErrorMessage only explains errors); kept even when the manager's
+   * TransactionFinished came first and started the ending.
+   */
+  private finishedSignal: FinishedInfo | null = null;
+  /**
+   * The last Finished signal sent before the snapshot: its state is
+   * already in the snapshot, but its message is not (a success's summary
+   * is only in the signal). A fast phase (a dry run) can finish before
+   * the snapshot is read.
+   */
+  private finishedBefore: FinishedInfo | null = null;
+
+  constructor(
+    private readonly client: PreStageClient,
+    private readonly path: string,
+    private readonly opts: FollowOptions,
+  ) {
+    this.result = new Promise<TransactionProperties>((resolve, reject) => { this.settle = { resolve, reject }; });
+    // The consumer may only iterate; the rejection reaches it through the
+    // iterator, so `result` must not count as unhandled.
+    this.result.catch(() => undefined);
+  }
+
+  fail(e: unknown): void {
+    if (this.finished) return;
+    this.finished = true;
+    const err = toClientError(e, `following transaction ${this.path}`);
+    this.cleanup();
+    this.queue.fail(err);
+    this.settle.reject(err);
+  }
+
+  private succeed(tx: TransactionProperties): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.cleanup();
+    this.queue.end();
+    this.settle.resolve(tx);
+  }
+
+  private cleanup(): void {
+    for (const c of this.cleanups.splice(0).reverse()) {
       try { void Promise.resolve(c()).catch(() => undefined); } catch { /* keep going */ }
-    }
-  };
-  const fail = (e: unknown) => {
-    if (finished) return;
-    finished = true;
-    const err = toClientError(e, `following transaction ${path}`);
-    cleanup();
-    queue.fail(err);
-    settle.reject(err);
-  };
-  const succeed = (tx: TransactionProperties) => {
-    if (finished) return;
-    finished = true;
-    cleanup();
-    queue.end();
-    settle.resolve(tx);
-  };
-
-  void drive().catch(fail);
-
-  async function drive(): Promise<void> {
-    const watch = opts.watch ?? await client.watch({ transactionPath: path });
-    if (!(opts.watch && opts.shareWatch)) cleanups.push(() => watch.close());
-    if (finished) return;
-
-    let loaded = false;
-    const early: WatchItem[] = [];
-    let state: TransactionProperties | null = null;
-    let owner = '';
-    let snapshotSeq = 0;
-    let sawPhaseStart = false;
-    let finishing = false;
-
-    const seqOf = (item: WatchItem) => (item.kind === 'owner' ? item.seq : item.signal.seq);
-
-    const isDone = (tx: TransactionProperties): boolean => {
-      if (!isResting(tx.state)) return false;
-      const goal = opts.goal;
-      if (goal.kind === 'rest') return true;
-      return sawPhaseStart || (goal.done !== undefined && tx.state === goal.done);
-    };
-
-    type FinishedInfo = { state: string; error: string; message?: string };
-    const finishWith = (tx: TransactionProperties, ev?: FinishedInfo) => {
-      queue.push({
-        type: 'finished',
-        state: ev?.state ?? tx.state,
-        error: ev?.error ?? tx.error,
-        message: ev?.message ?? tx.errorMessage,
-        transaction: tx,
-      });
-      succeed(tx);
-    };
-
-    /**
-     * The transaction's Finished signal, which carries the result message
-     * (ErrorMessage only explains errors); kept even when the manager's
-     * TransactionFinished came first and started the ending.
-     */
-    let finishedSignal: FinishedInfo | null = null;
-    /**
-     * The last Finished signal sent before the snapshot: its state is
-     * already in the snapshot, but its message is not (a success's summary
-     * is only in the signal). A fast phase (a dry run) can finish before
-     * the snapshot is read.
-     */
-    let finishedBefore: FinishedInfo | null = null;
-
-    /**
-     * Finished or TransactionFinished: re-read the properties (changes may
-     * be coalesced after the signal), then end. The Finished signal, if it
-     * was sent, has arrived by the time the re-read answers (one sender,
-     * one connection: order is kept).
-     */
-    const onFinishedSignal = (ev: FinishedInfo) => {
-      if (ev.message !== undefined) finishedSignal = ev;
-      if (finishing) return;
-      finishing = true;
-      client.transactionProperties(path).then((tx) => {
-        if (finished) return;
-        state = tx;
-        queue.push({ type: 'state', transaction: tx });
-        finishWith(tx, finishedSignal ?? ev);
-      }, () => {
-        // Pruned already, or the daemon went away right after: what the
-        // signals said is final.
-        if (finished || !state) return;
-        const info = finishedSignal ?? ev;
-        const tx = {
-          ...state, state: info.state as TransactionState, error: info.error,
-          errorMessage: info.error ? (info.message ?? state.errorMessage) : state.errorMessage,
-        };
-        finishWith(tx, info);
-      });
-    };
-
-    const handle = (item: WatchItem) => {
-      if (finished) return;
-      const before = seqOf(item) < snapshotSeq;
-      if (item.kind === 'owner') {
-        if (!before && owner !== '' && item.oldOwner === owner) {
-          const what = state ? `${state.phase} phase of transaction ${state.id} (${state.state})` : `transaction ${path}`;
-          fail(new ClientError('unreachable',
-            `bootc-prestaged left the bus during the ${what}; when it runs again it finishes or rolls back ` +
-            `what was interrupted: see 'bootc-prestage status'`,
-            'org.freedesktop.DBus.Error.NameHasNoOwner'));
-        }
-        return;
-      }
-      const s = item.signal;
-      const args = s.body.map(unwrapVariants);
-      if (s.path === MANAGER_PATH) {
-        if (s.interface !== MANAGER_INTERFACE || args[0] !== path) return;
-        if (s.member === 'TransactionStarted') {
-          sawPhaseStart = true;
-          queue.push({ type: 'phase-started', phase: String(args[2] ?? '') });
-        } else if (s.member === 'TransactionFinished' && !before) {
-          onFinishedSignal({ state: String(args[1] ?? ''), error: String(args[2] ?? '') });
-        }
-        return;
-      }
-      if (s.path !== path) return;
-      if (s.interface === PROPERTIES && s.member === 'PropertiesChanged') {
-        if (args[0] !== TRANSACTION_INTERFACE) return;
-        const changed = args[1] as Record<string, unknown>;
-        if (typeof changed?.['State'] === 'string' && !isResting(changed['State'])) sawPhaseStart = true;
-        if (before || !state || finishing) return;
-        state = applyTransactionChanges(state, changed);
-        queue.push({ type: 'state', transaction: state });
-        // The daemon sends the last property changes just before Finished;
-        // ending through a re-read picks up Finished and its message.
-        if (isDone(state)) onFinishedSignal({ state: state.state, error: state.error });
-        return;
-      }
-      if (s.interface !== TRANSACTION_INTERFACE) return;
-      switch (s.member) {
-        case 'HookStarted':
-          sawPhaseStart = true;
-          queue.push({ type: 'hook-started', hook: String(args[0]), index: Number(args[1]), count: Number(args[2]) });
-          break;
-        case 'HookProgress':
-          queue.push({ type: 'hook-progress', hook: String(args[0]), percent: Number(args[1]), status: String(args[2]) });
-          break;
-        case 'HookFinished':
-          queue.push({ type: 'hook-finished', hook: String(args[0]), result: String(args[1]), message: String(args[2]) });
-          break;
-        case 'Message':
-          queue.push({ type: 'message', hook: String(args[0]), line: String(args[1]) });
-          break;
-        case 'Finished': {
-          const info = { state: String(args[0]), error: String(args[1]), message: String(args[2]) };
-          if (!before) onFinishedSignal(info);
-          else finishedBefore = info;
-          break;
-        }
-        default:
-          break;
-      }
-    };
-
-    const consumer = watch.consume((item) => {
-      if (loaded) handle(item);
-      else early.push(item);
-    }, { retainBacklog: opts.shareWatch === true });
-    cleanups.push(consumer.stop);
-    cleanups.push(client.conn.onLost((e) => fail(e)));
-
-    const { tx, reply } = await client.transactionPropertiesAt(path);
-    if (finished) return;
-    state = tx;
-    owner = reply.sender;
-    snapshotSeq = reply.seq;
-    if (!isResting(tx.state)) sawPhaseStart = true;
-    loaded = true;
-    for (const item of [...consumer.backlog, ...early]) handle(item);
-    if (finished) return;
-    queue.push({ type: 'state', transaction: state });
-    if (!finishing && isDone(state)) {
-      // Every signal sent before the snapshot has been handled: the last
-      // Finished among them, if it ended in the snapshot's state, ended it.
-      // (Set by `handle`, which TypeScript cannot see through: widen it back.)
-      const before = finishedBefore as FinishedInfo | null;
-      const ended = before !== null && before.state === state.state ? before : undefined;
-      finishWith(state, ended);
     }
   }
 
-  return {
-    path,
-    result,
-    stop: () => fail(new ClientError('failed', 'stopped following')),
-    [Symbol.asyncIterator]: () => queue[Symbol.asyncIterator](),
-  };
+  /** Subscribe, read the snapshot, replay what came before it, and end at once if it is done. */
+  async drive(): Promise<void> {
+    const watch = this.opts.watch ?? await this.client.watch({ transactionPath: this.path });
+    if (!(this.opts.watch && this.opts.shareWatch)) this.cleanups.push(() => watch.close());
+    if (this.finished) return;
+    const consumer = watch.consume((item) => {
+      if (this.loaded) this.handle(item);
+      else this.early.push(item);
+    }, { retainBacklog: this.opts.shareWatch === true });
+    this.cleanups.push(consumer.stop);
+    this.cleanups.push(this.client.conn.onLost((e) => this.fail(e)));
+
+    const { tx, reply } = await this.client.transactionPropertiesAt(this.path);
+    if (this.finished) return;
+    this.state = tx;
+    this.owner = reply.sender;
+    this.snapshotSeq = reply.seq;
+    if (!isResting(tx.state)) this.sawPhaseStart = true;
+    this.loaded = true;
+    for (const item of [...consumer.backlog, ...this.early]) this.handle(item);
+    if (this.finished) return;
+    this.queue.push({ type: 'state', transaction: this.state });
+    if (!this.finishing && this.isDone(this.state)) {
+      // Every signal sent before the snapshot has been handled: the last
+      // Finished among them, if it ended in the snapshot's state, ended it.
+      const before = this.finishedBefore;
+      const ended = before !== null && before.state === this.state.state ? before : undefined;
+      this.finishWith(this.state, ended);
+    }
+  }
+
+  private isDone(tx: TransactionProperties): boolean {
+    if (!isResting(tx.state)) return false;
+    const goal = this.opts.goal;
+    if (goal.kind === 'rest') return true;
+    return this.sawPhaseStart || (goal.done !== undefined && tx.state === goal.done);
+  }
+
+  private finishWith(tx: TransactionProperties, ev?: FinishedInfo): void {
+    this.queue.push({
+      type: 'finished',
+      state: ev?.state ?? tx.state,
+      error: ev?.error ?? tx.error,
+      message: ev?.message ?? tx.errorMessage,
+      transaction: tx,
+    });
+    this.succeed(tx);
+  }
+
+  /**
+   * Finished or TransactionFinished: re-read the properties (changes may
+   * be coalesced after the signal), then end. The Finished signal, if it
+   * was sent, has arrived by the time the re-read answers (one sender,
+   * one connection: order is kept).
+   */
+  private onFinishedSignal(ev: FinishedInfo): void {
+    if (ev.message !== undefined) this.finishedSignal = ev;
+    if (this.finishing) return;
+    this.finishing = true;
+    this.client.transactionProperties(this.path).then((tx) => {
+      if (this.finished) return;
+      this.state = tx;
+      this.queue.push({ type: 'state', transaction: tx });
+      this.finishWith(tx, this.finishedSignal ?? ev);
+    }, () => {
+      // Pruned already, or the daemon went away right after: what the
+      // signals said is final.
+      const state = this.state;
+      if (this.finished || !state) return;
+      const info = this.finishedSignal ?? ev;
+      const tx = {
+        ...state, state: info.state as TransactionState, error: info.error,
+        errorMessage: info.error ? (info.message ?? state.errorMessage) : state.errorMessage,
+      };
+      this.finishWith(tx, info);
+    });
+  }
+
+  private handle(item: WatchItem): void {
+    if (this.finished) return;
+    const before = (item.kind === 'owner' ? item.seq : item.signal.seq) < this.snapshotSeq;
+    if (item.kind === 'owner') {
+      if (!before && this.owner !== '' && item.oldOwner === this.owner) this.daemonLeft();
+      return;
+    }
+    const s = item.signal;
+    const args = s.body.map(unwrapVariants);
+    if (s.path === MANAGER_PATH) {
+      if (s.interface === MANAGER_INTERFACE && args[0] === this.path) this.onManagerSignal(s.member, args, before);
+      return;
+    }
+    if (s.path !== this.path) return;
+    if (s.interface === PROPERTIES.name && s.member === 'PropertiesChanged') {
+      if (args[0] === TRANSACTION_INTERFACE) this.onPropertiesChanged(args[1] as Record<string, unknown>, before);
+      return;
+    }
+    if (s.interface === TRANSACTION_INTERFACE) this.onTransactionSignal(s.member, args, before);
+  }
+
+  /** The daemon's bus name changed hands after the snapshot: end with what to do. */
+  private daemonLeft(): void {
+    const state = this.state;
+    const what = state ? `${state.phase} phase of transaction ${state.id} (${state.state})` : `transaction ${this.path}`;
+    this.fail(new ClientError('unreachable',
+      `bootc-prestaged left the bus during the ${what}; when it runs again it finishes or rolls back ` +
+      `what was interrupted: see 'bootc-prestage status'`,
+      'org.freedesktop.DBus.Error.NameHasNoOwner'));
+  }
+
+  private onManagerSignal(member: string, args: unknown[], before: boolean): void {
+    if (member === 'TransactionStarted') {
+      this.sawPhaseStart = true;
+      this.queue.push({ type: 'phase-started', phase: String(args[2] ?? '') });
+    } else if (member === 'TransactionFinished' && !before) {
+      this.onFinishedSignal({ state: String(args[1] ?? ''), error: String(args[2] ?? '') });
+    }
+  }
+
+  private onPropertiesChanged(changed: Record<string, unknown>, before: boolean): void {
+    if (typeof changed?.['State'] === 'string' && !isResting(changed['State'])) this.sawPhaseStart = true;
+    if (before || !this.state || this.finishing) return;
+    this.state = applyTransactionChanges(this.state, changed);
+    this.queue.push({ type: 'state', transaction: this.state });
+    // The daemon sends the last property changes just before Finished;
+    // ending through a re-read picks up Finished and its message.
+    if (this.isDone(this.state)) this.onFinishedSignal({ state: this.state.state, error: this.state.error });
+  }
+
+  private onTransactionSignal(member: string, args: unknown[], before: boolean): void {
+    const q = this.queue;
+    switch (member) {
+      case 'HookStarted':
+        this.sawPhaseStart = true;
+        q.push({ type: 'hook-started', hook: String(args[0]), index: Number(args[1]), count: Number(args[2]) });
+        break;
+      case 'HookProgress':
+        q.push({ type: 'hook-progress', hook: String(args[0]), percent: Number(args[1]), status: String(args[2]) });
+        break;
+      case 'HookFinished':
+        q.push({ type: 'hook-finished', hook: String(args[0]), result: String(args[1]), message: String(args[2]) });
+        break;
+      case 'Message':
+        q.push({ type: 'message', hook: String(args[0]), line: String(args[1]) });
+        break;
+      case 'Finished': {
+        const info = { state: String(args[0]), error: String(args[1]), message: String(args[2]) };
+        if (!before) this.onFinishedSignal(info);
+        else this.finishedBefore = info;
+        break;
+      }
+      default:
+        break;
+    }
+  }
 }

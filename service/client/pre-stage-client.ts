@@ -5,14 +5,16 @@
  * else that speaks D-Bus (busctl, bootc over zbus, Cockpit) sees the same
  * interface.
  */
-import { Variant } from 'dbus-next';
-import { encodeHookDefinition } from '../bus/options.js';
+import { toVariants } from '../connection/variants.js';
 import {
-  BUS_NAME, MANAGER_INTERFACE, MANAGER_PATH, TRANSACTION_INTERFACE, transactionIdFromPath,
-} from '../bus/members.js';
+  encodeHookDefinition, encodeLogOptions, encodePhaseOptions, encodeRegisterOptions, encodeStartOptions,
+} from '../protocol/options.js';
+import {
+  BUS_NAME, MANAGER_INTERFACE, MANAGER_PATH, PROPERTIES, TRANSACTION_INTERFACE, transactionIdFromPath,
+} from '../protocol/members.js';
 import type { HookDefinition } from '../model/types.js';
 import {
-  BusConnection, resolveClientAddress, DEFAULT_CALL_TIMEOUT_MS, type Reply,
+  ClientConnection, resolveClientAddress, DEFAULT_CALL_TIMEOUT_MS, type Reply,
 } from './connection.js';
 import {
   decodeHookEntry, decodeManagerProperties, decodeTransactionProperties, unwrapVariants,
@@ -20,8 +22,6 @@ import {
 import { ClientError, toClientError } from './errors.js';
 import { ServiceWatch, type WatchScope } from './service-watch.js';
 import type { HookEntry, ManagerProperties, TransactionProperties } from './types.js';
-
-const PROPERTIES = 'org.freedesktop.DBus.Properties';
 
 export interface ClientOptions {
   /** A D-Bus address; default $DBUS_SYSTEM_BUS_ADDRESS, else the system bus. */
@@ -31,14 +31,9 @@ export interface ClientOptions {
   callTimeoutMs?: number;
 }
 
-// The option shapes are the contract's own, shared with the engine (types only).
-import type { PhaseOptions, StartOptions } from '../model/options.js';
-export type { PhaseOptions, StartOptions };
-
-export interface LogOptions {
-  maxLines?: number;
-  hook?: string;
-}
+// The option shapes are the model's, shared with the engine (types only).
+import type { LogOptions, PhaseOptions, StartOptions } from '../model/options.js';
+export type { LogOptions, PhaseOptions, StartOptions };
 
 /** A transaction id or object path as a path; throws usage for anything else. */
 export function transactionPathOf(idOrPath: string): string {
@@ -52,12 +47,12 @@ export function transactionPathOf(idOrPath: string): string {
 }
 
 export class PreStageClient {
-  readonly conn: BusConnection;
+  readonly conn: ClientConnection;
   private readonly timeoutMs: number;
   /** Unique name of the daemon that answered last (the name's owner then). */
   lastOwner = '';
 
-  private constructor(conn: BusConnection, timeoutMs: number) {
+  private constructor(conn: ClientConnection, timeoutMs: number) {
     this.conn = conn;
     this.timeoutMs = timeoutMs;
   }
@@ -71,7 +66,7 @@ export class PreStageClient {
       throw new ClientError('usage', (e as Error).message);
     }
     try {
-      const conn = await BusConnection.connect(address, opts.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS);
+      const conn = await ClientConnection.connect(address, opts.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS);
       return new PreStageClient(conn, opts.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS);
     } catch (e) {
       throw toClientError(e, 'connecting to the bus');
@@ -110,22 +105,17 @@ export class PreStageClient {
 
   /** StartPreStage: resolves with the transaction's object path. */
   async startPreStage(deployment: string, o: StartOptions = {}): Promise<string> {
-    const opts: Record<string, Variant> = {};
-    if (o.force) opts['force'] = new Variant('b', true);
-    if (o.wait) opts['wait'] = new Variant('b', true);
-    if (o.dryRun) opts['dry-run'] = new Variant('b', true);
-    if (o.timeoutSec) opts['timeout-sec'] = new Variant('u', o.timeoutSec);
-    const r = await this.manager('StartPreStage', 'sa{sv}', [deployment, opts]);
+    const r = await this.manager('StartPreStage', 'sa{sv}', [deployment, toVariants(encodeStartOptions(o))]);
     return String(r.body[0]);
   }
 
   async commitPreStage(deployment: string, o: PhaseOptions = {}): Promise<string> {
-    const r = await this.manager('CommitPreStage', 'sa{sv}', [deployment, phaseOptions(o)]);
+    const r = await this.manager('CommitPreStage', 'sa{sv}', [deployment, toVariants(encodePhaseOptions(o))]);
     return String(r.body[0]);
   }
 
   async abortPreStage(deployment: string, o: PhaseOptions = {}): Promise<string> {
-    const r = await this.manager('AbortPreStage', 'sa{sv}', [deployment, phaseOptions(o)]);
+    const r = await this.manager('AbortPreStage', 'sa{sv}', [deployment, toVariants(encodePhaseOptions(o))]);
     return String(r.body[0]);
   }
 
@@ -136,8 +126,9 @@ export class PreStageClient {
   }
 
   async registerHook(name: string, definition: HookDefinition, o: { runtime?: boolean } = {}): Promise<void> {
-    const opts: Record<string, Variant> = o.runtime ? { runtime: new Variant('b', true) } : {};
-    await this.manager('RegisterHook', 'sa{sv}a{sv}', [name, encodeHookDefinition(definition), opts]);
+    await this.manager('RegisterHook', 'sa{sv}a{sv}', [
+      name, toVariants(encodeHookDefinition(definition)), toVariants(encodeRegisterOptions(o)),
+    ]);
   }
 
   async unregisterHook(name: string): Promise<void> {
@@ -156,14 +147,14 @@ export class PreStageClient {
   }
 
   async managerProperties(): Promise<ManagerProperties> {
-    const r = await this.callService(MANAGER_PATH, PROPERTIES, 'GetAll', 's', [MANAGER_INTERFACE], 'reading the service state');
+    const r = await this.callService(MANAGER_PATH, PROPERTIES.name, 'GetAll', 's', [MANAGER_INTERFACE], 'reading the service state');
     return decodeManagerProperties(r.body[0]);
   }
 
   /** GetAll of a transaction, with the reply's arrival sequence number. */
   async transactionPropertiesAt(path: string): Promise<{ tx: TransactionProperties; reply: Reply }> {
     const id = transactionIdFromPath(path) ?? path;
-    const reply = await this.callService(path, PROPERTIES, 'GetAll', 's', [TRANSACTION_INTERFACE],
+    const reply = await this.callService(path, PROPERTIES.name, 'GetAll', 's', [TRANSACTION_INTERFACE],
       `reading transaction ${id}`);
     return { tx: decodeTransactionProperties(path, reply.body[0]), reply };
   }
@@ -178,18 +169,9 @@ export class PreStageClient {
   }
 
   /** Transaction.GetLog. */
-  async getLog(path: string, o: LogOptions = {}): Promise<string[]> {
-    const opts: Record<string, Variant> = {};
-    if (o.maxLines !== undefined) opts['max-lines'] = new Variant('u', o.maxLines);
-    if (o.hook) opts['hook'] = new Variant('s', o.hook);
-    const r = await this.callService(path, TRANSACTION_INTERFACE, 'GetLog', 'a{sv}', [opts], 'GetLog');
+  async getLog(path: string, o: Partial<LogOptions> = {}): Promise<string[]> {
+    const r = await this.callService(path, TRANSACTION_INTERFACE, 'GetLog', 'a{sv}',
+      [toVariants(encodeLogOptions(o))], 'GetLog');
     return (unwrapVariants(r.body[0]) as string[]).map(String);
   }
-}
-
-function phaseOptions(o: PhaseOptions): Record<string, Variant> {
-  const opts: Record<string, Variant> = {};
-  if (o.wait) opts['wait'] = new Variant('b', true);
-  if (o.timeoutSec) opts['timeout-sec'] = new Variant('u', o.timeoutSec);
-  return opts;
 }

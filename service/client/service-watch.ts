@@ -7,8 +7,8 @@
  * call, then start consuming with nothing lost in between (follow.ts
  * relies on that to join a transaction whose path it learns from a reply).
  */
-import { BUS_NAME, MANAGER_PATH } from '../bus/members.js';
-import type { BusConnection, ReceivedSignal } from './connection.js';
+import { BUS_NAME, MANAGER_PATH } from '../protocol/members.js';
+import type { ClientConnection, ReceivedSignal } from './connection.js';
 
 const BUS_DAEMON = 'org.freedesktop.DBus';
 
@@ -60,7 +60,7 @@ export class ServiceWatch {
   ) {}
 
   /** Subscribe; when this resolves, the rules are in place. */
-  static async open(conn: BusConnection, scope: WatchScope = {}): Promise<ServiceWatch> {
+  static async open(conn: ClientConnection, scope: WatchScope = {}): Promise<ServiceWatch> {
     let watch: ServiceWatch | null = null;
     const early: WatchItem[] = [];
     const stop = conn.onSignal((s) => {

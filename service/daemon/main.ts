@@ -10,7 +10,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connectBus, type BusConnection } from '../bus/connection.js';
-import { BUS_NAME } from '../bus/members.js';
+import { BUS_NAME } from '../protocol/members.js';
 import { exportService } from '../bus/service.js';
 import { Engine } from '../engine/engine.js';
 import type { Logger } from '../model/logger.js';

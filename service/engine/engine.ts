@@ -2,8 +2,8 @@
  * The engine's façade: transactions, the one-at-a-time work queue, and the
  * EngineApi operations. No D-Bus here: adapters use the EngineApi surface.
  * The phases run in phase-runner.ts (one step: hook-step.ts), start-up
- * recovery in recovery-loader.ts and recovery.ts, and the state directory's
- * files are state-dir.ts's.
+ * recovery in recovery-loader.ts and recovery.ts, the hook operations in
+ * hook-registry.ts, and the state directory's files are state-dir.ts's.
  *
  * Crash-safety argument, in short:
  * - A transaction exists only once its `begin` record (with the full hook
@@ -27,16 +27,12 @@ import type { EngineApi, EngineStatus, TransactionHandle } from './api.js';
 import type { PhaseOptions, RegisterOptions, StartOptions } from '../model/options.js';
 import { Sysroot } from './deployments.js';
 import { PreStageError, toPreStageError } from '../model/errors.js';
-import { discoverHooks } from './hook-discovery.js';
-import { isValidHookName } from '../model/hook-name.js';
-import { validateDefinition } from '../model/hook-file.js';
-import { registerHookFile, unregisterHookFile } from './hook-store.js';
+import { HookRegistry } from './hook-registry.js';
 import {
   JournalStore, nowUsec, type BeginRecord, type JournalHook,
 } from './journal.js';
 import type { Logger } from '../model/logger.js';
 import { PhaseRunner, type Job } from './phase-runner.js';
-import { orderHooks } from './plan.js';
 import { terminateGroup } from './process-tree.js';
 import { loadTransactions } from './recovery-loader.js';
 import { StateDir, historyToPrune } from './state-dir.js';
@@ -92,6 +88,7 @@ export class Engine implements EngineApi {
   private readonly stateDir: StateDir;
   private readonly store: JournalStore;
   private readonly runner: PhaseRunner;
+  private readonly hooks: HookRegistry;
   private readonly txs = new Map<string, Transaction>();
   private readonly queue: Job[] = [];
   private running: Job | null = null;
@@ -127,6 +124,7 @@ export class Engine implements EngineApi {
     };
     this.sysroot = new Sysroot(o.sysroot, o.bootedRoot);
     this.stateDir = new StateDir(this.opts.stateDir);
+    this.hooks = new HookRegistry(this.opts.root, this.opts.trustedUid, this.log);
     this.store = new JournalStore(this.stateDir.journalDir);
     this.runner = new PhaseRunner({
       log: this.log,
@@ -237,7 +235,7 @@ export class Engine implements EngineApi {
       throw new PreStageError('Busy',
         `transaction ${job.tx.id} for ${dep.path} is in its ${job.kind} phase; wait for it to finish`);
     }
-    const set = await this.resolveHooks(dep.path);
+    const set = await this.hooks.forTransaction(dep.path);
     const hooks = set.hooks.map<JournalHook>((h) => ({
       name: h.name, definition: h.definition, source: h.source, digest: h.digest, refused: h.refused,
     }));
@@ -328,48 +326,18 @@ export class Engine implements EngineApi {
 
   async registerHook(name: string, definition: HookDefinition, o: RegisterOptions): Promise<string> {
     this.assertOpen();
-    if (!isValidHookName(name)) {
-      throw new PreStageError('InvalidArgs', `invalid hook name '${name.slice(0, 80)}': expected [A-Za-z0-9][A-Za-z0-9_.@-]{0,63}`);
-    }
-    validateDefinition(definition, `definition of hook '${name}'`);
-    // Refuse a definition that would make the host hooks unorderable.
-    const host = await discoverHooks({ root: this.opts.root, deployment: null, trustedUid: this.opts.trustedUid, logger: this.log });
-    const nodes = host.hooks.filter((h) => h.name !== name)
-      .map((h) => ({ name: h.name, after: h.definition.after, before: h.definition.before, source: h.source }));
-    nodes.push({ name, after: definition.after, before: definition.before, source: `definition of hook '${name}'` });
-    orderHooks(nodes);
-    const file = await registerHookFile(this.opts.root, name, definition, o.runtime);
-    this.log.info(`registered hook ${name}`, { hook: name, file });
-    return file;
+    return this.hooks.register(name, definition, o.runtime);
   }
 
   async unregisterHook(name: string): Promise<void> {
     this.assertOpen();
-    if (!isValidHookName(name)) {
-      throw new PreStageError('InvalidArgs', `invalid hook name '${name.slice(0, 80)}'`);
-    }
-    const removed = await unregisterHookFile(this.opts.root, name);
-    this.log.info(`unregistered hook ${name}`, { hook: name, files: removed.join(' ') });
+    await this.hooks.unregister(name);
   }
 
   async listHooks(deployment: string): Promise<HookSet> {
     this.assertOpen();
     const dep = deployment === '' ? null : (await this.sysroot.resolve(deployment, { mustExist: true })).path;
-    // Refused hooks are listed, marked, even required ones (which make
-    // StartPreStage fail): ListHooks is where an admin sees why.
-    return discoverHooks({ root: this.opts.root, deployment: dep, trustedUid: this.opts.trustedUid, logger: this.log });
-  }
-
-  private async resolveHooks(deployment: string | null): Promise<HookSet> {
-    const set = await discoverHooks({
-      root: this.opts.root, deployment, trustedUid: this.opts.trustedUid, logger: this.log,
-    });
-    const refusedRequired = set.hooks.filter((h) => h.refused && h.definition.required);
-    if (refusedRequired.length > 0) {
-      throw new PreStageError('InvalidHook', refusedRequired
-        .map((h) => `required hook ${h.name} (${h.source}) is refused: ${h.refused}`).join('; '));
-    }
-    return set;
+    return this.hooks.list(dep);
   }
 
   private assertOpen(): void {

@@ -10,6 +10,10 @@
  * in the set, marked `refused`, so callers can show it and fail or skip
  * it; it never runs. Its After=/Before= are not used for ordering, so an
  * untrusted file can neither reorder trusted hooks nor make a cycle.
+ *
+ * Over 500 lines on purpose: reading a hook and judging its trust are one
+ * pass over the same file descriptors and stat results (the checks run on
+ * what was opened, not on a path that could change between check and read).
  */
 import { createHash } from 'node:crypto';
 import { constants as C, promises as fsp, statSync, type Dirent, type Stats } from 'node:fs';

@@ -1,5 +1,5 @@
 /**
- * Run order of hooks from After=/Before= (DESIGN.md "Hooks"). Pure.
+ * Run order of hooks from After=/Before= (docs/design.md "Hooks"). Pure.
  *
  * `A After=B` and `B Before=A` both mean B runs before A. Names that match
  * no hook are ignored (so an image can order itself against optional

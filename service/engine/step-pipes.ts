@@ -106,7 +106,7 @@ async function makePipes(n: number, base: string): Promise<PipePair[]> {
  * steps. Pipes have no state before use, so a pooled pair is as good as a
  * fresh one. The pool follows the temporary directory: when TMPDIR changes,
  * the pipes made in the old one are dropped and the new one is used (and a
- * directory that cannot be used makes runStep fall back, as before).
+ * directory that cannot be used makes runStep fall back to socket pairs).
  */
 class PipePool {
   private pairs: PipePair[] = [];

@@ -1,5 +1,5 @@
 /**
- * The hook file format (`NAME.hook`, DESIGN.md "Hooks"): parse, validate,
+ * The hook file format (`NAME.hook`, docs/design.md "Hooks"): parse, validate,
  * serialize. Pure: no I/O.
  *
  *     [Hook]
@@ -17,6 +17,10 @@
  * What must stay true: every definition that validateDefinition accepts
  * serializes to a file that parseHookFile reads back to a deep-equal
  * definition, and within the size limits (the hook store relies on it).
+ *
+ * Over 500 lines on purpose: the parser, the validator and the writer share
+ * the key table and the limits, and must stay each other's inverse; one
+ * file keeps them in view together.
  */
 import { CommandLineSyntaxError, quoteWord, splitCommandLine } from './command-line.js';
 import { PreStageError } from './errors.js';

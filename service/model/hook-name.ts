@@ -7,7 +7,7 @@
  * (no `/`, no `..`).
  */
 
-/** The public name syntax from DESIGN.md; keep it exactly. */
+/** The public name syntax of docs/design.md "Hooks"; keep it exactly. */
 export const HOOK_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$/;
 
 /** True when `s` is a valid hook name (1-64 characters, see HOOK_NAME_RE). */

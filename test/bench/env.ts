@@ -13,7 +13,13 @@ import { closeSync, existsSync, openSync, promises as fsp, readFileSync, readdir
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Message, MessageType, sessionBus, type MessageBus } from 'dbus-next';
+import type { MessageBus } from 'dbus-next';
+import {
+  BUS_DAEMON, BUS_DAEMON_PATH, CoreConnection, Message, MessageType, openMessageBus,
+} from '../../service/connection/core.js';
+import {
+  BUS_NAME, MANAGER_PATH, TRANSACTION_INTERFACE, TRANSACTION_PATH_PREFIX,
+} from '../../service/protocol/members.js';
 
 /** The repository root: dist/test/bench/../../.. or test/bench/../.. */
 export const REPO_ROOT = (() => {
@@ -28,12 +34,12 @@ export const REPO_ROOT = (() => {
 
 /** The daemon as it ships: packaging/build.mjs's bundle of tsc's output. */
 export const DAEMON_ENTRY = path.join(REPO_ROOT, 'dist', 'bootc-prestaged.mjs');
-export const SERVICE = 'org.containers.bootc.PreStage';
-export const MANAGER_PATH = '/org/containers/bootc/PreStage';
-export const TX_IFACE = 'org.containers.bootc.PreStage.Transaction';
-export const TX_PREFIX = '/org/containers/bootc/PreStage/Transaction';
-const DBUS = 'org.freedesktop.DBus';
-const DBUS_PATH = '/org/freedesktop/DBus';
+export const SERVICE = BUS_NAME;
+export { MANAGER_PATH };
+export const TX_IFACE = TRANSACTION_INTERFACE;
+export const TX_PREFIX = TRANSACTION_PATH_PREFIX;
+const DBUS = BUS_DAEMON;
+const DBUS_PATH = BUS_DAEMON_PATH;
 
 /** What an interrupted run must not leave behind: live children and temporary directories. */
 const liveChildren = new Set<ChildProcess>();
@@ -191,38 +197,32 @@ export interface Signal {
   at: number;
 }
 
-/** A bus connection with timed calls and a signal log. */
+/** A bus connection with timed calls and a signal log, on the project's connection core. */
 export class Client {
-  private constructor(readonly bus: MessageBus) {}
+  private readonly core: CoreConnection;
+
+  private constructor(readonly bus: MessageBus) {
+    this.core = new CoreConnection(bus, () => { /* reported by the calls that fail */ });
+  }
 
   static async connect(address: string): Promise<Client> {
-    const bus = sessionBus({ busAddress: address });
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`no connection to ${address} in 10 s`)), 10_000);
-      bus.once('connect', () => { clearTimeout(timer); resolve(); });
-      bus.once('error', (e: unknown) => { clearTimeout(timer); reject(e as Error); });
-    });
-    bus.on('error', () => { /* reported by the calls that fail */ });
-    return new Client(bus);
+    try {
+      return new Client(await openMessageBus(address, 10_000));
+    } catch (e) {
+      if ((e as { kind?: string }).kind === 'timeout') throw new Error(`no connection to ${address} in 10 s`);
+      throw e;
+    }
   }
 
   get uniqueName(): string {
-    return (this.bus as unknown as { name: string }).name;
+    return this.core.uniqueName;
   }
 
   async call(dest: string, objPath: string, iface: string, member: string, signature = '', body: unknown[] = [],
     timeoutMs = 120_000): Promise<any[]> {
     const msg = new Message({ destination: dest, path: objPath, interface: iface, member, signature, body: body as any[] });
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`${iface}.${member}: no reply in ${timeoutMs} ms`)), timeoutMs);
-    });
-    try {
-      const reply = await Promise.race([this.bus.call(msg), timeout]);
-      return reply?.body ?? [];
-    } finally {
-      clearTimeout(timer);
-    }
+    const reply = await this.core.call(msg, timeoutMs, () => new Error(`${iface}.${member}: no reply in ${timeoutMs} ms`));
+    return reply?.body ?? [];
   }
 
   /** Record signals matching `rule` (an AddMatch rule) from now on. */
@@ -263,7 +263,7 @@ export class Client {
   }
 
   close(): void {
-    try { this.bus.disconnect(); } catch { /* gone */ }
+    this.core.disconnect();
   }
 }
 

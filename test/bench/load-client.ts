@@ -6,17 +6,12 @@
  *
  *   node load-client.js ADDRESS CLIENTS DURATION_MS DEST PATH IFACE MEMBER [SIGNATURE ARG]
  */
-import { Message, sessionBus, type MessageBus } from 'dbus-next';
+import { DEFAULT_CALL_TIMEOUT_MS, Message, openMessageBus } from '../../service/connection/core.js';
 import { percentile } from './stats.js';
 
-async function connect(address: string): Promise<MessageBus> {
-  const bus = sessionBus({ busAddress: address });
-  await new Promise<void>((resolve, reject) => {
-    bus.once('connect', () => resolve());
-    bus.once('error', (e: unknown) => reject(e as Error));
-  });
-  return bus;
-}
+// Calls go straight to dbus-next's bus.call, without the core's timeout
+// timer: the load must cost the measured daemon, not this process.
+const connect = (address: string) => openMessageBus(address, DEFAULT_CALL_TIMEOUT_MS);
 
 async function main(): Promise<void> {
   const [address, clientsText, durationText, dest, objPath, iface, member, signature = '', arg] = process.argv.slice(2);

@@ -3,7 +3,7 @@
  * shipped policy and a real ostree sysroot, running a transaction of three
  * hooks whose steps record every run (test/fixtures/crash/step.sh), killed
  * with SIGKILL at a known point, restarted on the same state, and checked
- * against the invariants of DESIGN.md "Transactions".
+ * against the invariants of docs/design.md "Transactions".
  *
  * Kill points are deterministic, never sleep-based:
  * - at a journal boundary: test/fixtures/crash/stop-at-record.mjs, loaded

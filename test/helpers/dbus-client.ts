@@ -1,18 +1,24 @@
 /**
- * A small D-Bus client for tests, over dbus-next's low-level API only
- * (`bus.call(new Message(...))`, AddMatch, the 'message' event): no proxy
- * objects, which leak match rules (STACK.md), and a timeout on every call,
- * which dbus-next lacks. It runs in the test process, so as root; calls as
- * another uid go through busctl (busctl.ts) or runNodeAs (as-user.ts).
+ * A small D-Bus client for tests, on the project's connection core
+ * (service/connection/core.ts: connect and call with a timeout, no proxy
+ * objects, which leak match rules), plus AddMatch and the 'message' event.
+ * It runs in the test process, so as root; calls as another uid go through
+ * busctl (busctl.ts) or runNodeAs (as-user.ts).
  */
-import {
-  sessionBus, Message, MessageType, Variant, DBusError, type MessageBus,
-} from 'dbus-next';
 import type { ExecutionContext } from 'ava';
+import type { MessageBus } from 'dbus-next';
+import {
+  CoreConnection, DBusError, Message, MessageType, openMessageBus, type ConnectError,
+} from '../../service/connection/core.js';
+import { Variant, unwrapVariants } from '../../service/connection/variants.js';
 
-export { DBusError, Variant };
+export { DBusError, Variant, unwrapVariants };
 
-/** Well-known name, root path and interface names of the service under test. */
+/**
+ * Well-known name, root path and interface names of the service under test,
+ * written out rather than imported from service/protocol/, so that the tests
+ * check the public names themselves.
+ */
 export const SERVICE = 'org.containers.bootc.PreStage';
 export const MANAGER_PATH = '/org/containers/bootc/PreStage';
 export const MANAGER_IFACE = 'org.containers.bootc.PreStage';
@@ -35,21 +41,6 @@ export interface CallOptions {
   timeoutMs?: number;
   /** Message flags (e.g. MessageFlag.NO_AUTO_START). */
   flags?: number;
-}
-
-/**
- * Replace every dbus-next Variant by its value, recursively (arrays, plain
- * objects used for a{..} dicts). Buffers and BigInts are kept as they are.
- */
-export function unwrapVariants(value: unknown): unknown {
-  if (value instanceof Variant) return unwrapVariants(value.value);
-  if (Array.isArray(value)) return value.map(unwrapVariants);
-  if (value !== null && typeof value === 'object' && !Buffer.isBuffer(value)) {
-    const out: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(value)) out[k] = unwrapVariants(v);
-    return out;
-  }
-  return value;
 }
 
 /** Fields of a signal match; a field left out matches anything. */
@@ -116,34 +107,31 @@ function matches(m: SignalMatch, msg: Message): boolean {
 /** A connection to a test bus. */
 export class TestClient {
   readonly bus: MessageBus;
+  private readonly core: CoreConnection;
   private closed = false;
   /** Set when the connection failed after connecting (the bus went away). */
   private broken = false;
 
   private constructor(bus: MessageBus) {
     this.bus = bus;
+    // A later connection error must not become an uncaught exception in ava.
+    this.core = new CoreConnection(bus, () => { this.broken = true; });
   }
 
   /** Connect to `address` (unix:path=...) and wait for the Hello reply. */
   static async connect(address: string, timeoutMs = 10_000): Promise<TestClient> {
-    const bus = sessionBus({ busAddress: address });
-    await new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`no connection to ${address} within ${timeoutMs} ms`)), timeoutMs);
-      bus.once('connect', () => { clearTimeout(timer); resolve(); });
-      bus.once('error', (e: unknown) => {
-        clearTimeout(timer);
-        reject(new Error(`cannot connect to ${address}: ${e instanceof Error ? e.message : String(e)}`));
-      });
-    });
-    const client = new TestClient(bus);
-    // A later connection error must not become an uncaught exception in ava.
-    bus.on('error', () => { client.broken = true; });
-    return client;
+    try {
+      return new TestClient(await openMessageBus(address, timeoutMs));
+    } catch (e) {
+      const err = e as ConnectError;
+      if (err.kind === 'timeout') throw new Error(`no connection to ${address} within ${timeoutMs} ms`);
+      throw new Error(`cannot connect to ${address}: ${err.message}`);
+    }
   }
 
   /** This connection's unique name (":1.N"). */
   get uniqueName(): string {
-    return (this.bus as unknown as { name: string }).name;
+    return this.core.uniqueName;
   }
 
   /** Send a method call; resolve with the whole reply Message. */
@@ -156,24 +144,10 @@ export class TestClient {
       destination: dest, path: objPath, interface: iface, member, signature, body: body as any[],
       ...(opts.flags !== undefined ? { flags: opts.flags } : {}),
     });
-    // Pick the serial ourselves so a timed-out call's reply handler can be
-    // dropped (dbus-next would keep it forever).
-    msg.serial = this.bus.newSerial();
-    const serial = msg.serial;
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
-        delete (this.bus as unknown as { _methodReturnHandlers: Record<number, unknown> })._methodReturnHandlers[serial];
-        reject(new CallTimeoutError(`${iface}.${member} on ${dest} ${objPath}`, ms));
-      }, ms);
-    });
-    try {
-      const reply = await Promise.race([this.bus.call(msg), timeout]);
-      if (!reply) throw new Error(`${iface}.${member}: no reply message`);
-      return reply;
-    } finally {
-      clearTimeout(timer);
-    }
+    const reply = await this.core.call(msg, ms,
+      () => new CallTimeoutError(`${iface}.${member} on ${dest} ${objPath}`, ms));
+    if (!reply) throw new Error(`${iface}.${member}: no reply message`);
+    return reply;
   }
 
   /**
@@ -296,9 +270,7 @@ export class TestClient {
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    try {
-      this.bus.disconnect();
-    } catch { /* already gone */ }
+    this.core.disconnect();
   }
 }
 

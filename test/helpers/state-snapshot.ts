@@ -17,7 +17,7 @@ import * as path from 'node:path';
 import { MANAGER_IFACE, MANAGER_PATH, SERVICE, TRANSACTION_IFACE, type TestClient } from './dbus-client.js';
 import { sleep } from './processes.js';
 
-/** Hook directories under --root, as DESIGN.md names them. */
+/** Hook directories under --root, as docs/design.md "Hooks" names them. */
 export const HOOK_DIRS = ['etc/bootc/pre-stage.d', 'run/bootc/pre-stage.d'] as const;
 /** What the engine keeps under the state directory. */
 export const STATE_SUBDIRS = ['journal', 'logs', 'hooks'] as const;

@@ -13,12 +13,12 @@ import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { DBusError, Message, MessageType, Variant } from 'dbus-next';
 import { connectBus, type BusConnection } from '../../service/bus/connection.js';
-import { DBUS_ERROR, ERROR_NAMES } from '../../service/bus/error-names.js';
+import { DBUS_ERROR, ERROR_NAMES } from '../../service/protocol/errors.js';
 import { parseIntrospectionXml, type IntrospectedInterface } from '../../service/bus/introspection.js';
 import {
   BUS_NAME, MANAGER, MANAGER_PATH, STANDARD_INTERFACES, TRANSACTION, signatureOf, transactionPath,
   type InterfaceSpec,
-} from '../../service/bus/members.js';
+} from '../../service/protocol/members.js';
 import { exportService, type ExportOptions, type ServiceHandle } from '../../service/bus/service.js';
 import type { RateLimits } from '../../service/bus/transaction-object.js';
 import { ERROR_CODES, PreStageError } from '../../service/model/errors.js';

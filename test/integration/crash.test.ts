@@ -3,7 +3,7 @@
  * every journal boundary of the prepare, commit and abort phases and of a
  * failed prepare's rollback, and while each hook's step runs with its
  * background child alive; restarted on the same state and checked against
- * every invariant of DESIGN.md "Transactions".
+ * every invariant of docs/design.md "Transactions".
  *
  * The kill points come from a calibration at load time: clean runs of each
  * phase, whose journal records are counted (N); the tests then kill after

@@ -1,6 +1,6 @@
 /**
  * A hook's output through the engine (no D-Bus): every line in the
- * transaction log, in order and escaped as before, while only the lines the
+ * transaction log, in order and escaped (transaction-log.ts), while only the lines the
  * Message cap lets through become message events and the rest are counted
  * before the hook's hook-finished.
  */

@@ -20,7 +20,7 @@
  * arrives as a replacement character and is refused on its merits.
  *
  * Which error for which input: sizes over the transport bounds of
- * service/bus/options.ts (4096-byte strings, 256-entry arrays) and wrong
+ * service/protocol/options.ts (4096-byte strings, 256-entry arrays) and wrong
  * types or keys are InvalidArgs, decided before the engine sees the call;
  * a deployment path that does not name a deployment is InvalidDeployment;
  * a bad hook definition (meaning, not shape: a relative program, a reserved

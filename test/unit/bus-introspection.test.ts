@@ -8,17 +8,17 @@ import test from 'ava';
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { DBUS_ERROR, ERROR_NAMES } from '../../service/bus/error-names.js';
+import { DBUS_ERROR, ERROR_NAMES } from '../../service/protocol/errors.js';
 import {
   INTROSPECT_DOCTYPE, describeInterface, introspectXml, parseIntrospectionXml,
 } from '../../service/bus/introspection.js';
 import {
   MANAGER, STANDARD_INTERFACES, TRANSACTION, type InterfaceSpec,
-} from '../../service/bus/members.js';
+} from '../../service/protocol/members.js';
 import {
   HOOK_DEFINITION, HOOK_ENTRY_EXTRA, LOG_OPTIONS, PHASE_OPTIONS, RECONCILE_OPTIONS, REGISTER_OPTIONS,
   START_OPTIONS,
-} from '../../service/bus/options.js';
+} from '../../service/protocol/options.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const xmlFile = (spec: InterfaceSpec) => path.join(ROOT, 'interfaces', `${spec.name}.xml`);

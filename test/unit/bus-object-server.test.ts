@@ -6,9 +6,9 @@
 import test from 'ava';
 import { Message, MessageType, Variant } from 'dbus-next';
 import type { BusConnection, RawMethodHandler } from '../../service/bus/connection.js';
-import { DBUS_ERROR, ERROR_NAMES } from '../../service/bus/error-names.js';
+import { DBUS_ERROR, ERROR_NAMES } from '../../service/protocol/errors.js';
 import { parseIntrospectionXml } from '../../service/bus/introspection.js';
-import type { InterfaceSpec } from '../../service/bus/members.js';
+import type { InterfaceSpec } from '../../service/protocol/members.js';
 import { ObjectServer, type InterfaceImpl } from '../../service/bus/object-server.js';
 import { ERROR_CODES, PreStageError, type ErrorCode } from '../../service/model/errors.js';
 import type { LogFields, Logger } from '../../service/model/logger.js';

@@ -222,6 +222,14 @@ export class Encoder {
         else if (v === false || v === 0) this.u32(0);
         else throw new MarshalError(`expected a boolean for 'b', got ${describe(v)}`);
         return;
+      default:
+        this.otherValue(t, v, depth);
+    }
+  }
+
+  /** The types the daemon sends less often than s, u, i, b, arrays and structs. */
+  private otherValue(t: TypeNode, v: unknown, depth: number): void {
+    switch (t.code) {
       case Y:
         if (typeof v !== 'number' || (v & 0xff) !== v) throw this.intError(t, v, '0..255');
         this.ensure(1);

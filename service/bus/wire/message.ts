@@ -4,8 +4,9 @@
  * identical to dbus-next 0.10.2's `marshallMessage` (test/unit/bus-wire.test.ts
  * checks them byte for byte), at a small fraction of its cost. dbus-next
  * builds every value through the `put` package, one small Buffer per value
- * and one per padding run; on a 200-hook transaction that was ~8 ms per
- * hook for the PropertiesChanged carrying the whole `Hooks` array.
+ * and one per padding run, which on a 200-hook transaction costs ~8 ms per
+ * hook for the PropertiesChanged carrying the whole `Hooks` array
+ * (test/bench/RESULTS.md).
  *
  * Values are dbus-next's JS representation, the one the rest of the daemon
  * already builds:

@@ -6,7 +6,7 @@
  * files under interfaces/ say the same thing (test/unit/bus-introspection).
  *
  * Changing a name, an argument or a type here changes the public interface:
- * the XML files and DESIGN.md must change with it.
+ * the XML files and docs/design.md must change with it.
  */
 
 /** The well-known name the daemon owns on the system bus. */

@@ -1,13 +1,14 @@
 import test from 'ava';
 import { Variant } from 'dbus-next';
 import { PreStageError } from '../../service/model/errors.js';
+import { DEFAULT_TIMEOUT_SEC } from '../../service/model/hook-file.js';
 import type { ResolvedHook } from '../../service/model/types.js';
 import {
-  DEFAULT_HOOK_TIMEOUT_SEC, MAX_ARRAY_ENTRIES, MAX_LOG_LINES, MAX_STRING_BYTES,
+  MAX_ARRAY_ENTRIES, MAX_LOG_LINES, MAX_STRING_BYTES,
   checkDeploymentArg, decodeHookDefinition, decodeLogOptions, decodeOptions, decodePhaseOptions,
   decodeReconcileOptions, decodeRegisterOptions, decodeStartOptions, encodeHookDefinition, encodeHookEntry,
-} from '../../service/bus/options.js';
-import { toBusString, toPercent, toUint32, toUint64 } from '../../service/bus/marshal.js';
+} from '../../service/protocol/options.js';
+import { toBusString, toPercent, toUint32, toUint64 } from '../../service/protocol/values.js';
 
 const v = (sig: string, value: unknown) => new Variant(sig, value);
 
@@ -107,7 +108,7 @@ test('hook definition - full dictionary decodes to a HookDefinition', (t) => {
 test('hook definition - defaults as for hook files; empty step is no step; TimeoutSec 0 is infinity', (t) => {
   t.deepEqual(decodeHookDefinition({ Prepare: v('as', ['/bin/true']), Commit: v('as', []) }), {
     description: '', prepare: ['/bin/true'], commit: null, abort: null,
-    after: [], before: [], environment: [], required: true, timeoutSec: DEFAULT_HOOK_TIMEOUT_SEC,
+    after: [], before: [], environment: [], required: true, timeoutSec: DEFAULT_TIMEOUT_SEC,
   });
   t.is(decodeHookDefinition({ TimeoutSec: v('u', 0) }).timeoutSec, null);
 });

@@ -1,15 +1,17 @@
 /**
- * Typed decoding of what callers send: `a{sv}` option dictionaries, hook
- * definitions, and the size bounds every argument is held to. Everything
+ * The `a{sv}` option schemas of every method and their codec: typed
+ * decoding of what callers send (option dictionaries, hook definitions, and
+ * the size bounds every argument is held to), and the encoding a client
+ * sends and ListHooks replies with. Everything
  * here checks types and sizes only and answers InvalidArgs, naming the key
  * and the expected type; what a value means (is the deployment real, is the
  * argv absolute, is there an ordering cycle) is the engine's to judge.
  */
-import { Variant } from 'dbus-next';
+import { DEFAULT_TIMEOUT_SEC } from '../model/hook-file.js';
 import { invalidArgs } from '../model/errors.js';
 import type { LogOptions, PhaseOptions, RegisterOptions, StartOptions } from '../model/options.js';
 import type { HookDefinition, ResolvedHook } from '../model/types.js';
-import { toUint32 } from './marshal.js';
+import { toUint32 } from './values.js';
 
 /** Longest string argument or option value, in UTF-8 bytes, unless stated. */
 export const MAX_STRING_BYTES = 4096;
@@ -20,12 +22,23 @@ export const MAX_PATH_BYTES = 4096;
 /** GetLog 'max-lines': default and upper bound. */
 export const DEFAULT_LOG_LINES = 1000;
 export const MAX_LOG_LINES = 100_000;
+
 /**
- * TimeoutSec of a hook definition that does not set it, as for hook files
- * (DESIGN.md: "TimeoutSec= defaults to 300"). Mirrors the engine's
- * DEFAULT_TIMEOUT_SEC in hook-file.ts, which the bus layer may not import.
+ * A D-Bus variant as plain data: its signature and its value. dbus-next's
+ * Variant has this shape, so what the bus unmarshals decodes here; what the
+ * encoders here return becomes a Variant at the connection's edge
+ * (service/connection/variants.ts), so this layer needs no dbus-next.
  */
-export const DEFAULT_HOOK_TIMEOUT_SEC = 300;
+export interface TypedValue {
+  readonly signature: string;
+  readonly value: unknown;
+}
+
+function isTypedValue(v: unknown): v is TypedValue {
+  return typeof v === 'object' && v !== null && typeof (v as TypedValue).signature === 'string' && 'value' in v;
+}
+
+const typed = (signature: string, value: unknown): TypedValue => ({ signature, value });
 
 /** The value types an option may have. */
 export type OptionType = 'b' | 'u' | 's' | 'as';
@@ -79,7 +92,7 @@ export function decodeOptions<S extends OptionSpec>(dict: unknown, spec: S, cont
       throw invalidArgs(`${context}: unknown key '${key.slice(0, 64)}'; ${describe(spec)}`);
     }
     const type = spec[key]!;
-    if (!(raw instanceof Variant)) throw invalidArgs(`${context}: '${key}' is not a variant`);
+    if (!isTypedValue(raw)) throw invalidArgs(`${context}: '${key}' is not a variant`);
     if (raw.signature !== type) {
       throw invalidArgs(`${context}: '${key}' must have type '${type}', not '${raw.signature}'`);
     }
@@ -150,6 +163,38 @@ export function decodeLogOptions(dict: unknown): LogOptions {
   return { maxLines, hook: o.hook ?? '' };
 }
 
+/**
+ * The option dictionaries a client sends, as typed values: only the keys
+ * whose value differs from the default are sent (the daemon reads an absent
+ * key as its default).
+ */
+export function encodeStartOptions(o: StartOptions): Record<string, TypedValue> {
+  const opts: Record<string, TypedValue> = {};
+  if (o.force) opts['force'] = typed('b', true);
+  if (o.wait) opts['wait'] = typed('b', true);
+  if (o.dryRun) opts['dry-run'] = typed('b', true);
+  if (o.timeoutSec) opts['timeout-sec'] = typed('u', o.timeoutSec);
+  return opts;
+}
+
+export function encodePhaseOptions(o: PhaseOptions): Record<string, TypedValue> {
+  const opts: Record<string, TypedValue> = {};
+  if (o.wait) opts['wait'] = typed('b', true);
+  if (o.timeoutSec) opts['timeout-sec'] = typed('u', o.timeoutSec);
+  return opts;
+}
+
+export function encodeRegisterOptions(o: Partial<RegisterOptions>): Record<string, TypedValue> {
+  return o.runtime ? { runtime: typed('b', true) } : {};
+}
+
+export function encodeLogOptions(o: Partial<LogOptions>): Record<string, TypedValue> {
+  const opts: Record<string, TypedValue> = {};
+  if (o.maxLines !== undefined) opts['max-lines'] = typed('u', o.maxLines);
+  if (o.hook) opts['hook'] = typed('s', o.hook);
+  return opts;
+}
+
 // ---- hook definitions ------------------------------------------------------------
 
 /** The keys of a hook definition dictionary: the hook-file keys. */
@@ -192,32 +237,32 @@ export function decodeHookDefinition(dict: unknown): HookDefinition {
     before: o.Before ?? [],
     environment: o.Environment ?? [],
     required: o.Required ?? true,
-    timeoutSec: timeout === undefined ? DEFAULT_HOOK_TIMEOUT_SEC : (timeout === 0 ? null : timeout),
+    timeoutSec: timeout === undefined ? DEFAULT_TIMEOUT_SEC : (timeout === 0 ? null : timeout),
   };
 }
 
 /** A HookDefinition as a definition dictionary (the inverse of decodeHookDefinition). */
-export function encodeHookDefinition(def: HookDefinition): Record<keyof typeof HOOK_DEFINITION, Variant> {
+export function encodeHookDefinition(def: HookDefinition): Record<keyof typeof HOOK_DEFINITION, TypedValue> {
   return {
-    Description: new Variant('s', def.description),
-    Prepare: new Variant('as', def.prepare ?? []),
-    Commit: new Variant('as', def.commit ?? []),
-    Abort: new Variant('as', def.abort ?? []),
-    After: new Variant('as', def.after),
-    Before: new Variant('as', def.before),
-    Environment: new Variant('as', def.environment),
-    Required: new Variant('b', def.required),
-    TimeoutSec: new Variant('u', toUint32(def.timeoutSec ?? 0)),
+    Description: typed('s', def.description),
+    Prepare: typed('as', def.prepare ?? []),
+    Commit: typed('as', def.commit ?? []),
+    Abort: typed('as', def.abort ?? []),
+    After: typed('as', def.after),
+    Before: typed('as', def.before),
+    Environment: typed('as', def.environment),
+    Required: typed('b', def.required),
+    TimeoutSec: typed('u', toUint32(def.timeoutSec ?? 0)),
   };
 }
 
 /** One ListHooks entry, `(sa{sv})`: the definition plus where it came from. */
-export function encodeHookEntry(hook: ResolvedHook): [string, Record<string, Variant>] {
+export function encodeHookEntry(hook: ResolvedHook): [string, Record<string, TypedValue>] {
   return [hook.name, {
     ...encodeHookDefinition(hook.definition),
-    Source: new Variant('s', hook.source),
-    Origin: new Variant('s', hook.origin),
-    Refused: new Variant('s', hook.refused ?? ''),
-    Digest: new Variant('s', hook.digest),
+    Source: typed('s', hook.source),
+    Origin: typed('s', hook.origin),
+    Refused: typed('s', hook.refused ?? ''),
+    Digest: typed('s', hook.digest),
   }];
 }

@@ -20,7 +20,7 @@ function def(over: Partial<HookDefinition> = {}): HookDefinition {
   };
 }
 
-test('parse - the DESIGN.md example', (t) => {
+test('parse - the docs/design.md example', (t) => {
   const { definition, warnings } = parse(`[Hook]
 Description=Pull logically bound images
 Prepare=\${BOOTC_PRESTAGE_DEPLOYMENT}/usr/libexec/bound-images prepare
