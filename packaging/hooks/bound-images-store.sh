@@ -561,7 +561,7 @@ clone_finish() {
 		set -- $_cf_ids
 		_ei_pruned=$((_ei_pruned + $#))
 	fi
-	sync -f -- "$store" 2>/dev/null || :
+	sync -- "$store/$driver-images/images.json" "$store/$driver-layers/layers.json" 2>/dev/null || :
 	mv -- "$store" "$final_store" || die "cannot rename $store to $final_store"
 	sync -- "$STORE_ROOT" 2>/dev/null || :
 	[ "$_ei_pruned" = 0 ] || say "removed $_ei_pruned images this deployment does not bind from the clone"
@@ -596,7 +596,10 @@ progress_tick() {
 		eval "_pt_total=\${_ei_total_$_pt_i:-0}"
 		if [ "$_pt_total" -gt 0 ]; then
 			[ "$_pt_done" -le "$_pt_total" ] || _pt_done=$_pt_total
-			_pt_sum=$((_pt_sum + _pt_done * 100 / _pt_total))
+			# A pull is 100 % only once its image is stored.
+			_pt_pc=$((_pt_done * 100 / _pt_total))
+			[ "$_pt_pc" -le 99 ] || _pt_pc=99
+			_pt_sum=$((_pt_sum + _pt_pc))
 		fi
 		eval "_pt_name=\$_ei_name_$_pt_i"
 		_pt_status="$_pt_status${_pt_status:+, }pulling $_pt_name $(fmt_bytes "$_pt_done" "$_pt_total")"
