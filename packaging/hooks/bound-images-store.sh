@@ -406,21 +406,26 @@ image_job() {
 # image_records [STORE]: the image records of STORE's images.json (this
 # store by default), one per line as 'ID<US>RECORD'. Each record starts
 # with {"id":" and nested objects have no "id", so the split is exact for
-# the compact JSON containers-storage writes.
+# the compact JSON containers-storage writes. tr does the splitting: in
+# dash, cutting a 16 kB string with ${x#*...} costs about 0.1 s.
 image_records() {
-	_ir_json=$(cat -- "${1:-$store}/$driver-images/images.json" 2>/dev/null) || return 0
-	_ir_rest=${_ir_json#*\{\"id\":\"}
-	[ "$_ir_rest" != "$_ir_json" ] || return 0
-	while [ -n "$_ir_rest" ]; do
-		case $_ir_rest in
-		*'{"id":"'*) _ir_img=${_ir_rest%%\{\"id\":\"*}; _ir_rest=${_ir_rest#*\{\"id\":\"} ;;
-		*) _ir_img=$_ir_rest; _ir_rest= ;;
-		esac
-		case $_ir_img in
-		*"$NL"*) continue ;;
-		esac
-		printf '%s%s%s\n' "${_ir_img%%\"*}" "$US" "$_ir_img"
-	done
+	[ -s "${1:-$store}/$driver-images/images.json" ] || return 0
+	tr '{\n' '\n ' <"${1:-$store}/$driver-images/images.json" | {
+		_ir_id=
+		_ir_rec=
+		while IFS= read -r _ir_l || [ -n "$_ir_l" ]; do
+			case $_ir_l in
+			'"id":"'*)
+				[ -z "$_ir_id" ] || printf '%s%s%s\n' "$_ir_id" "$US" "$_ir_rec"
+				_ir_id=${_ir_l#\"id\":\"}
+				_ir_id=${_ir_id%%\"*}
+				_ir_rec=$_ir_l
+				;;
+			*) [ -z "$_ir_id" ] || _ir_rec="$_ir_rec{$_ir_l" ;;
+			esac
+		done
+		[ -z "$_ir_id" ] || printf '%s%s%s\n' "$_ir_id" "$US" "$_ir_rec"
+	}
 }
 
 # clone_has NAME DIGEST: the clone's image named NAME has DIGEST (as its
