@@ -231,35 +231,12 @@ export class Encoder {
   private otherValue(t: TypeNode, v: unknown, depth: number): void {
     switch (t.code) {
       case Y:
-        if (typeof v !== 'number' || (v & 0xff) !== v) throw this.intError(t, v, '0..255');
-        this.ensure(1);
-        this.buf[this.pos++] = v;
-        return;
       case N:
-      case Q: {
-        if (typeof v !== 'number' || (t.code === N ? (v << 16) >> 16 : v & 0xffff) !== v) {
-          throw this.intError(t, v, t.code === N ? '-32768..32767' : '0..65535');
-        }
-        this.ensure(3);
-        this.pad(2);
-        const b = this.buf;
-        b[this.pos] = v;
-        b[this.pos + 1] = v >>> 8;
-        this.pos += 2;
-        return;
-      }
+      case Q:
       case X:
       case T:
-        this.int64(t, v);
-        return;
       case D:
-        if (typeof v !== 'number' || !Number.isFinite(v)) {
-          throw new MarshalError(`expected a finite number for 'd', got ${describe(v)}`);
-        }
-        this.ensure(15);
-        this.pad(8);
-        this.dv.setFloat64(this.pos, v, true);
-        this.pos += 8;
+        this.numberValue(t, v);
         return;
       case O: {
         if (typeof v !== 'string') v = this.textOf(t, v);
@@ -295,6 +272,45 @@ export class Encoder {
         }
         return;
       }
+      default:
+        throw new MarshalError(`cannot marshal type '${t.sig}'`);
+    }
+  }
+
+  /** y n q x t d: integers in range, 64-bit ones as BigInt or integral numbers, finite doubles. */
+  private numberValue(t: TypeNode, v: unknown): void {
+    switch (t.code) {
+      case Y:
+        if (typeof v !== 'number' || (v & 0xff) !== v) throw this.intError(t, v, '0..255');
+        this.ensure(1);
+        this.buf[this.pos++] = v;
+        return;
+      case N:
+      case Q: {
+        if (typeof v !== 'number' || (t.code === N ? (v << 16) >> 16 : v & 0xffff) !== v) {
+          throw this.intError(t, v, t.code === N ? '-32768..32767' : '0..65535');
+        }
+        this.ensure(3);
+        this.pad(2);
+        const b = this.buf;
+        b[this.pos] = v;
+        b[this.pos + 1] = v >>> 8;
+        this.pos += 2;
+        return;
+      }
+      case X:
+      case T:
+        this.int64(t, v);
+        return;
+      case D:
+        if (typeof v !== 'number' || !Number.isFinite(v)) {
+          throw new MarshalError(`expected a finite number for 'd', got ${describe(v)}`);
+        }
+        this.ensure(15);
+        this.pad(8);
+        this.dv.setFloat64(this.pos, v, true);
+        this.pos += 8;
+        return;
       default:
         throw new MarshalError(`cannot marshal type '${t.sig}'`);
     }
