@@ -28,6 +28,14 @@ interface Setup {
   finished: TransactionSnapshot[];
 }
 
+/**
+ * Transaction ids unique on the machine: a step's leftover scan kills every
+ * process carrying its transaction, hook and phase in its environment, so
+ * two tests (here or in another process) sharing an id would kill each
+ * other's steps.
+ */
+let txSerial = 0;
+
 async function setup(t: ExecutionContext): Promise<Setup> {
   const root = await tmpDir(t, { prefix: 'phase-runner-' });
   const stateDir = new StateDir(path.join(root, 'state'));
@@ -48,12 +56,11 @@ async function setup(t: ExecutionContext): Promise<Setup> {
     finished: (_tx, snapshot) => finished.push(snapshot),
   });
   const ranFile = path.join(root, 'ran');
-  let n = 0;
   return {
     runner, stateDir, store, ranFile, phases, finished,
     ran: async () => (await fsp.readFile(ranFile, 'utf8').catch(() => '')).split('\n').filter(Boolean),
     tx: async (hooks) => {
-      const id = `tx_${++n}`;
+      const id = `tx_${process.pid}_${++txSerial}`;
       const createdUsec = nowUsec();
       const tx = new Transaction({
         id, deployment: '/dep', deploymentKey: 'dep', hooks, fingerprint: 'f', createdUsec, dryRun: false,
@@ -147,7 +154,8 @@ test('prepare - a cancel stops the running step and rolls back; the phase ends c
   const s = await setup(t);
   const tx = await s.tx([
     hook('a', { prepare: step(s, 'a-prepare'), abort: step(s, 'a-abort') }),
-    hook('b', { prepare: ['/bin/sh', '-c', `echo b-prepare >> '${s.ranFile}'; exec sleep 60`], abort: step(s, 'b-abort') }),
+    // b's prepare only sleeps: the cancel may come before it runs at all.
+    hook('b', { prepare: ['/bin/sleep', '60'], abort: step(s, 'b-abort') }),
   ]);
   tx.events$.subscribe((e) => {
     if (e.type === 'hook-started' && e.hook === 'b') {
@@ -157,7 +165,7 @@ test('prepare - a cancel stops the running step and rolls back; the phase ends c
     }
   });
   await s.runner.run(job(tx, 'prepare'));
-  t.deepEqual(await s.ran(), ['a-prepare', 'b-prepare', 'b-abort', 'a-abort']);
+  t.deepEqual(await s.ran(), ['a-prepare', 'b-abort', 'a-abort']);
   t.is(tx.state, 'cancelled');
   t.is(tx.snapshot().error, 'Cancelled');
   t.is(s.runner.currentStep(), null);
@@ -166,11 +174,16 @@ test('prepare - a cancel stops the running step and rolls back; the phase ends c
 test('prepare - the phase deadline stops the running step; the phase ends Timeout, rolled back', async (t) => {
   const s = await setup(t);
   const tx = await s.tx([
-    hook('a', { prepare: ['/bin/sh', '-c', `echo a-prepare >> '${s.ranFile}'; exec sleep 60`], abort: step(s, 'a-abort') }),
+    // No output before the sleep: on a loaded machine the deadline may come
+    // before the shell runs at all, and the outcome must not depend on it.
+    hook('a', { prepare: ['/bin/sleep', '60'], abort: step(s, 'a-abort') }),
     hook('b', { prepare: step(s, 'b-prepare') }),
   ]);
   await s.runner.run(job(tx, 'prepare', 1));
-  t.deepEqual(await s.ran(), ['a-prepare', 'a-abort']);
+  // b never starts. a's step record is durable before its spawn, so a is
+  // rolled back once it started (on a starved machine the deadline can
+  // even come before a's step).
+  t.deepEqual(await s.ran(), tx.preparedStarted.has('a') ? ['a-abort'] : []);
   const snap = tx.snapshot();
   t.is(snap.state, 'failed');
   t.is(snap.error, 'Timeout');
