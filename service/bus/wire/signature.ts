@@ -11,6 +11,8 @@ import {
 export const Y = 0x79, B = 0x62, N = 0x6e, Q = 0x71, I = 0x69, U = 0x75, X = 0x78, T = 0x74;
 export const D = 0x64, H = 0x68, S = 0x73, O = 0x6f, G = 0x67, V = 0x76, A = 0x61;
 export const STRUCT = 0x28, STRUCT_END = 0x29, DICT = 0x7b, DICT_END = 0x7d;
+/** The codes as one object, for a module that keeps local copies (encoder.ts says why). */
+export const TYPE_CODES = { Y, B, N, Q, I, U, X, T, D, H, S, O, G, V, A, STRUCT, STRUCT_END, DICT, DICT_END } as const;
 
 /** One complete type of a parsed signature. */
 export class TypeNode {
