@@ -220,7 +220,8 @@ test.serial('--progress-fd - start, commit, abort and reconcile each write one v
 });
 
 test.serial('upgrade - bootc#2425: --download-only of an image already staged leaves it unlocked; upgrade locks it, and a failed prepare keeps it locked', async (t) => {
-  const ctx = await withDaemon(t, { sysroot: { deployments: 1 } });
+  // The image's hook runs in the new root: the deployment has a userspace (its /bin/sh).
+  const ctx = await withDaemon(t, { sysroot: { deployments: 1, userspace: true } });
   const sysroot = staged(ctx);
   await publishImage(t, sysroot, {
     'usr/lib/bootc/pre-stage.d/gate.hook': hookFile({ prepare: 'exit 1' }),
