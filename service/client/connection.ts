@@ -12,7 +12,7 @@
  */
 import {
   BUS_DAEMON, DBusError, Message, MessageType, BUS_DAEMON_PATH, CoreConnection, DEFAULT_CALL_TIMEOUT_MS, DEFAULT_SYSTEM_BUS_ADDRESS,
-  openMessageBus, type ConnectError,
+  openMessageBus, type ConnectError, type SignalFields,
 } from '../connection/core.js';
 import { DBUS_ERROR } from '../protocol/errors.js';
 
@@ -37,14 +37,9 @@ export function resolveClientAddress(explicit: string | null | undefined, env: N
 }
 
 /** A signal as received, with its arrival sequence number. */
-export interface ReceivedSignal {
+export interface ReceivedSignal extends SignalFields {
   /** Arrival order among every message of this connection. */
   seq: number;
-  sender: string;
-  path: string;
-  interface: string;
-  member: string;
-  signature: string;
   /** As dbus-next unmarshalled it (Variants kept). */
   body: unknown[];
 }

@@ -121,6 +121,15 @@ export async function openMessageBus(address: string, timeoutMs: number): Promis
   return bus;
 }
 
+/** The header fields of a received signal, as the client and the test client keep them. */
+export interface SignalFields {
+  sender: string;
+  path: string;
+  interface: string;
+  member: string;
+  signature: string;
+}
+
 /** Writes one message's bytes; `fds` is given when the socket passes file descriptors. */
 export type Marshaller = (msg: Message, fds?: number[]) => Buffer;
 

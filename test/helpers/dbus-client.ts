@@ -8,7 +8,7 @@
 import type { ExecutionContext } from 'ava';
 import type { MessageBus } from 'dbus-next';
 import {
-  CoreConnection, DBusError, Message, MessageType, openMessageBus, type ConnectError,
+  CoreConnection, DBusError, Message, MessageType, openMessageBus, type ConnectError, type SignalFields,
 } from '../../service/connection/core.js';
 import { Variant, unwrapVariants } from '../../service/connection/variants.js';
 
@@ -57,12 +57,7 @@ export interface SignalMatch {
 }
 
 /** One received signal. */
-export interface RecordedSignal {
-  sender: string;
-  path: string;
-  interface: string;
-  member: string;
-  signature: string;
+export interface RecordedSignal extends SignalFields {
   /** Body with variants unwrapped. */
   body: unknown[];
   /** Body as dbus-next delivered it (Variants kept, for signature checks). */
