@@ -52,9 +52,10 @@
  *   dbus-next requires them inside try/catch and falls back, as unbundled.
  */
 import { build } from 'esbuild';
-import { chmodSync, existsSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { licenceName, packageDirOf, writeAtomically } from './build-lib.mjs';
 
 /** The repository root (this file is packaging/build.mjs). */
 const ROOT = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
@@ -171,30 +172,6 @@ function dedupePlugin() {
 function asciiOnly(text) {
   // eslint-disable-next-line no-control-regex
   return text.replace(/[^\x00-\x7f]/g, '?');
-}
-
-/**
- * Write by rename, so that a daemon or test started while `npm run build`
- * runs reads the old file or the new one, never half of one.
- */
-function writeAtomically(file, text, mode) {
-  const tmp = `${file}.tmp-${process.pid}`;
-  writeFileSync(tmp, text, { mode });
-  chmodSync(tmp, mode); // whatever the umask
-  renameSync(tmp, file);
-}
-
-/** The package directory (under node_modules) of a bundled input path, or null for our own code. */
-function packageDirOf(input) {
-  const m = /^(.*node_modules\/(?:@[^/]+\/)?[^/]+)\//.exec(input);
-  return m ? path.join(ROOT, m[1]) : null;
-}
-
-/** A package.json's licence: an SPDX string, an old-style { type } or licenses array, or what its licence file says. */
-function licenceName(pkg) {
-  const one = (l) => (typeof l === 'string' ? l : l && typeof l.type === 'string' ? l.type : null);
-  const any = (l) => (Array.isArray(l) ? l.map(one).filter(Boolean).join(' OR ') || null : one(l));
-  return any(pkg.license) ?? any(pkg.licenses) ?? 'not declared in package.json: see its licence text';
 }
 
 /** dist/bundled-licenses.txt: each bundled package, its licence and licence text. */

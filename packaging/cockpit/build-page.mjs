@@ -31,9 +31,10 @@
  *   than the lock still builds the daemon and the client.
  */
 import { build } from 'esbuild';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { licenceName, packageDirOf, writeAtomically } from '../build-lib.mjs';
 
 const ROOT = path.dirname(path.dirname(path.dirname(fileURLToPath(import.meta.url))));
 const SRC = path.join(ROOT, 'packaging', 'cockpit', 'bootc-prestage');
@@ -42,25 +43,6 @@ export const PAGE_OUT = path.join(ROOT, 'dist', 'cockpit', 'bootc-prestage');
 const LICENCES_OUT = path.join(ROOT, 'dist', 'cockpit', 'bundled-licenses.txt');
 /** Copied verbatim. */
 const STATIC_FILES = ['manifest.json', 'index.html'];
-
-function writeAtomically(file, data) {
-  const tmp = `${file}.tmp-${process.pid}`;
-  writeFileSync(tmp, data, { mode: 0o644 });
-  chmodSync(tmp, 0o644);
-  renameSync(tmp, file);
-}
-
-/** The package directory (under node_modules) of a bundled input path, or null for our own code. */
-function packageDirOf(input) {
-  const m = /^(.*node_modules\/(?:@[^/]+\/)?[^/]+)\//.exec(input);
-  return m ? path.join(ROOT, m[1]) : null;
-}
-
-function licenceName(pkg) {
-  const one = (l) => (typeof l === 'string' ? l : l && typeof l.type === 'string' ? l.type : null);
-  const any = (l) => (Array.isArray(l) ? l.map(one).filter(Boolean).join(' OR ') || null : one(l));
-  return any(pkg.license) ?? any(pkg.licenses) ?? 'not declared in package.json: see its licence text';
-}
 
 /** The list the spec's cockpit subpackage mirrors in its Provides: bundled(npm(...)) lines. */
 function licences(metafile, version) {

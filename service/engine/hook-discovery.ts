@@ -428,7 +428,7 @@ export function programInRootProblem(program: string, root: string, trustedUid: 
   return ancestorProblem(dirs, dirs.map(statOrNull), true, trustedUid, label);
 }
 
-/** resolveInRoot, synchronously (a step's trust check right before it runs). */
+/** resolveInRoot, synchronously (also a step's trust check right before it runs). */
 export function resolveInRootSync(root: string, rel: string): string {
   const split = (p: string) => p.split('/').filter((c) => c !== '' && c !== '.');
   let pending = split(rel);
@@ -571,37 +571,9 @@ async function isDevNull(st: Stats): Promise<boolean> {
  * opening the result then fails with ENOENT.
  */
 export async function resolveInRoot(root: string, rel: string): Promise<string> {
-  const split = (p: string) => p.split('/').filter((c) => c !== '' && c !== '.');
-  let pending = split(rel);
-  const done: string[] = [];
-  let links = 0;
-  while (pending.length > 0) {
-    const c = pending.shift()!;
-    if (c === '..') {
-      done.pop();
-      continue;
-    }
-    const p = nodePath.join(root, ...done, c);
-    let st: Stats;
-    try {
-      st = await fsp.lstat(p);
-    } catch {
-      return nodePath.join(root, ...done, c, ...pending);
-    }
-    if (!st.isSymbolicLink()) {
-      done.push(c);
-      continue;
-    }
-    if (++links > 40) {
-      const err = new Error(`too many levels of symbolic links resolving ${rel} in ${root}`) as NodeJS.ErrnoException;
-      err.code = 'ELOOP';
-      throw err;
-    }
-    const target = await fsp.readlink(p);
-    if (target.startsWith('/')) done.length = 0;
-    pending = [...split(target), ...pending];
-  }
-  return nodePath.join(root, ...done);
+  // One resolver for both callers: a component costs one lstat (a link one
+  // readlink more), local calls not worth a thread-pool round trip each.
+  return resolveInRootSync(root, rel);
 }
 
 /**

@@ -12,36 +12,17 @@
  * one at a time.
  */
 import test, { type ExecutionContext } from 'ava';
-import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { promisify } from 'node:util';
 import {
   describeStep, installPrograms, runHookStep, startHookStep, type HookStepResult, type RunningHookStep,
 } from '../fixtures/images/hook-step.js';
 import { processesMentioning } from '../helpers/processes.js';
 import { startRegistry, type PushedImage, type Registry, type RegistryRequest } from '../helpers/registry.js';
-import { makeTmpDir, removeDir } from '../helpers/tmp.js';
+import { podmanDriver, removeTree, sh } from '../helpers/containers.js';
+import { makeTmpDir } from '../helpers/tmp.js';
 import type { Phase } from '../../service/model/types.js';
-
-const exec = promisify(execFile);
-
-async function sh(cmd: string, args: string[], env: Record<string, string> = {}): Promise<string> {
-  try {
-    return (await exec(cmd, args, { env: { ...process.env, ...env }, maxBuffer: 64 * 1024 * 1024 })).stdout;
-  } catch (e) {
-    const err = e as { stderr?: string; message: string };
-    throw new Error(`${cmd} ${args.join(' ')}: ${err.message}\n${err.stderr ?? ''}`);
-  }
-}
-
-async function removeTree(dir: string): Promise<void> {
-  const out = await sh('findmnt', ['-rn', '-o', 'TARGET']).catch(() => '');
-  const below = out.split('\n').filter((m) => m === dir || m.startsWith(`${dir}/`)).sort().reverse();
-  for (const m of below) await sh('umount', ['-l', m]).catch(() => undefined);
-  await removeDir(dir);
-}
 
 /** The images in the registry, by key: four of release 1, a changed app-d, two big ones. */
 type Key = 'a' | 'b' | 'c' | 'd1' | 'd2' | 'big1' | 'big2';
@@ -59,13 +40,7 @@ test.before(async () => {
   fx.images.d2 = await r.build('example/app-d:2', { sizeKiB: 512 });
   fx.images.big1 = await r.build('example/big-1:1', { sizeKiB: 24 * 1024 });
   fx.images.big2 = await r.build('example/big-2:1', { sizeKiB: 24 * 1024 });
-  const probe = await makeTmpDir({ prefix: 'bound-images-probe-' });
-  try {
-    fx.driver = (await sh('podman', ['--root', `${probe}/root`, '--runroot', `${probe}/run`,
-      'info', '--format', '{{.Store.GraphDriverName}}'])).trim();
-  } finally {
-    await removeTree(probe);
-  }
+  fx.driver = await podmanDriver();
 });
 
 test.after.always(async () => {

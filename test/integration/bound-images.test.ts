@@ -24,7 +24,8 @@ import {
   MANAGER_IFACE, MANAGER_PATH, SERVICE, TRANSACTION_IFACE, type SignalRecorder,
 } from '../helpers/dbus-client.js';
 import { makeSysroot, type Sysroot } from '../helpers/ostree.js';
-import { FIXTURES_DIR, makeTmpDir, removeDir } from '../helpers/tmp.js';
+import { podmanDriver, removeTree, sh } from '../helpers/containers.js';
+import { FIXTURES_DIR, makeTmpDir } from '../helpers/tmp.js';
 import type { Phase } from '../../service/model/types.js';
 
 const exec = promisify(execFile);
@@ -51,23 +52,7 @@ const fixtures: { dir: string; images: Record<ImageKey, BuiltImage>; driver: str
   dir: '', images: {} as Record<ImageKey, BuiltImage>, driver: '',
 };
 
-async function sh(cmd: string, args: string[], env: Record<string, string> = {}): Promise<string> {
-  try {
-    const { stdout } = await exec(cmd, args, { env: { ...process.env, ...env }, maxBuffer: 64 * 1024 * 1024 });
-    return stdout;
-  } catch (e) {
-    const err = e as { stderr?: string; message: string };
-    throw new Error(`${cmd} ${args.join(' ')}: ${err.message}\n${err.stderr ?? ''}`);
-  }
-}
 
-/** Unmount whatever is mounted below `dir` (a store's overlay home, say), then remove it. */
-async function removeTree(dir: string): Promise<void> {
-  const out = await sh('findmnt', ['-rn', '-o', 'TARGET']).catch(() => '');
-  const below = out.split('\n').filter((m) => m === dir || m.startsWith(`${dir}/`)).sort().reverse();
-  for (const m of below) await sh('umount', ['-l', m]).catch(() => undefined);
-  await removeDir(dir);
-}
 
 test.before(async () => {
   fixtures.dir = await makeTmpDir({ prefix: 'bound-images-archives-' });
@@ -79,15 +64,7 @@ test.before(async () => {
     const manifest = await exec('skopeo', ['inspect', '--raw', `oci-archive:${archive}`], { encoding: 'buffer' });
     fixtures.images[k] = { archive, digest: `sha256:${createHash('sha256').update(manifest.stdout).digest('hex')}` };
   }
-  // The driver this machine's podman picks on its own (overlay where it
-  // works, vfs otherwise): the primary store of every test uses it.
-  const probe = await makeTmpDir({ prefix: 'bound-images-probe-' });
-  try {
-    fixtures.driver = (await sh('podman', ['--root', `${probe}/root`, '--runroot', `${probe}/run`,
-      'info', '--format', '{{.Store.GraphDriverName}}'])).trim();
-  } finally {
-    await removeTree(probe);
-  }
+  fixtures.driver = await podmanDriver();
 });
 
 test.after.always(async () => {
