@@ -737,12 +737,15 @@ ensure_images() {
 	# Read and write: neither open blocks, and no writer ever sees EPIPE.
 	exec 5<>"$work/events"
 	# The ticker: a line a second, for the bytes progress. Its sleep is
-	# stopped with it, so that nothing outlives the step.
+	# stopped with it, so that nothing outlives the step; and it ends by
+	# itself once the step's shell ($$) is gone (a SIGKILL of the step
+	# alone): its writes to the events FIFO never fail, since it holds the
+	# FIFO open for reading too.
 	(
 		_tk=
 		trap 'kill "$_tk" 2>/dev/null; exit 0' TERM
 		trap - INT
-		while [ ! -e "$work/stop" ] && [ ! -e "$work/done" ]; do
+		while [ ! -e "$work/stop" ] && [ ! -e "$work/done" ] && kill -0 "$$" 2>/dev/null; do
 			sleep 1 &
 			_tk=$!
 			wait "$_tk"

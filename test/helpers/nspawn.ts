@@ -194,8 +194,14 @@ export class Machine {
     if (this.nspawn) throw new Error('already booted');
     this.boots++;
     const log = await fsp.open(path.join(this.dir, `console-${this.boots}.log`), 'w');
-    this.nspawn = spawn('systemd-nspawn', ['-q', '-D', this.root, '--boot', '--register=no', '--keep-unit',
-      `--machine=${this.name}`, '--console=pipe'], { stdio: ['ignore', log.fd, log.fd] });
+    // setpriv execs nspawn (the pid is nspawn's) with SIGTERM as its
+    // parent-death signal, and --kill-signal=SIGKILL makes nspawn answer a
+    // SIGTERM by killing the container's init: so a worker that dies
+    // without teardown, and dispose(), leave no container behind. (A
+    // SIGKILL of nspawn alone leaves the container's systemd running.)
+    this.nspawn = spawn('setpriv', ['--pdeathsig', 'SIGTERM', '--', 'systemd-nspawn', '-q', '-D', this.root, '--boot',
+      '--register=no', '--keep-unit', '--kill-signal=SIGKILL', `--machine=${this.name}`, '--console=pipe'],
+    { stdio: ['ignore', log.fd, log.fd] });
     await log.close();
     this.exited = new Promise((resolve) => this.nspawn!.once('exit', (code) => resolve(code)));
     const pid = this.nspawn.pid!;
@@ -269,9 +275,18 @@ export class Machine {
 
   async dispose(): Promise<void> {
     if (this.nspawn && this.exited) {
-      this.nspawn.kill('SIGKILL');
-      await this.exited;
+      this.nspawn.kill('SIGTERM');
+      const timer = new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), 10_000).unref());
+      if (await Promise.race([this.exited, timer]) === 'timeout') {
+        // The container's init first: killing nspawn alone would leave it running.
+        if (this.leader > 0) {
+          try { process.kill(this.leader, 'SIGKILL'); } catch { /* gone already */ }
+        }
+        this.nspawn.kill('SIGKILL');
+        await this.exited;
+      }
       this.nspawn = null;
+      this.leader = 0;
     }
     await run('umount', [this.root]);
     await fsp.rm(this.dir, { recursive: true, force: true });
