@@ -145,8 +145,17 @@ export class Machine {
     await must('systemctl', [`--root=${this.root}`, 'preset', 'bootc-prestage-reconcile.service',
       'bootc-prestage-gate.service', 'bootc-prestage-staged.path']);
     await must('systemctl', [`--root=${this.root}`, 'enable', 'ostree-finalize-staged.service']);
-    // No getty on the console, no network management to wait for.
-    await must('systemctl', [`--root=${this.root}`, 'mask', 'console-getty.service', 'systemd-networkd-wait-online.service']);
+    // No getty on the console, no network management to wait for; none of
+    // the podman package's own units (its API service and the starting of
+    // containers at boot: no container can run here, and they are not
+    // under test).
+    await must('systemctl', [`--root=${this.root}`, 'mask', 'console-getty.service', 'systemd-networkd-wait-online.service',
+      'podman.service', 'podman.socket', 'podman-restart.service', 'podman-auto-update.service', 'podman-auto-update.timer']);
+    // podman's storage: vfs, since this root is itself an overlay mount and
+    // podman's default driver refuses it ("'overlay' is not supported over
+    // overlayfs, a mount_program is required"). Paths are podman's defaults.
+    await this.put('etc/containers/storage.conf',
+      '[storage]\ndriver = "vfs"\nrunroot = "/run/containers/storage"\ngraphroot = "/var/lib/containers/storage"\n');
 
     await this.makeSysroot();
   }
@@ -222,8 +231,13 @@ export class Machine {
       if (early()) await new Promise((res) => setTimeout(res, 200));
     }
     if (r.stdout.trim() !== 'running') {
-      const failed = await this.exec(['systemctl', '--failed', '--no-legend']);
-      throw new Error(`the machine booted ${r.stdout.trim()}: ${failed.stdout}`);
+      const failed = await this.exec(['systemctl', '--failed', '--no-legend', '--plain']);
+      // Each failed unit's last journal lines: the reason, not just the name.
+      const units = failed.stdout.split('\n').map((l) => l.trim().split(/\s+/)[0]).filter((u): u is string => !!u);
+      const logs = units.length > 0
+        ? (await this.exec(['journalctl', '-b', '--no-pager', '-o', 'cat', '-n', '40', ...units.flatMap((u) => ['-u', u])])).stdout
+        : '';
+      throw new Error(`the machine booted ${r.stdout.trim()}: ${failed.stdout}${logs}`);
     }
   }
 

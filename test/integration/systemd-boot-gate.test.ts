@@ -13,7 +13,13 @@
  *   (stage, then reboot at once); with a failing hook each ends discarded
  *   (recorded), with passing hooks finalized;
  * - the gate's safe answers with no daemon, a crashed one, a corrupt state
- *   file.
+ *   file;
+ * - the unit's hardening with a hook that uses podman: an /etc hook's
+ *   prepare step, run by the activated daemon under its unit as shipped,
+ *   loads an OCI archive (built on the host, FROM scratch) into the
+ *   machine's /var/lib/containers, with podman reading
+ *   /etc/containers/storage.conf and using its runroot under /run, and its
+ *   write to /usr fails (ProtectSystem=yes).
  *
  * What cannot run here, and why (details in test/helpers/nspawn.ts):
  * ostree cannot stage or finalize in a container (no booted ostree system,
@@ -24,11 +30,12 @@
  * admin deploy --stage` is the same: ostree refuses --stage outside a
  * booted ostree system, so that path is `ostree admin deploy` plus the
  * staged-deployment file, with the stand-in bootc reporting it (on a real
- * system without bootc the gate reads `ostree admin status`). The
- * hardening test with a podman hook is not here: the cached root has no
- * podman (and nested containers under nspawn need more than this sandbox
- * allows); the unit's hardening is checked with systemd-analyze in
- * cli-packaging.test.ts.
+ * system without bootc the gate reads `ostree admin status`). The podman
+ * hook starts no container (`podman run`): crun cannot set rlimits in this
+ * sandbox (setrlimit RLIMIT_NOFILE/NPROC: Operation not permitted,
+ * docs/platform-notes.md), so only podman's storage work is tested under
+ * the hardening; the machine's podman uses the vfs driver, since its root
+ * is an overlay mount (test/helpers/nspawn.ts).
  *
  * Needs root, systemd-nspawn, mmdebstrap and the package mirror (first run
  * only; the root filesystem is cached in /var/cache/bootc-prestage-tests).
@@ -37,6 +44,8 @@ import test, { type ExecutionContext } from 'ava';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { Machine, unavailable } from '../helpers/nspawn.js';
+import { removeTree, sh } from '../helpers/containers.js';
+import { makeTmpDir } from '../helpers/tmp.js';
 
 const why = unavailable();
 const serial = why ? test.serial.skip : test.serial;
@@ -154,6 +163,96 @@ serial('D-Bus activation through systemd: Type=dbus, the bus name, idle exit and
   await fsp.rm(path.join(x.root, 'etc/systemd/system/bootc-prestaged.service.d'), { recursive: true });
   await x.exec(['systemctl', 'daemon-reload']);
   noteTime(t, started);
+});
+
+/**
+ * The prepare step of the podman hardening test's /etc hook, run on the
+ * host root inside bootc-prestaged.service (its mount namespace and
+ * hardening, see packaging/systemd/bootc-prestaged.service). It records
+ * what it saw in /var/lib/test-podman/result and exits non-zero when
+ * podman or the hardening did not behave. No `podman run`: crun cannot set
+ * rlimits in this sandbox (docs/platform-notes.md), so nothing here starts
+ * a container; storage writes, the runroot and config reads are what
+ * image hooks (bound-images) need.
+ */
+const PODMAN_HOOK = `#!/bin/sh
+set -u
+r=/var/lib/test-podman/result
+: > "$r"
+ok=0
+echo "cgroup=$(grep -o '[^/]*\\.service$' /proc/self/cgroup | head -1)" >> "$r"
+echo "info=$(podman info --format '{{.Store.GraphDriverName}} {{.Store.GraphRoot}} {{.Store.RunRoot}}' 2>&1)" >> "$r" || ok=1
+if podman load -i /var/lib/test-podman/image.tar > /var/lib/test-podman/load.log 2>&1; then
+    echo "load=$(grep '^Loaded image' /var/lib/test-podman/load.log)" >> "$r"
+else
+    echo "load=failed: $(tr '\\n' ' ' < /var/lib/test-podman/load.log)" >> "$r"; ok=1
+fi
+if podman image exists localhost/prestage-hardening:1; then echo "exists=yes" >> "$r"; else echo "exists=no" >> "$r"; ok=1; fi
+echo "images=$(podman images --format '{{.Repository}}:{{.Tag}}' 2>&1 | tr '\\n' ' ')" >> "$r"
+# Forbidden by ProtectSystem=yes: /usr is read-only for the unit.
+if err=$(touch /usr/lib/hardening-probe 2>&1); then echo "usr=written" >> "$r"; ok=1; else echo "usr=refused: $err" >> "$r"; fi
+# PrivateTmp=yes: this /var/tmp is the unit's own (podman unpacks there).
+echo marker > /var/tmp/hardening-marker || ok=1
+echo "done=$ok" >> "$r"
+exit $ok
+`;
+
+serial('the unit\'s hardening with a podman hook: an /etc hook\'s prepare loads an image into /var/lib/containers, reads /etc/containers, uses its runroot in /run; a write to /usr fails', async (t) => {
+  t.timeout(600_000);
+  const x = await booted();
+  // The image, built on the host in a store of this test's own (FROM
+  // scratch: one file, nothing to run), saved as an OCI archive.
+  const work = await makeTmpDir({ prefix: 'systemd-podman-' });
+  try {
+    await fsp.mkdir(path.join(work, 'ctx'));
+    await fsp.writeFile(path.join(work, 'ctx', 'hello.txt'), 'hello from the hardening test\n');
+    await fsp.writeFile(path.join(work, 'ctx', 'Containerfile'), 'FROM scratch\nCOPY hello.txt /hello.txt\n');
+    const store = ['--root', path.join(work, 'root'), '--runroot', path.join(work, 'run'), '--storage-driver', 'vfs'];
+    await sh('podman', [...store, 'build', '-q', '-t', 'localhost/prestage-hardening:1', path.join(work, 'ctx')]);
+    await fsp.mkdir(path.join(x.root, 'var/lib/test-podman'), { recursive: true, mode: 0o755 });
+    await sh('podman', [...store, 'save', '--format', 'oci-archive', '-o', path.join(x.root, 'var/lib/test-podman/image.tar'),
+      'localhost/prestage-hardening:1']);
+  } finally {
+    await removeTree(work);
+  }
+  await fsp.mkdir(path.join(x.root, 'usr/local/libexec'), { recursive: true, mode: 0o755 });
+  await fsp.writeFile(path.join(x.root, 'usr/local/libexec/test-podman-hook'), PODMAN_HOOK, { mode: 0o755 });
+  await fsp.chmod(path.join(x.root, 'usr/local/libexec/test-podman-hook'), 0o755);
+  const hook = path.join(x.root, 'etc/bootc/pre-stage.d/podman-hardening.hook');
+  await fsp.writeFile(hook, '[Hook]\nDescription=podman under the unit\'s hardening\nPrepare=/usr/local/libexec/test-podman-hook\nAbort=/bin/true\n', { mode: 0o644 });
+  await fsp.chmod(hook, 0o644);
+  try {
+    t.is((await x.exec(['podman', 'image', 'exists', 'localhost/prestage-hardening:1'])).code, 1, 'not in the machine\'s store before');
+    const unit = await show(x, 'bootc-prestaged.service', ['ProtectSystem', 'ProtectHome', 'PrivateTmp']);
+    t.deepEqual(unit, { ProtectSystem: 'yes', ProtectHome: 'read-only', PrivateTmp: 'yes' }, 'the unit as shipped, no drop-in');
+    const dep = (await x.exec(['sh', '-c', 'ls -d /sysroot/ostree/deploy/testos/deploy/*.0 | head -1'])).stdout.trim();
+    // Through D-Bus activation (the name may have exited idle): the hook
+    // is the daemon's child, in its unit.
+    const start = await x.exec(['bootc-prestage', 'start', dep], { timeoutMs: 300_000 });
+    const result = await x.read('var/lib/test-podman/result');
+    t.log(result.trim());
+    t.is(start.code, 0, `${start.stdout}\n${start.stderr}\n${result}`);
+    const r = Object.fromEntries(result.split('\n').filter(Boolean).map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
+    t.is(r['cgroup'], 'bootc-prestaged.service', 'the step ran in the daemon\'s unit');
+    t.is(r['info'], 'vfs /var/lib/containers/storage /run/containers/storage', 'podman read the machine\'s /etc/containers/storage.conf (vfs; its default in /usr/share is overlay)');
+    t.is(r['load'], 'Loaded image: localhost/prestage-hardening:1');
+    t.is(r['exists'], 'yes');
+    t.regex(r['images'] ?? '', /localhost\/prestage-hardening:1/);
+    t.regex(r['usr'] ?? '', /^refused: .*Read-only file system/, 'ProtectSystem=yes: /usr is read-only for hooks');
+    t.is(r['done'], '0');
+    // Outside the unit (nsenter, no hardening): the writes are the
+    // machine's, not a private copy; /usr and /var/tmp are untouched.
+    const outside = await x.exec(['podman', 'images', '--format', '{{.Repository}}:{{.Tag}}']);
+    t.regex(outside.stdout, /^localhost\/prestage-hardening:1$/m, outside.stderr);
+    t.is((await x.exec(['test', '-d', '/run/containers/storage'])).code, 0, 'the runroot in /run');
+    t.is((await x.exec(['test', '-e', '/usr/lib/hardening-probe'])).code, 1);
+    t.is((await x.exec(['test', '-e', '/var/tmp/hardening-marker'])).code, 1, 'PrivateTmp=yes: the hook\'s /var/tmp was its own');
+    const abort = await x.exec(['bootc-prestage', 'abort', dep], { timeoutMs: 300_000 });
+    t.is(abort.code, 0, abort.stderr);
+  } finally {
+    await fsp.rm(hook, { force: true });
+    await x.exec(['podman', 'rmi', '-f', 'localhost/prestage-hardening:1']);
+  }
 });
 
 serial('Restart= after a SIGKILL: systemd restarts the daemon, which rolls the interrupted prepare back', async (t) => {

@@ -16,8 +16,11 @@ set -eu
 
 # What the tests need inside: systemd as PID 1, the system bus, real
 # ostree (sysroots made with ostree admin), procps for pgrep, python3
-# for JSON checks. Keep sorted; changing it builds a new cache.
-PACKAGES="dbus,ostree,procps,python3-minimal,systemd,systemd-sysv"
+# for JSON checks, podman (the hardening test's hook loads an image with
+# it; mmdebstrap installs no Recommends, so this is podman with conmon,
+# crun and containers-common only). Keep sorted; changing it builds a new
+# cache.
+PACKAGES="dbus,ostree,podman,procps,python3-minimal,systemd,systemd-sysv"
 
 cache=${BOOTC_PRESTAGE_TEST_CACHE:-/var/cache/bootc-prestage-tests}
 key=$(printf '%s\n' "bookworm $PACKAGES" | sha256sum | cut -c1-16)
