@@ -589,7 +589,8 @@ fmt_bytes() {
 	fi
 }
 
-# progress_tick: a STATUS with the bytes of every running pull, and a
+# progress_tick: a STATUS with the bytes of every running pull (the form of
+# docs/hooks.md, "Bytes progress", which the CLI parses), and a
 # PROGRESS counting finished images whole and running pulls by their bytes.
 progress_tick() {
 	_pt_status=

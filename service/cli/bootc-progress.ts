@@ -18,14 +18,34 @@
  * lists its own steps. Each event is a full snapshot, so throttling loses
  * nothing: like bootc's `send_lossy`, at most 5 events a second are
  * written (REFRESH_HZ), a throttled event is written when its interval
- * ends, and the final state of each phase is always written at once
- * (bootc's `send`). Hooks report percentages, not bytes: no
- * `ProgressBytes` events are written.
+ * ends (the latest of each kind — a transaction's steps, a hook's bytes —
+ * one per interval, the kind waiting longest first, so one kind never
+ * displaces another), and the final state of each phase is always written
+ * at once (bootc's `send`).
+ *
+ * A hook whose `STATUS=` text is in the bytes form (docs/hooks.md, "Bytes
+ * progress"; service/model/status-bytes.ts) also gets `ProgressBytes`
+ * events, as bootc writes them for its own image pulls:
+ *
+ *     {"type":"ProgressBytes","task":"pulling","description":"Pre-stage hook bound-images",
+ *      "id":"bound-images","bytesCached":0,"bytes":125000000,"bytesTotal":320000000,
+ *      "stepsCached":0,"steps":2,"stepsTotal":4,
+ *      "subtasks":[{"subtask":"image","description":"app:2.0","id":"app:2.0",
+ *                   "bytesCached":0,"bytes":120000000,"bytesTotal":300000000}, ...]}
+ *
+ * one subtask per image the hook has reported (an image no longer listed
+ * has finished: bytes = bytesTotal, bootc's "complete"), bytes and
+ * bytesTotal their sums (bytesTotal 0, "unspecified", when an image's total
+ * is unknown), steps the images ready and stepsTotal the images in all.
+ * They share the stream's 5 a second with the ProgressSteps events; when
+ * the hook finishes, its final ProgressBytes is written at once (a hook that
+ * succeeded: every image complete, steps = stepsTotal).
  *
  * Like bootc, a write error stops the stream and nothing else.
  */
 import { writeSync, fstatSync } from 'node:fs';
 import type { FollowEvent, TransactionProperties } from '../client/types.js';
+import { parseBytesStatus, type BytesStatus } from '../model/status-bytes.js';
 
 /** bootc's progress_jsonl.rs API_VERSION. */
 export const BOOTC_PROGRESS_VERSION = '0.1.0';
@@ -50,6 +70,31 @@ export interface ProgressStepsEvent {
   steps: number;
   stepsTotal: number;
   subtasks: SubTaskStep[];
+}
+
+/** bootc's SubTaskBytes. */
+export interface SubTaskBytes {
+  subtask: string;
+  description: string;
+  id: string;
+  bytesCached: number;
+  bytes: number;
+  bytesTotal: number;
+}
+
+/** bootc's Event::ProgressBytes. */
+export interface ProgressBytesEvent {
+  type: 'ProgressBytes';
+  task: string;
+  description: string;
+  id: string;
+  bytesCached: number;
+  bytes: number;
+  bytesTotal: number;
+  stepsCached: number;
+  steps: number;
+  stepsTotal: number;
+  subtasks: SubTaskBytes[];
 }
 
 /** Throws when `fd` is not an open file descriptor (a usage error for the caller). */
@@ -77,7 +122,12 @@ const realClock: Clock = {
 export class ProgressStream {
   private started = false;
   private lastWrite: number | null = null;
-  private pending: object | null = null;
+  /**
+   * The latest unwritten lossy event of each kind (key), oldest kind
+   * first: each is a full snapshot of its kind, so a later one replaces an
+   * earlier one, and one kind's events never displace another's.
+   */
+  private readonly pending = new Map<string, object>();
   private timer: unknown = null;
   private readonly intervalMs = 1000 / REFRESH_HZ;
 
@@ -91,40 +141,54 @@ export class ProgressStream {
     this.writeLine(JSON.stringify(ev));
   }
 
-  private cancelPending(): void {
+  private cancelTimer(): void {
     if (this.timer !== null) this.clock.clearTimeout(this.timer);
     this.timer = null;
-    this.pending = null;
   }
 
-  /** An event that may be delayed (and replaced by a later one) to keep to REFRESH_HZ. */
-  lossy(ev: object): void {
+  /** One pending event (the kind waiting longest) when the interval since the last write ends. */
+  private schedule(): void {
+    if (this.timer !== null || this.pending.size === 0) return;
+    const since = this.lastWrite === null ? this.intervalMs : this.clock.now() - this.lastWrite;
+    this.timer = this.clock.setTimeout(() => {
+      this.timer = null;
+      const first = this.pending.entries().next();
+      if (first.done) return;
+      const [key, ev] = first.value;
+      this.pending.delete(key);
+      this.lastWrite = this.clock.now();
+      this.out(ev);
+      this.schedule();
+    }, Math.max(0, this.intervalMs - since));
+  }
+
+  /**
+   * An event that may be delayed (and replaced by a later one of the same
+   * `key`) to keep to REFRESH_HZ: at most one lossy event is written per
+   * interval, whatever its kind.
+   */
+  lossy(ev: object, key = ''): void {
     const now = this.clock.now();
-    if (this.lastWrite === null || now - this.lastWrite >= this.intervalMs) {
-      this.cancelPending();
+    if (this.pending.size === 0 && (this.lastWrite === null || now - this.lastWrite >= this.intervalMs)) {
       this.lastWrite = now;
       this.out(ev);
       return;
     }
-    this.pending = ev;
-    if (this.timer === null) {
-      this.timer = this.clock.setTimeout(() => {
-        this.timer = null;
-        const p = this.pending;
-        this.pending = null;
-        if (p !== null) {
-          this.lastWrite = this.clock.now();
-          this.out(p);
-        }
-      }, this.intervalMs - (now - this.lastWrite));
-    }
+    // A Map keeps the key's first place: a kind already waiting keeps its turn.
+    this.pending.set(key, ev);
+    this.schedule();
   }
 
-  /** An event written at once (a phase's final state): it replaces any pending one. */
-  required(ev: object): void {
-    this.cancelPending();
+  /**
+   * An event written at once (a final state): it replaces the pending event
+   * of its `key`; it starts a new interval for the others.
+   */
+  required(ev: object, key = ''): void {
+    this.pending.delete(key);
+    this.cancelTimer();
     this.lastWrite = this.clock.now();
     this.out(ev);
+    this.schedule();
   }
 
   /**
@@ -158,11 +222,11 @@ export class ProgressStream {
 
   /** Write what is pending now (the command is about to exit). */
   flush(): void {
-    const p = this.pending;
-    this.cancelPending();
-    if (p !== null) {
+    this.cancelTimer();
+    for (const [key, ev] of [...this.pending]) {
+      this.pending.delete(key);
       this.lastWrite = this.clock.now();
-      this.out(p);
+      this.out(ev);
     }
   }
 }
@@ -195,9 +259,72 @@ export function stepsEvent(tx: TransactionProperties, id = tx.id): ProgressSteps
   };
 }
 
-/** Turns the follow events of one transaction into ProgressSteps events on a stream. */
+/**
+ * What one hook has said about its bytes (its bytes-form STATUS texts), as
+ * bootc's ProgressBytes: one subtask per image, in the order first reported.
+ */
+export class HookBytes {
+  private readonly images = new Map<string, { bytes: number; bytesTotal: number }>();
+  private ready: number | null = null;
+  private count: number | null = null;
+
+  constructor(readonly hook: string) {}
+
+  /** A new status: the images listed are running, those no longer listed have finished. */
+  update(status: BytesStatus): void {
+    const listed = new Set(status.images.map((i) => i.name));
+    for (const [name, img] of this.images) {
+      if (!listed.has(name) && img.bytesTotal > 0) img.bytes = img.bytesTotal;
+    }
+    for (const i of status.images) this.images.set(i.name, { bytes: i.bytes, bytesTotal: i.bytesTotal });
+    this.ready = status.ready;
+    this.count = status.count;
+  }
+
+  /** The hook succeeded: every image is complete. */
+  complete(): void {
+    for (const img of this.images.values()) if (img.bytesTotal > 0) img.bytes = img.bytesTotal;
+    this.count ??= this.images.size;
+    this.ready = this.count;
+  }
+
+  event(): ProgressBytesEvent {
+    const subtasks: SubTaskBytes[] = [];
+    let bytes = 0;
+    let bytesTotal = 0;
+    let totalKnown = true;
+    let finished = 0;
+    for (const [name, img] of this.images) {
+      subtasks.push({ subtask: 'image', description: name, id: name, bytesCached: 0, bytes: img.bytes, bytesTotal: img.bytesTotal });
+      bytes += img.bytes;
+      bytesTotal += img.bytesTotal;
+      if (img.bytesTotal === 0) totalKnown = false;
+      else if (img.bytes === img.bytesTotal) finished++;
+    }
+    return {
+      type: 'ProgressBytes',
+      task: 'pulling',
+      description: `Pre-stage hook ${this.hook}`,
+      id: this.hook,
+      bytesCached: 0,
+      bytes,
+      bytesTotal: totalKnown ? bytesTotal : 0,
+      stepsCached: 0,
+      steps: this.ready ?? finished,
+      stepsTotal: this.count ?? this.images.size,
+      subtasks,
+    };
+  }
+}
+
+/**
+ * Turns the follow events of one transaction into ProgressSteps events on
+ * a stream, and the bytes-form STATUS texts of its hooks into ProgressBytes
+ * events.
+ */
 export class BootcProgress {
   private last = '';
+  private readonly bytes = new Map<string, { tracker: HookBytes; last: string; final: boolean }>();
 
   constructor(private readonly stream: ProgressStream) {}
 
@@ -206,13 +333,65 @@ export class BootcProgress {
     const key = JSON.stringify(ev);
     if (key === this.last && !final) return;
     this.last = key;
-    if (final) this.stream.required(ev);
-    else this.stream.lossy(ev);
+    if (final) this.stream.required(ev, `steps:${tx.id}`);
+    else this.stream.lossy(ev, `steps:${tx.id}`);
+  }
+
+  /** A status text of a running hook: a ProgressBytes event when it is in the bytes form. */
+  private status(hook: string, text: string): void {
+    const parsed = parseBytesStatus(text);
+    if (parsed === null) return;
+    let b = this.bytes.get(hook);
+    if (b === undefined) {
+      b = { tracker: new HookBytes(hook), last: '', final: false };
+      this.bytes.set(hook, b);
+    }
+    if (b.final) return;
+    b.tracker.update(parsed);
+    const ev = b.tracker.event();
+    const key = JSON.stringify(ev);
+    if (key === b.last) return;
+    b.last = key;
+    this.stream.lossy(ev, `bytes:${hook}`);
+  }
+
+  /** The hook has finished (`result`): its final ProgressBytes, once, if it reported bytes. */
+  private finish(hook: string, result: string): void {
+    const b = this.bytes.get(hook);
+    if (b === undefined || b.final) return;
+    b.final = true;
+    if (result === 'success') b.tracker.complete();
+    this.stream.required(b.tracker.event(), `bytes:${hook}`);
+  }
+
+  private hooks(tx: TransactionProperties): void {
+    for (const h of tx.hooks) {
+      if (h.result === 'running') this.status(h.name, h.status);
+      else if (h.result !== 'pending') this.finish(h.name, h.result);
+    }
   }
 
   event(ev: FollowEvent): void {
-    if (ev.type === 'state') this.emit(ev.transaction, false);
-    else if (ev.type === 'finished') this.emit(ev.transaction, true);
+    switch (ev.type) {
+      case 'state':
+        this.hooks(ev.transaction);
+        this.emit(ev.transaction, false);
+        break;
+      case 'hook-progress':
+        this.status(ev.hook, ev.status);
+        break;
+      case 'hook-finished':
+        this.finish(ev.hook, ev.result);
+        break;
+      case 'finished':
+        this.hooks(ev.transaction);
+        // A hook still listed as running when the phase ended did not finish.
+        for (const hook of this.bytes.keys()) this.finish(hook, 'unfinished');
+        this.emit(ev.transaction, true);
+        break;
+      default:
+        break;
+    }
   }
 }
 

@@ -13,7 +13,7 @@ import type { Readable } from 'node:stream';
 import { withDaemon, type DaemonContext } from '../helpers/daemon.js';
 import type { Sysroot } from '../helpers/ostree.js';
 import { tmpDir, writeFiles } from '../helpers/tmp.js';
-import { BOOTC_STANDIN_DIR, hookFile, jsonLines, runCli, spawnCli } from './cli-harness.js';
+import { BOOTC_STANDIN_DIR, hookFile, jsonLines, runCli, spawnCli, waitForFile } from './cli-harness.js';
 
 interface Bootc {
   env: Record<string, string>;
@@ -217,6 +217,64 @@ test.serial('--progress-fd - start, commit, abort and reconcile each write one v
   const text = await withFd(['reconcile']);
   await validProgress(t, text);
   t.like(jsonLines(text).at(-1), { description: 'Pre-stage abort', steps: 2 });
+});
+
+test.serial('--progress-fd - a hook\'s bytes-form STATUS lines on fd 3 become ProgressBytes events in the valid stream', async (t) => {
+  const dir = await tmpDir(t, { mode: 0o755 });
+  // A real /bin/sh hook on the host root: it reports bytes as the
+  // bound-images hook does (docs/hooks.md, "Bytes progress") and waits for
+  // the test to have seen each report in the stream before the next one.
+  const script = [
+    'echo "STATUS=Reading the bound images" >&3',
+    'echo "STATUS=pulling app:2.0 120/300 MB, pulling db:16 512/2048 kB (2/4 images ready)" >&3',
+    waitForFile(`${dir}/seen-1`),
+    'echo "STATUS=Pulling bound image 4/4: cache:1" >&3',
+    'echo "STATUS=pulling db:16 2048/2048 kB, pulling cache:1 5/20 MB (2/4 images ready)" >&3',
+    waitForFile(`${dir}/seen-2`),
+    'echo "STATUS=4 bound images ready" >&3',
+  ].join('; ');
+  const ctx = await withDaemon(t, { sysroot: { deployments: 2 }, etcHooks: { 'pull.hook': hookFile({ prepare: script }) } });
+  const cli = spawnCli(['start', staged(ctx).deployments[0]!, '--progress-fd', '3'], { address: ctx.bus.address, extraFds: ['pipe'] });
+  const lines: string[] = [];
+  const fd3 = cli.child.stdio[3] as Readable;
+  fd3.setEncoding('utf8');
+  let rest = '';
+  const read = new Promise<void>((resolve) => {
+    fd3.on('data', (chunk: string) => {
+      rest += chunk;
+      const parts = rest.split('\n');
+      rest = parts.pop()!;
+      for (const l of parts) {
+        lines.push(l);
+        const ev = JSON.parse(l) as Record<string, unknown>;
+        if (ev['type'] !== 'ProgressBytes') continue;
+        const ids = (ev['subtasks'] as { id: string }[]).map((s) => s.id).join(' ');
+        if (ids === 'app:2.0 db:16') void fsp.writeFile(`${dir}/seen-1`, '');
+        if (ids === 'app:2.0 db:16 cache:1') void fsp.writeFile(`${dir}/seen-2`, '');
+      }
+    });
+    fd3.on('end', () => resolve());
+  });
+  const r = await cli.done;
+  await read;
+  t.is(r.code, 0, `${r.stdout}\n${r.stderr}`);
+  const text = `${lines.join('\n')}\n`;
+  await validProgress(t, text);
+  const events = jsonLines(text);
+  const bytes = events.filter((e) => e['type'] === 'ProgressBytes');
+  const base = { task: 'pulling', description: 'Pre-stage hook pull', id: 'pull', bytesCached: 0, stepsCached: 0, stepsTotal: 4 };
+  const sub = (name: string, b: number, total: number) => ({ subtask: 'image', description: name, id: name, bytesCached: 0, bytes: b, bytesTotal: total });
+  t.deepEqual(bytes, [
+    { type: 'ProgressBytes', ...base, bytes: 120_512_000, bytesTotal: 302_048_000, steps: 2,
+      subtasks: [sub('app:2.0', 120_000_000, 300_000_000), sub('db:16', 512_000, 2_048_000)] },
+    // app:2.0 is no longer listed: it has finished.
+    { type: 'ProgressBytes', ...base, bytes: 307_048_000, bytesTotal: 322_048_000, steps: 2,
+      subtasks: [sub('app:2.0', 300_000_000, 300_000_000), sub('db:16', 2_048_000, 2_048_000), sub('cache:1', 5_000_000, 20_000_000)] },
+    // The hook succeeded: its final event, every image complete.
+    { type: 'ProgressBytes', ...base, bytes: 322_048_000, bytesTotal: 322_048_000, steps: 4,
+      subtasks: [sub('app:2.0', 300_000_000, 300_000_000), sub('db:16', 2_048_000, 2_048_000), sub('cache:1', 20_000_000, 20_000_000)] },
+  ]);
+  t.like(events.at(-1), { type: 'ProgressSteps', task: 'pre-stage', steps: 1, stepsTotal: 1 });
 });
 
 test.serial('upgrade - bootc#2425: --download-only of an image already staged leaves it unlocked; upgrade locks it, and a failed prepare keeps it locked', async (t) => {

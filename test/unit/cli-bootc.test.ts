@@ -3,7 +3,8 @@
  * (documents shaped like bootc's own fixtures), finding the deployment
  * directory, and the progress events in bootc's ProgressSteps format.
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
+import { spawnSync } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -11,6 +12,7 @@ import { BootcProgress, BOOTC_PROGRESS_VERSION, ProgressStream, fdLineWriter, st
 import { deploymentDir, stagedEntry, stagedInfo } from '../../service/cli/bootc.js';
 import { ClientError } from '../../service/client/errors.js';
 import type { TransactionProperties } from '../../service/client/types.js';
+import { FIXTURES_DIR } from '../helpers/tmp.js';
 
 const C1 = '3c6dad657109522e0b2e49bf44b5420f16f0b438b5b9357e5132211cfbad135d';
 
@@ -201,4 +203,170 @@ test('stagedInfo - downloadOnly is read; a composefs stage is refused by name; n
   t.regex(e!.message, /composefs backend.*not.*yet|supports only the ostree backend yet/);
   t.throws(() => stagedInfo(host({ ostree: { stateroot: 'default', checksum: C1, deploySerial: 1 }, downloadOnly: 'yes' })),
     { message: /downloadOnly .* not a boolean/ });
+});
+
+/** The lines are one valid bootc progress stream (test/fixtures/bootc/validate-progress.py, python3-jsonschema). */
+function validStream(t: ExecutionContext, lines: Record<string, unknown>[]): void {
+  const r = spawnSync('python3', [path.join(FIXTURES_DIR, 'bootc', 'validate-progress.py')],
+    { input: lines.map((l) => JSON.stringify(l)).join('\n'), encoding: 'utf8' });
+  t.is(r.status, 0, `${r.stdout}${r.stderr}`);
+}
+
+function hookRows(rows: [string, string, string?][]): TransactionProperties {
+  const tx = props([]);
+  tx.hooks = rows.map(([name, result, status]) => ({ name, result: result as 'success', percent: 0, status: status ?? '' }));
+  return tx;
+}
+
+const sub = (name: string, bytes: number, bytesTotal: number) =>
+  ({ subtask: 'image', description: name, id: name, bytesCached: 0, bytes, bytesTotal });
+
+test('BootcProgress - a hook\'s bytes-form STATUS becomes ProgressBytes (task pulling, one subtask per image); the final one is complete', (t) => {
+  const c = collect();
+  const f = fakeClock();
+  const p = new BootcProgress(new ProgressStream(c.write, f.clock));
+  const progress = (status: string) => { p.event({ type: 'hook-progress', hook: 'bound-images', percent: 10, status }); f.advance(1000); };
+  p.event({ type: 'state', transaction: hookRows([['bound-images', 'running', 'Reading /usr/lib/bound-images.d']]) });
+  f.advance(1000);
+  progress('pulling app:2.0 120/300 MB, pulling db:16 512/2048 kB (2/5 images ready)');
+  progress('Pulling bound image 4/5: cache:1');
+  progress('pulling db:16 1024/2048 kB, pulling cache:1 5 MB (3/5 images ready)');
+  progress('pulling db:16 garbage');
+  progress('pulling cache:1 9/20 MB (4/5 images ready)');
+  p.event({ type: 'hook-finished', hook: 'bound-images', result: 'success', message: '' });
+  p.event({ type: 'finished', state: 'prepared', error: '', message: '', transaction: hookRows([['bound-images', 'success', '5 bound images ready']]) });
+  validStream(t, c.lines);
+  const bytes = c.lines.filter((l) => l['type'] === 'ProgressBytes');
+  const base = { type: 'ProgressBytes', task: 'pulling', description: 'Pre-stage hook bound-images', id: 'bound-images', bytesCached: 0, stepsCached: 0 };
+  t.deepEqual(bytes, [
+    { ...base, bytes: 120_512_000, bytesTotal: 302_048_000, steps: 2, stepsTotal: 5,
+      subtasks: [sub('app:2.0', 120_000_000, 300_000_000), sub('db:16', 512_000, 2_048_000)] },
+    // app:2.0 is no longer listed: finished. cache:1's total is unknown, so the sum's is too (0).
+    { ...base, bytes: 306_024_000, bytesTotal: 0, steps: 3, stepsTotal: 5,
+      subtasks: [sub('app:2.0', 300_000_000, 300_000_000), sub('db:16', 1_024_000, 2_048_000), sub('cache:1', 5_000_000, 0)] },
+    { ...base, bytes: 311_048_000, bytesTotal: 322_048_000, steps: 4, stepsTotal: 5,
+      subtasks: [sub('app:2.0', 300_000_000, 300_000_000), sub('db:16', 2_048_000, 2_048_000), sub('cache:1', 9_000_000, 20_000_000)] },
+    // The hook succeeded: every image complete.
+    { ...base, bytes: 322_048_000, bytesTotal: 322_048_000, steps: 5, stepsTotal: 5,
+      subtasks: [sub('app:2.0', 300_000_000, 300_000_000), sub('db:16', 2_048_000, 2_048_000), sub('cache:1', 20_000_000, 20_000_000)] },
+  ]);
+  t.deepEqual(Object.keys(bytes[0]!), ['type', 'task', 'description', 'id', 'bytesCached', 'bytes', 'bytesTotal', 'stepsCached', 'steps', 'stepsTotal', 'subtasks']);
+  t.deepEqual(c.lines.map((l) => l['type']), ['Start', 'ProgressSteps', 'ProgressBytes', 'ProgressBytes', 'ProgressBytes', 'ProgressBytes', 'ProgressSteps']);
+  t.like(c.lines.at(-1), { type: 'ProgressSteps', steps: 1, stepsTotal: 1 });
+});
+
+test('BootcProgress - bytes also come from the Hooks property; a failed hook\'s final ProgressBytes keeps what it reported', (t) => {
+  const c = collect();
+  const f = fakeClock();
+  const p = new BootcProgress(new ProgressStream(c.write, f.clock));
+  p.event({ type: 'state', transaction: hookRows([['pull', 'running', 'pulling a 1/4 MB (0/2 images ready)'], ['next', 'pending']]) });
+  f.advance(1000);
+  p.event({ type: 'state', transaction: hookRows([['pull', 'running', 'pulling a 3/4 MB, pulling b 1/8 MB (0/2 images ready)'], ['next', 'pending']]) });
+  f.advance(1000);
+  // The phase ends with the failure: no hook-finished event seen, the state says it.
+  p.event({ type: 'finished', state: 'failed', error: 'E', message: 'm', transaction: hookRows([['pull', 'failed', 'pulling a 3/4 MB, pulling b 1/8 MB (0/2 images ready)'], ['next', 'pending']]) });
+  validStream(t, c.lines);
+  const bytes = c.lines.filter((l) => l['type'] === 'ProgressBytes');
+  t.is(bytes.length, 3);
+  t.like(bytes[0], { id: 'pull', bytes: 1_000_000, bytesTotal: 4_000_000, steps: 0, stepsTotal: 2 });
+  t.deepEqual(bytes[2], { ...bytes[1], subtasks: [sub('a', 3_000_000, 4_000_000), sub('b', 1_000_000, 8_000_000)] },
+    'final = last reported: nothing is claimed complete');
+  t.like(bytes[2], { bytes: 4_000_000, bytesTotal: 12_000_000, steps: 0 });
+  t.is(c.lines.at(-1)!['type'], 'ProgressSteps');
+  // Nothing else about that hook afterwards.
+  p.event({ type: 'hook-progress', hook: 'pull', percent: 1, status: 'pulling a 4/4 MB' });
+  f.advance(1000);
+  t.is(c.lines.filter((l) => l['type'] === 'ProgressBytes').length, 3);
+});
+
+test('ProgressStream - ProgressBytes and ProgressSteps share the 5 a second: counted per second over a 3 s pull of 3000 statuses; neither displaces the other; finals at once', (t) => {
+  const c = collect();
+  const f = fakeClock();
+  const at: { t: number; line: Record<string, unknown>; required: boolean }[] = [];
+  let inRequired = false;
+  const stream = new ProgressStream((l) => { c.write(l); at.push({ t: f.clock.now(), line: c.lines.at(-1)!, required: inRequired }); }, f.clock);
+  const required = stream.required.bind(stream);
+  stream.required = (ev, key) => { inRequired = true; required(ev, key); inRequired = false; };
+  const p = new BootcProgress(stream);
+  const t0 = f.clock.now();
+  const status = (ms: number) => `pulling app:2.0 ${Math.floor(ms / 10)}/300 MB (0/1 images ready)`;
+  p.event({ type: 'state', transaction: hookRows([['pull', 'running'], ['after', 'pending']]) });
+  for (let ms = 1; ms <= 3000; ms++) {
+    f.advance(1);
+    p.event({ type: 'hook-progress', hook: 'pull', percent: 0, status: status(ms) });
+    // The daemon's property changes now and then, carrying the same status.
+    if (ms % 50 === 0) p.event({ type: 'state', transaction: hookRows([['pull', 'running', status(ms)], ['after', 'pending']]) });
+  }
+  const finishedAt = f.clock.now();
+  p.event({ type: 'hook-finished', hook: 'pull', result: 'success', message: '' });
+  // The next hook starts and reports bytes at once; one more status of the first arrives late.
+  p.event({ type: 'state', transaction: hookRows([['pull', 'success', status(3000)], ['after', 'running']]) });
+  f.advance(5);
+  p.event({ type: 'hook-progress', hook: 'after', percent: 0, status: 'pulling db:16 1/2 MB' });
+  p.event({ type: 'hook-progress', hook: 'pull', percent: 0, status: status(2999) });
+  f.advance(1000);
+  p.event({ type: 'finished', state: 'prepared', error: '', message: '', transaction: hookRows([['pull', 'success'], ['after', 'success']]) });
+  validStream(t, c.lines);
+
+  const events = at.filter((e) => e.line['type'] !== 'Start');
+  const lossy = events.filter((e) => !e.required);
+  // Every 1 s window, sliding over each lossy write: at most REFRESH_HZ lossy events.
+  for (const e of lossy) {
+    const n = lossy.filter((x) => x.t >= e.t && x.t < e.t + 1000).length;
+    t.true(n <= 5, `${n} lossy events in the second from ${e.t - t0} ms`);
+  }
+  // And they were written: 3 s of pulling gives 5 a second, not fewer.
+  const pulling = lossy.filter((e) => e.line['type'] === 'ProgressBytes' && e.line['id'] === 'pull');
+  t.true(pulling.length >= 14 && pulling.length <= 16, `${pulling.length} ProgressBytes in 3 s`);
+  const seen = pulling.map((e) => e.line['bytes'] as number);
+  t.deepEqual(seen, [...seen].sort((a, b) => a - b), 'bytes never go back');
+  // The final ProgressBytes: written at once when the hook finished, complete.
+  const finals = events.filter((e) => e.required);
+  // Its own at the hook's end, the other's (last reported) at the phase's end, then the phase's ProgressSteps.
+  t.is(finals.length, 3);
+  t.is(finals[0]!.t, finishedAt);
+  t.like(finals[0]!.line, { type: 'ProgressBytes', bytes: 300_000_000, bytesTotal: 300_000_000, steps: 1, stepsTotal: 1 });
+  // The ProgressSteps of the hook that started next was not displaced by that hook's bytes, written 5 ms later.
+  const afterStarted = events.find((e) => e.line['type'] === 'ProgressSteps' && JSON.stringify(e.line['subtasks']).includes('"id":"after","completed":false'));
+  t.truthy(afterStarted, 'the step "after" running was written');
+  t.is(afterStarted!.t - finishedAt, 200);
+  const afterBytes = events.find((e) => e.line['type'] === 'ProgressBytes' && e.line['id'] === 'after');
+  t.is(afterBytes!.t - finishedAt, 400, 'then, an interval later, its bytes');
+  t.like(afterBytes!.line, { bytes: 1_000_000, bytesTotal: 2_000_000 });
+  t.is(events.filter((e) => e.line['id'] === 'pull' && e.t > finishedAt).length, 0, 'nothing about the finished hook after its final event');
+  t.like(events.at(-1)!.line, { type: 'ProgressSteps', steps: 2, stepsTotal: 2 });
+  t.true(events.at(-1)!.required);
+});
+
+test('ProgressStream - pending events of different kinds are written one per interval, the longest waiting first', (t) => {
+  const c = collect();
+  const f = fakeClock();
+  const s = new ProgressStream(c.write, f.clock);
+  s.lossy({ n: 1 }, 'a');
+  f.advance(10);
+  s.lossy({ n: 2 }, 'a');
+  s.lossy({ n: 3 }, 'b');
+  s.lossy({ n: 4 }, 'a');
+  t.deepEqual(c.lines.map((l) => l['n']), [undefined, 1]);
+  f.advance(190);
+  t.deepEqual(c.lines.map((l) => l['n']), [undefined, 1, 4], 'a waited longest: its latest');
+  f.advance(199);
+  t.is(c.lines.length, 3);
+  f.advance(1);
+  t.deepEqual(c.lines.map((l) => l['n']), [undefined, 1, 4, 3]);
+  // A required event replaces its own kind's pending one and starts a new interval.
+  s.lossy({ n: 5 }, 'a');
+  s.lossy({ n: 6 }, 'b');
+  f.advance(100);
+  s.required({ n: 7 }, 'a');
+  t.deepEqual(c.lines.map((l) => l['n']).slice(4), [7]);
+  f.advance(199);
+  t.is(c.lines.length, 5);
+  f.advance(1);
+  t.deepEqual(c.lines.map((l) => l['n']).slice(4), [7, 6]);
+  s.lossy({ n: 8 }, 'b');
+  s.flush();
+  t.deepEqual(c.lines.map((l) => l['n']).slice(4), [7, 6, 8], 'flush writes what is pending');
+  f.advance(1000);
+  t.is(c.lines.length, 7);
 });
