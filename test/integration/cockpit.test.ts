@@ -384,7 +384,12 @@ if (unavailable) {
     await startPrepare(ctx, staged!);
     await waitForView(page, 'the running hook', (v) => v.state === 'preparing' && v.hooks[0]?.result === 'running');
     await page.click('#cancel');
-    const cancelled = await waitForView(page, 'cancelled', (v) => v.state === 'cancelled');
+    // The rollback's output comes as Message signals and the final state as
+    // a property notification: cockpit-bridge hands the page the two by
+    // different paths, so the state may show a render before the last lines.
+    // Both must show.
+    const cancelled = await waitForView(page, 'cancelled, with the rollback\'s output',
+      (v) => v.state === 'cancelled' && v.log.includes('slow: slow abort ran'));
     t.is(cancelled.errorName, 'org.containers.bootc.PreStage.Error.Cancelled');
     t.is(cancelled.hooks[0]?.result, 'cancelled');
     t.true(cancelled.log.includes('slow: slow abort ran'), cancelled.log.join('\n'));
