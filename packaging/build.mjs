@@ -55,7 +55,7 @@ import { build } from 'esbuild';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { licenceName, packageDirOf, writeAtomically } from './build-lib.mjs';
+import { bundledPackages, licencesText, writeAtomically } from './build-lib.mjs';
 
 /** The repository root (this file is packaging/build.mjs). */
 const ROOT = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
@@ -176,30 +176,10 @@ function asciiOnly(text) {
 
 /** dist/bundled-licenses.txt: each bundled package, its licence and licence text. */
 function writeLicences(metafile) {
-  const dirs = new Set();
-  for (const out of Object.values(metafile.outputs)) {
-    for (const input of Object.keys(out.inputs)) {
-      const d = packageDirOf(input);
-      if (d) dirs.add(d);
-    }
-  }
-  const entries = [...dirs].map((dir) => {
-    const pkg = JSON.parse(readFileSync(path.join(dir, 'package.json'), 'utf8'));
-    const licenceFile = readdirSync(dir).sort().find((f) => /^(licen[cs]e|copying)(\.|$)/i.test(f));
-    const text = licenceFile ? readFileSync(path.join(dir, licenceFile), 'utf8').trim() : '(no licence file in the package)';
-    return { id: `${pkg.name}@${pkg.version}`, license: licenceName(pkg), text };
-  })
-    // One entry per package: a package reached through two paths is one package.
-    .filter((e, i, all) => all.findIndex((o) => o.id === e.id) === i)
-    .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
-  const lines = [
+  const text = licencesText(bundledPackages(metafile), [
     `Third-party code bundled into dist/bootc-prestaged.mjs and dist/bootc-prestage.mjs (dist/bootc-prestage-gate.mjs has none) (${packageJson.name} ${packageJson.version}).`,
-    '',
-    ...entries.map((e) => `  ${e.id} (${e.license})`),
-    '',
-  ];
-  for (const e of entries) lines.push('='.repeat(78), `${e.id} (${e.license})`, '', e.text, '');
-  writeAtomically(path.join(DIST, 'bundled-licenses.txt'), lines.join('\n'), 0o644);
+  ]);
+  writeAtomically(path.join(DIST, 'bundled-licenses.txt'), text, 0o644);
 }
 
 /** Step: the bundles; see the header. */

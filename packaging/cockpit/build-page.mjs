@@ -34,7 +34,7 @@ import { build } from 'esbuild';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { licenceName, packageDirOf, writeAtomically } from '../build-lib.mjs';
+import { bundledPackages, licencesText, writeAtomically } from '../build-lib.mjs';
 
 const ROOT = path.dirname(path.dirname(path.dirname(fileURLToPath(import.meta.url))));
 const SRC = path.join(ROOT, 'packaging', 'cockpit', 'bootc-prestage');
@@ -46,30 +46,13 @@ const STATIC_FILES = ['manifest.json', 'index.html'];
 
 /** The list the spec's cockpit subpackage mirrors in its Provides: bundled(npm(...)) lines. */
 function licences(metafile, version) {
-  const dirs = new Set();
-  for (const out of Object.values(metafile.outputs)) {
-    for (const input of Object.keys(out.inputs)) {
-      const d = packageDirOf(input);
-      if (d) dirs.add(d);
-    }
-  }
-  const entries = [...dirs].map((dir) => {
-    const pkg = JSON.parse(readFileSync(path.join(dir, 'package.json'), 'utf8'));
-    const licenceFile = readdirSync(dir).sort().find((f) => /^(licen[cs]e|copying)(\.|$)/i.test(f));
-    const text = licenceFile ? readFileSync(path.join(dir, licenceFile), 'utf8').trim() : '(no licence file in the package)';
-    return { id: `${pkg.name}@${pkg.version}`, license: licenceName(pkg), text };
-  }).sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
-  const lines = [
+  return licencesText(bundledPackages(metafile), [
     `Third-party code bundled into the Cockpit page bootc-prestage (bootc-prestage ${version}).`,
-    '',
-    ...entries.map((e) => `  ${e.id} (${e.license})`),
-    '',
+  ], [
     'The fonts (*.woff2) are those of @patternfly/react-core: Red Hat Text, Display and Mono',
     '(SIL Open Font License 1.1) and pficon (MIT), under the package\'s licence below.',
     '',
-  ];
-  for (const e of entries) lines.push('='.repeat(78), `${e.id} (${e.license})`, '', e.text, '');
-  return lines.join('\n');
+  ]);
 }
 
 /** `import cockpit from 'cockpit'`: the global that ../base1/cockpit.js defines (as Cockpit's own pages do). */
