@@ -1,10 +1,15 @@
 /**
  * Shell-level helpers of the bound-images tests: commands with their
  * stderr in the error, trees that may hold a containers store's mounts,
- * and the storage driver this machine's podman picks.
+ * the storage driver this machine's podman picks, and the machine a test
+ * runs the hook on.
  */
+import type { ExecutionContext } from 'ava';
 import { execFile } from 'node:child_process';
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
 import { promisify } from 'node:util';
+import { installPrograms } from '../fixtures/images/hook-step.js';
 import { makeTmpDir, removeDir } from './tmp.js';
 
 const exec = promisify(execFile);
@@ -40,4 +45,62 @@ export async function podmanDriver(): Promise<string> {
   } finally {
     await removeTree(probe);
   }
+}
+
+/** One machine for the bound-images hook: a sysroot's deployment directory, a primary store, the hook's settings. */
+export interface HookMachine {
+  dir: string;
+  /** <dir>/sysroot/ostree/deploy/testos/deploy */
+  deployDir: string;
+  /** Stands in for the booted system's root: holds usr/libexec/bootc-prestage. */
+  hostRoot: string;
+  storeRoot: string;
+  runRoot: string;
+  /** The storage.conf the hook edits and podman reads (CONTAINERS_STORAGE_CONF). */
+  storageConf: string;
+  graphroot: string;
+  stateDir: string;
+  /** The hook's Environment=. */
+  env: Record<string, string>;
+}
+
+/**
+ * A machine in a temporary directory (removed with its mounts at the
+ * test's end): the hook's programs installed in its host root, a primary
+ * store on `driver`, and the settings that point the hook at all of it.
+ */
+export async function makeHookMachine(t: ExecutionContext, prefix: string, driver: string): Promise<HookMachine> {
+  const dir = await makeTmpDir({ prefix });
+  t.teardown(() => removeTree(dir));
+  const m: HookMachine = {
+    dir,
+    deployDir: path.join(dir, 'sysroot', 'ostree', 'deploy', 'testos', 'deploy'),
+    hostRoot: path.join(dir, 'host'),
+    storeRoot: path.join(dir, 'var', 'lib', 'bootc-prestage', 'images'),
+    runRoot: path.join(dir, 'run', 'bootc-prestage', 'bound-images'),
+    storageConf: path.join(dir, 'etc', 'containers', 'storage.conf'),
+    graphroot: path.join(dir, 'var', 'lib', 'containers', 'storage'),
+    stateDir: path.join(dir, 'state'),
+    env: {},
+  };
+  await fsp.mkdir(m.deployDir, { recursive: true });
+  await fsp.mkdir(path.dirname(m.storageConf), { recursive: true });
+  await installPrograms(m.hostRoot);
+  await fsp.writeFile(m.storageConf, [
+    '[storage]',
+    `driver = "${driver}"`,
+    `graphroot = "${m.graphroot}"`,
+    `runroot = "${path.join(dir, 'run', 'containers', 'storage')}"`,
+    '',
+  ].join('\n'));
+  m.env = {
+    BOUND_IMAGES_STORE_ROOT: m.storeRoot,
+    BOUND_IMAGES_RUNROOT: m.runRoot,
+    BOUND_IMAGES_STORAGE_CONF: m.storageConf,
+    BOUND_IMAGES_STORAGE_CONF_BASE: '',
+    BOUND_IMAGES_AUTHFILE: '',
+    // What podman reads on this "machine" (and in the hook's podman calls).
+    CONTAINERS_STORAGE_CONF: m.storageConf,
+  };
+  return m;
 }

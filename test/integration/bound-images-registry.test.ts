@@ -20,8 +20,7 @@ import {
 } from '../fixtures/images/hook-step.js';
 import { processesMentioning } from '../helpers/processes.js';
 import { startRegistry, type PushedImage, type Registry, type RegistryRequest } from '../helpers/registry.js';
-import { podmanDriver, removeTree, sh } from '../helpers/containers.js';
-import { makeTmpDir } from '../helpers/tmp.js';
+import { makeHookMachine, podmanDriver, sh, type HookMachine } from '../helpers/containers.js';
 import type { Phase } from '../../service/model/types.js';
 
 /** The images in the registry, by key: four of release 1, a changed app-d, two big ones. */
@@ -47,44 +46,10 @@ test.after.always(async () => {
   await fx.registry?.stop();
 });
 
-interface World {
-  dir: string;
-  deployDir: string;
-  hostRoot: string;
-  storeRoot: string;
-  runRoot: string;
-  storageConf: string;
-  stateDir: string;
-  env: Record<string, string>;
-}
+type World = HookMachine;
 
-async function makeWorld(t: ExecutionContext): Promise<World> {
-  const dir = await makeTmpDir({ prefix: 'bound-images-registry-' });
-  t.teardown(() => removeTree(dir));
-  const w: World = {
-    dir,
-    deployDir: path.join(dir, 'sysroot', 'ostree', 'deploy', 'testos', 'deploy'),
-    hostRoot: path.join(dir, 'host'),
-    storeRoot: path.join(dir, 'var', 'lib', 'bootc-prestage', 'images'),
-    runRoot: path.join(dir, 'run', 'bootc-prestage', 'bound-images'),
-    storageConf: path.join(dir, 'etc', 'containers', 'storage.conf'),
-    stateDir: path.join(dir, 'state'),
-    env: {},
-  };
-  await fsp.mkdir(w.deployDir, { recursive: true });
-  await fsp.mkdir(path.dirname(w.storageConf), { recursive: true });
-  await installPrograms(w.hostRoot);
-  await fsp.writeFile(w.storageConf, `[storage]\ndriver = "${fx.driver}"\ngraphroot = "${dir}/var/lib/containers/storage"\n` +
-    `runroot = "${dir}/run/containers/storage"\n`);
-  w.env = {
-    BOUND_IMAGES_STORE_ROOT: w.storeRoot,
-    BOUND_IMAGES_RUNROOT: w.runRoot,
-    BOUND_IMAGES_STORAGE_CONF: w.storageConf,
-    BOUND_IMAGES_STORAGE_CONF_BASE: '',
-    BOUND_IMAGES_AUTHFILE: '',
-    CONTAINERS_STORAGE_CONF: w.storageConf,
-  };
-  return w;
+function makeWorld(t: ExecutionContext): Promise<World> {
+  return makeHookMachine(t, 'bound-images-registry-', fx.driver);
 }
 
 let counter = 0;

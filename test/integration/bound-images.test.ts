@@ -24,7 +24,7 @@ import {
   MANAGER_IFACE, MANAGER_PATH, SERVICE, TRANSACTION_IFACE, type SignalRecorder,
 } from '../helpers/dbus-client.js';
 import { makeSysroot, type Sysroot } from '../helpers/ostree.js';
-import { podmanDriver, removeTree, sh } from '../helpers/containers.js';
+import { makeHookMachine, podmanDriver, removeTree, sh, type HookMachine } from '../helpers/containers.js';
 import { FIXTURES_DIR, makeTmpDir } from '../helpers/tmp.js';
 import type { Phase } from '../../service/model/types.js';
 
@@ -71,61 +71,20 @@ test.after.always(async () => {
   if (fixtures.dir) await removeTree(fixtures.dir);
 });
 
-/** One machine: a sysroot's deployment directory, a primary containers store, and the hook's settings. */
-interface World {
-  dir: string;
-  /** <dir>/sysroot/ostree/deploy/testos/deploy */
-  deployDir: string;
-  /** Stands in for the booted system's root: holds usr/libexec/bootc-prestage. */
-  hostRoot: string;
-  storeRoot: string;
-  runRoot: string;
-  /** The storage.conf the hook edits and podman reads (CONTAINERS_STORAGE_CONF). */
-  storageConf: string;
-  graphroot: string;
+/** One machine (see makeHookMachine), with a sources file that names every fixture image. */
+interface World extends HookMachine {
   sourcesFile: string;
-  /** The hook's Environment=. */
-  env: Record<string, string>;
-  stateDir: string;
 }
 
 async function makeWorld(t: ExecutionContext, opts: { env?: Record<string, string> } = {}): Promise<World> {
-  const dir = await makeTmpDir({ prefix: 'bound-images-' });
-  t.teardown(() => removeTree(dir));
-  const w: World = {
-    dir,
-    deployDir: path.join(dir, 'sysroot', 'ostree', 'deploy', 'testos', 'deploy'),
-    hostRoot: path.join(dir, 'host'),
-    storeRoot: path.join(dir, 'var', 'lib', 'bootc-prestage', 'images'),
-    runRoot: path.join(dir, 'run', 'bootc-prestage', 'bound-images'),
-    storageConf: path.join(dir, 'etc', 'containers', 'storage.conf'),
-    graphroot: path.join(dir, 'var', 'lib', 'containers', 'storage'),
-    sourcesFile: path.join(dir, 'etc', 'bound-image-sources'),
-    env: {},
-    stateDir: path.join(dir, 'state'),
-  };
-  await fsp.mkdir(w.deployDir, { recursive: true });
-  await fsp.mkdir(path.dirname(w.storageConf), { recursive: true });
-  await installPrograms(w.hostRoot);
-  await fsp.writeFile(w.storageConf, [
-    '[storage]',
-    `driver = "${fixtures.driver}"`,
-    `graphroot = "${w.graphroot}"`,
-    `runroot = "${path.join(dir, 'run', 'containers', 'storage')}"`,
-    '',
-  ].join('\n'));
+  const m = await makeHookMachine(t, 'bound-images-', fixtures.driver);
+  const w: World = { ...m, sourcesFile: path.join(m.dir, 'etc', 'bound-image-sources') };
   await writeSources(w, {});
   w.env = {
-    BOUND_IMAGES_STORE_ROOT: w.storeRoot,
-    BOUND_IMAGES_RUNROOT: w.runRoot,
-    BOUND_IMAGES_STORAGE_CONF: w.storageConf,
-    BOUND_IMAGES_STORAGE_CONF_BASE: '',
+    ...m.env,
     BOUND_IMAGES_SOURCES: w.sourcesFile,
     // No test may reach for a registry: an image without a source fails.
     BOUND_IMAGES_SOURCES_ONLY: '1',
-    BOUND_IMAGES_AUTHFILE: '',
-    // What podman reads on this "machine" (and in the hook's podman calls).
-    CONTAINERS_STORAGE_CONF: w.storageConf,
     ...(opts.env ?? {}),
   };
   return w;
