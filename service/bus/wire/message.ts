@@ -105,11 +105,7 @@ function headerString(enc: Encoder, code: number, value: unknown, sigChar: numbe
   }
   enc.ensure(11);
   enc.pad(8);
-  const b = enc.buf;
-  b[enc.pos] = code;
-  b[enc.pos + 1] = 1;
-  b[enc.pos + 2] = sigChar;
-  b[enc.pos + 3] = 0;
+  fieldStart(enc, code, sigChar);
   enc.pos += 4;
   if (sigChar === G) {
     enc.signature(value);
@@ -125,13 +121,21 @@ function headerString(enc: Encoder, code: number, value: unknown, sigChar: numbe
 function headerUint32(enc: Encoder, code: number, value: number): void {
   enc.ensure(7);
   enc.pad(8);
+  fieldStart(enc, code, U);
+  enc.u32At(enc.pos + 4, value);
+  enc.pos += 8;
+}
+
+/**
+ * A header field's first 4 bytes at enc.pos (8-aligned, room ensured): its
+ * code and its variant's one-character signature. Does not advance.
+ */
+function fieldStart(enc: Encoder, code: number, sigChar: number): void {
   const b = enc.buf;
   b[enc.pos] = code;
   b[enc.pos + 1] = 1;
-  b[enc.pos + 2] = U;
+  b[enc.pos + 2] = sigChar;
   b[enc.pos + 3] = 0;
-  enc.u32At(enc.pos + 4, value);
-  enc.pos += 8;
 }
 
 const isSignature = (s: string): boolean => {
