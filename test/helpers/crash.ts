@@ -173,6 +173,8 @@ export class CrashRig {
     readonly client: PreStageClient,
     /** CRASH_DIR: step.sh, the record file, the control file, flags. */
     readonly dir: string,
+    /** Every step runs in the deployment through bwrap (its pids are namespace-encoded). */
+    readonly newRoot: boolean,
   ) {}
 
   static async create(t: ExecutionContext<unknown>, o: CrashRigOptions = {}): Promise<CrashRig> {
@@ -197,7 +199,7 @@ export class CrashRig {
     });
     const client = await PreStageClient.connect({ address: ctx.bus.address, callTimeoutMs: 30_000 });
     t.teardown(() => client.close());
-    const rig = new CrashRig(t, ctx, client, dir);
+    const rig = new CrashRig(t, ctx, client, dir, o.newRoot ?? false);
     await rig.noteDaemon();
     return rig;
   }
@@ -504,6 +506,12 @@ export function expectedRecovery(snap: CrashSnapshot): Expected {
  * Check every invariant after recovery; returns the violations (empty when
  * all hold) so a test can show them all at once.
  */
+/** "hook phase" of each step the snapshot's journal shows spawned that wrote no `start` line before it. */
+function spawnedWithoutStart(snap: CrashSnapshot, before: RecordLine[]): string[] {
+  const started = new Set(before.filter((r) => r.event === 'start').map((r) => `${r.hook} ${r.phase}`));
+  return snap.journal.records.flatMap((r) => (r.t === 'pid' && !started.has(`${r.hook} ${r.phase}`) ? [`${r.hook} ${r.phase}`] : []));
+}
+
 export async function checkRecovery(rig: CrashRig, snap: CrashSnapshot, txs: TransactionProperties[]): Promise<string[]> {
   const bad: string[] = [];
   const exp = expectedRecovery(snap);
@@ -540,8 +548,15 @@ export async function checkRecovery(rig: CrashRig, snap: CrashSnapshot, txs: Tra
     ...snap.alive.map((p) => p.pid),
     ...snap.journal.records.flatMap((r) => (r.t === 'pid' ? [r.pid] : [])),
   ]);
+  // In a new root the step's own pid lives in the PID namespace bwrap makes
+  // after its exec, so it can match no host pid: there, the one step the
+  // journal shows spawned (a `pid` record) that wrote no `start` line before
+  // the snapshot owns the first `start` line of its hook and phase after it.
+  // A real re-run shows as a second `start`, or as a completed prepare below.
+  const spawnedUnstarted = new Set<string>(rig.newRoot ? spawnedWithoutStart(snap, before) : []);
   for (const r of after) {
     if (r.event === 'child') continue;
+    if (r.event === 'start' && spawnedUnstarted.delete(`${r.hook} ${r.phase}`)) continue;
     if (r.event === 'start' && !startedBefore.has(r.pid)) startedAfter.add(r.pid);
     if (startedAfter.has(r.pid)) fresh.add(`${r.pid}@${r.index}`);
   }
