@@ -48,6 +48,9 @@ interface RawStream extends EventEmitter {
   supportsUnixFd?: boolean;
   destroy(): void;
   write(chunk: Buffer | { data: Buffer; fds: number[] }): boolean;
+  /** net.Socket's (a Writable); absent on other streams. */
+  cork?(): void;
+  uncork?(): void;
 }
 interface RawConnection extends EventEmitter {
   stream: RawStream;
@@ -262,17 +265,33 @@ export class CoreConnection {
   useMarshaller(marshal: Marshaller): void {
     const conn = this.raw._connection;
     const stream = conn.stream;
+    // The messages of one turn of the event loop go out in one writev: a
+    // hook step's HookFinished, PropertiesChanged and the next step's
+    // bookkeeping are one system call instead of one each. Order is kept
+    // (a corked stream queues in call order), and end() uncorks, so a
+    // disconnect in the same turn still sends what came before it.
+    let corked = false;
+    const uncork = (): void => {
+      corked = false;
+      stream.uncork?.();
+    };
     conn.message = (msg: Message): void => {
       if (!stream.writable) throw new Error('Cannot send message, stream is closed');
       if (stream.supportsUnixFd) {
         const fds: number[] = [];
         const data = marshal(msg, fds);
         stream.write({ data, fds });
-      } else {
-        // Without fd passing a message carrying an 'h' is refused by the
-        // marshaller (dbus-next would warn and send a message the bus rejects).
-        stream.write(marshal(msg));
+        return;
       }
+      // Without fd passing a message carrying an 'h' is refused by the
+      // marshaller (dbus-next would warn and send a message the bus rejects).
+      const data = marshal(msg);
+      if (!corked && stream.cork !== undefined) {
+        corked = true;
+        stream.cork();
+        process.nextTick(uncork);
+      }
+      stream.write(data);
     };
   }
 
