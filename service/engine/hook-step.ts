@@ -167,12 +167,15 @@ export async function runHookStep(
     const planned = planStep(ctx, tx, phase, h);
     await recordStepStart(tx, phase, h, rollback);
     if (attempt === 1) firstUsec = nowUsec();
-    announceStep(ctx, scope, planned, attempt);
     // Every line goes to the log as bytes; only those the Message cap lets
     // through are decoded into events, the rest are counted (message-limiter.ts).
     const messages = new MessageLimiter((count) => tx.emit({ type: 'messages-suppressed', hook: h.name, count }));
+    // The start goes first, the announcement once it is under way: its
+    // bus and log work then overlaps the fork and exec instead of delaying
+    // them. No output can come before it (the readers are attached in the
+    // same run of microtasks that settles `started`).
     const step = spawnStep(ctx, scope, planned, messages);
-    out = await awaitStep(ctx, scope, run, step);
+    out = await awaitStep(ctx, scope, run, step, () => announceStep(ctx, scope, planned, attempt));
     // The count of the last window goes out before hook-finished.
     messages.flush();
     // Stopping: leave the step without a `done` record so the next start recovers it.
@@ -393,12 +396,15 @@ function spawnStep(ctx: HookStepContext, s: StepScope, planned: PlannedStep, mes
   }
 }
 
-/** Wait for the step's end, recording its pid and passing on a cancel or deadline. */
-async function awaitStep(ctx: HookStepContext, s: StepScope, run: PhaseRun, step: RunningStep): Promise<StepOutcome> {
+/** Wait for the step's end, announcing it once started, recording its pid and passing on a cancel or deadline. */
+async function awaitStep(
+  ctx: HookStepContext, s: StepScope, run: PhaseRun, step: RunningStep, announce: () => void,
+): Promise<StepOutcome> {
   const { tx, phase, hook: h } = s;
   // Set before the start completes: a Cancel() meanwhile is applied once the pid is known.
   run.current = step;
   await step.started;
+  announce();
   if (step.pid > 0) {
     tx.journal!.append({ t: 'pid', phase, hook: h.name, pid: step.pid, start: step.startTime }, false)
       .catch((e) => ctx.log.error(`journal write failed: ${(e as Error).message}`, s.fields));
