@@ -13,7 +13,7 @@
  * lost with the helper, and the runner waits for the process to go away.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { closeSync, constants as fsc, existsSync, openSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -51,6 +51,11 @@ export interface Spawned {
   pid: number;
   /** /proc/<pid>/stat start time, read by the helper before the process could be reaped; null if unknown. */
   startTime: string | null;
+  /**
+   * Our read ends of the pipes on the process's fds 1, 2, ... (as many as
+   * asked for), non-blocking and close-on-exec; the caller closes them.
+   */
+  fds: number[];
 }
 
 /** A wait(2) status as Node reports exits: code, or the signal's name. */
@@ -88,10 +93,11 @@ export function locateSpawner(env: NodeJS.ProcessEnv = process.env): string | nu
 }
 
 interface Pending {
-  resolve: (v: unknown) => void;
+  resolve: (v: Spawned) => void;
   reject: (e: Error) => void;
   argv0: string;
-  onExit?: ExitCallback;
+  pipes: number;
+  onExit: ExitCallback;
 }
 
 /** One running helper process. */
@@ -107,6 +113,8 @@ export class Spawner {
   answered = false;
   private idleTimer: NodeJS.Timeout | null = null;
   private refed = false;
+  /** Requests made before the hello was checked (null after it). */
+  private beforeHello: Buffer[] | null = [];
 
   constructor(readonly file: string, private readonly onGone: (s: Spawner) => void = () => {}) {
     // Its own environment is empty: it passes on only what each request carries.
@@ -128,27 +136,28 @@ export class Spawner {
   }
 
   /**
-   * Start `argv` with exactly `env`, fds 1.. on the FIFOs at `fifos` (whose
-   * read ends the caller holds open). Resolves once the program is exec'ed;
+   * Start `argv` with exactly `env` and fds 1 .. `pipes` on new pipes, whose
+   * read ends come back in `fds`. Resolves once the program is exec'ed;
    * rejects with Node's ErrnoException when it cannot be, or with
-   * SpawnerUnavailable when the helper is gone. `onExit` runs once, later.
+   * SpawnerUnavailable when the helper is gone or its pipes cannot be
+   * reached. `onExit` runs once, later.
    */
-  spawn(argv: string[], env: Record<string, string>, fifos: string[], onExit: ExitCallback): Promise<Spawned> {
-    if (fifos.length > MAX_OUT_FDS) throw new RangeError(`at most ${MAX_OUT_FDS} fds`);
+  spawn(argv: string[], env: Record<string, string>, pipes: number, onExit: ExitCallback): Promise<Spawned> {
+    if (pipes > MAX_OUT_FDS) throw new RangeError(`at most ${MAX_OUT_FDS} fds`);
+    if (this.deadReason !== null) return Promise.reject(new SpawnerUnavailable(this.deadReason));
     const envList = Object.entries(env).map(([k, v]) => `${k}=${v}`);
-    const strings = [...argv, ...envList, ...fifos];
+    const id = this.nextId++;
     const head = Buffer.alloc(16);
+    head.writeUInt32LE(id, 0);
     head.writeUInt32LE(argv.length, 4);
     head.writeUInt32LE(envList.length, 8);
-    head.writeUInt32LE(fifos.length, 12);
-    return this.request('S', head, strings, argv[0]!, onExit) as Promise<Spawned>;
-  }
-
-  /** Create FIFOs (mode 0600) at `paths`, in order; rejects with the first failure. */
-  async mkfifos(paths: string[]): Promise<void> {
-    const head = Buffer.alloc(8);
-    head.writeUInt32LE(paths.length, 4);
-    await this.request('F', head, paths, paths[0] ?? '');
+    head.writeUInt32LE(pipes, 12);
+    const body = Buffer.from([...argv, ...envList].map((s) => `${s}\0`).join(''), 'utf8');
+    return new Promise<Spawned>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject, argv0: argv[0]!, pipes, onExit });
+      this.updateRef();
+      this.send('S', head, body);
+    });
   }
 
   /** Close the pipe: the helper exits; running steps keep running. */
@@ -156,21 +165,38 @@ export class Spawner {
     this.die('closed');
   }
 
-  private request(type: 'S' | 'F', head: Buffer, strings: string[], argv0: string, onExit?: ExitCallback): Promise<unknown> {
-    if (this.deadReason !== null) return Promise.reject(new SpawnerUnavailable(this.deadReason));
-    const id = this.nextId++;
-    head.writeUInt32LE(id, 0);
-    const body = Buffer.from(strings.map((s) => `${s}\0`).join(''), 'utf8');
+  private send(type: 'S' | 'C', head: Buffer, body: Buffer = Buffer.alloc(0)): void {
     const frame = Buffer.allocUnsafe(5 + head.length + body.length);
     frame.writeUInt32LE(1 + head.length + body.length, 0);
     frame[4] = type.charCodeAt(0);
     head.copy(frame, 5);
     body.copy(frame, 5 + head.length);
-    return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject, argv0, onExit });
-      this.updateRef();
-      this.child.stdin!.write(frame);
-    });
+    // Nothing is sent before the hello has been checked: a helper that
+    // turns out unusable must not have started a step the fallback then
+    // starts again.
+    if (this.beforeHello !== null) this.beforeHello.push(frame);
+    else this.child.stdin!.write(frame);
+  }
+
+  /**
+   * Our own descriptors of the helper's pipe read ends `theirs`, opened
+   * through /proc/<helper>/fd/; then the helper is told to close its
+   * copies (always, also when an open failed). Throws the open's error.
+   */
+  private takePipes(theirs: number[]): number[] {
+    const mine: number[] = [];
+    try {
+      for (const fd of theirs) mine.push(openSync(`/proc/${this.child.pid}/fd/${fd}`, fsc.O_RDONLY | fsc.O_NONBLOCK));
+      return mine;
+    } catch (e) {
+      for (const fd of mine) closeSync(fd);
+      throw e;
+    } finally {
+      const head = Buffer.alloc(8 + 4 * theirs.length);
+      head.writeUInt32LE(theirs.length, 4);
+      theirs.forEach((fd, i) => head.writeUInt32LE(fd, 8 + 4 * i));
+      if (this.deadReason === null) this.send('C', head);
+    }
   }
 
   private onData(d: Buffer): void {
@@ -192,9 +218,13 @@ export class Spawner {
   }
 
   private onEvent(f: Buffer): void {
-    this.answered = true;
     const type = String.fromCharCode(f[0]!);
     const a = f.readUInt32LE(1);
+    if (type === 'H') {
+      this.onHello(a);
+      return;
+    }
+    this.answered = true;
     const b = f.readInt32LE(5);
     if (type === 'X') {
       const cb = this.running.get(a);
@@ -203,18 +233,45 @@ export class Spawner {
       return;
     }
     const p = this.pending.get(a);
-    if (p === undefined) return;
+    if (p === undefined || type !== 'S') return;
     this.pending.delete(a);
     if (b < 0) {
       p.reject(errnoError(-b, p.argv0));
-    } else if (type === 'S') {
-      const start = f.length >= 17 ? f.readBigUInt64LE(9) : 0n;
-      // Registered before any later event is read, so its 'X' cannot be missed.
-      this.running.set(b, p.onExit!);
-      p.resolve({ pid: b, startTime: start === 0n ? null : String(start) });
-    } else {
-      p.resolve(undefined);
+      return;
     }
+    const start = f.readBigUInt64LE(9);
+    const theirs = Array.from({ length: p.pipes }, (_, i) => f.readUInt32LE(17 + 4 * i));
+    let fds: number[];
+    try {
+      fds = this.takePipes(theirs);
+    } catch (e) {
+      // The hello's check passed, so this is not expected: the step must not
+      // run unobserved. It is in its own process group; its exit still comes.
+      try { process.kill(-b, 'SIGKILL'); } catch { /* gone already */ }
+      p.reject(new Error(`cannot open the pipes of the started process: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`));
+      return;
+    }
+    // Registered before any later event is read, so its 'X' cannot be missed.
+    this.running.set(b, p.onExit);
+    p.resolve({ pid: b, startTime: start === 0n ? null : String(start), fds });
+  }
+
+  /**
+   * The helper's first event: a pipe of its own to open through /proc, as
+   * every step's pipes will be. Where that is not allowed (a /proc mounted
+   * hidepid, a sandbox), the helper cannot be used at all.
+   */
+  private onHello(fd: number): void {
+    try {
+      closeSync(this.takePipes([fd])[0]!);
+    } catch (e) {
+      this.die(`cannot open its pipes through /proc/${this.child.pid}/fd: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+      return;
+    }
+    this.answered = true;
+    const queued = this.beforeHello;
+    this.beforeHello = null;
+    for (const frame of queued ?? []) this.child.stdin!.write(frame);
   }
 
   /** Keep the event loop alive only while something waits on the helper; exit after a quiet spell. */

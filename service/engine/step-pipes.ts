@@ -1,20 +1,17 @@
 /**
- * The pipes a step's stdout, stderr and fd 3 are made of, in pools.
+ * The pipes a step's stdout, stderr and fd 3 are made of when Node spawns
+ * it (without the spawn helper, which makes its own: spawner.ts), in a pool.
  *
  * They are real pipes (FIFOs created and unlinked at once), not the socket
  * pairs Node makes: with a socket, a script's `echo x >/dev/stderr` fails
- * with ENXIO. Two pools: PipePool for steps Node spawns (FIFOs made by a
- * mkfifo run, both ends opened here), HelperPipePool for steps the spawn
- * helper starts (FIFOs made by the helper, read ends opened here, write
- * ends by the helper). Every fd is close-on-exec, so a pooled pipe never
- * leaks into another step.
+ * with ENXIO. Every fd is close-on-exec, so a pooled pipe never leaks into
+ * another step.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { closeSync, constants as fsConstants, existsSync, mkdtempSync, openSync, rmSync, rmdirSync, unlinkSync } from 'node:fs';
+import { closeSync, constants as fsConstants, existsSync, mkdtempSync, openSync, rmSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
-import type { Spawner } from './spawner.js';
+import { join } from 'node:path';
 import { describeErrno } from './step-spec.js';
 
 export interface PipePair { read: number; write: number }
@@ -159,121 +156,6 @@ class PipePool {
 
 /** The pool of Node-spawned steps. */
 export const pipePool = new PipePool();
-
-/** A FIFO whose read end we hold; the helper opens its write end by path. */
-export interface Fifo { read: number; path: string }
-
-/**
- * The pipe pool for the spawn helper: FIFOs made by the helper (mkfifo(3),
- * no fork) in batches, read ends opened here, write ends opened by the
- * helper when it starts the step, which then unlinks them. As with
- * PipePool, a refill runs in the background once the pool runs low, and
- * pooled FIFOs are released after PIPE_IDLE_MS without a step.
- */
-class HelperPipePool {
-  private fifos: Fifo[] = [];
-  private base: string | null = null;
-  private refilling: { base: string; done: Promise<void> } | null = null;
-  private idleTimer: NodeJS.Timeout | null = null;
-  private serial = 0;
-  private exitHook = false;
-
-  async take(n: number, helper: Spawner, base: string = tmpdir()): Promise<Fifo[]> {
-    // Re-checked after every wait: a take for another directory may have run meanwhile.
-    for (;;) {
-      if (base !== this.base) {
-        this.drop();
-        this.base = base;
-      }
-      if (this.fifos.length >= n) break;
-      await this.refill(base, helper);
-    }
-    const out = this.fifos.splice(0, n);
-    if (this.fifos.length < PIPE_LOW_WATER) this.refill(base, helper).catch(() => { /* the next take retries and reports */ });
-    this.armIdle();
-    return out;
-  }
-
-  /** The refill in flight for `base`, or a new one (after any for another directory). */
-  private refill(base: string, helper: Spawner): Promise<void> {
-    const inFlight = this.refilling;
-    if (inFlight !== null && inFlight.base === base) return inFlight.done;
-    const done = (inFlight?.done.catch(() => {}) ?? Promise.resolve())
-      .then(() => this.make(base, helper))
-      .finally(() => { if (this.refilling?.done === done) this.refilling = null; });
-    this.refilling = { base, done };
-    return done;
-  }
-
-  private async make(base: string, helper: Spawner): Promise<void> {
-    const dir = mkdtempSync(join(base, 'bootc-prestage-step-'));
-    const paths = Array.from({ length: PIPE_BATCH }, () => join(dir, String(this.serial++)));
-    fifoDirs.set(dir, PIPE_BATCH);
-    const made: Fifo[] = [];
-    try {
-      await helper.mkfifos(paths);
-      // The read end first and non-blocking: opening cannot wait for a writer.
-      for (const p of paths) made.push({ read: openSync(p, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK), path: p });
-    } catch (e) {
-      for (const f of made) closeFd(f.read);
-      fifoDirs.delete(dir);
-      rmSync(dir, { recursive: true, force: true });
-      throw e;
-    }
-    if (base === this.base) {
-      this.fifos.push(...made);
-      this.armIdle();
-      // Pooled FIFOs have names in the temporary directory: remove them when
-      // the daemon exits (a stop, or `npm start` ended), not only when idle.
-      if (!this.exitHook) {
-        this.exitHook = true;
-        process.once('exit', () => this.drop());
-      }
-    } else {
-      releaseFifos(made, true);
-    }
-  }
-
-  private armIdle(): void {
-    if (this.idleTimer) clearTimeout(this.idleTimer);
-    this.idleTimer = setTimeout(() => { this.idleTimer = null; this.drop(); }, PIPE_IDLE_MS);
-    this.idleTimer.unref();
-  }
-
-  private drop(): void {
-    releaseFifos(this.fifos, true);
-    this.fifos = [];
-  }
-}
-
-/** The pool of steps started by the spawn helper. */
-export const helperPipePool = new HelperPipePool();
-
-/**
- * Done with FIFOs' names: the helper unlinks the ones it opened; `unused`
- * ones (a failed start, a dropped pool) are unlinked and their read ends
- * closed here. A batch's directory goes with its last FIFO.
- */
-export function releaseFifos(fifos: Fifo[], unused: boolean): void {
-  for (const f of fifos) {
-    if (unused) {
-      closeFd(f.read);
-      f.read = -1;
-      try { unlinkSync(f.path); } catch { /* the helper did, or never made it */ }
-    }
-    const dir = dirname(f.path);
-    const left = (fifoDirs.get(dir) ?? 1) - 1;
-    if (left > 0) {
-      fifoDirs.set(dir, left);
-      continue;
-    }
-    fifoDirs.delete(dir);
-    try { rmdirSync(dir); } catch { /* not ours to remove after all */ }
-  }
-}
-
-/** FIFOs not yet released, by batch directory: the last one's release removes it (one rmdir per batch, not per FIFO). */
-const fifoDirs = new Map<string, number>();
 
 export function closeFd(fd: number): void {
   if (fd < 0) return;

@@ -13,9 +13,10 @@
  *   output has been drained. No sink callback is made after that.
  * - The outcome follows the first cause: a step that timed out or was
  *   cancelled reports so even if it then exits 0.
- * - stdout, stderr and fd 3 are real pipes (FIFOs created and unlinked at
- *   once), not the socket pairs Node makes: with a socket, a script's
- *   `echo x >/dev/stderr` fails with ENXIO. Socket pairs remain a fallback.
+ * - stdout, stderr and fd 3 are real pipes (made by the spawn helper, or
+ *   FIFOs created and unlinked at once without it), not the socket pairs
+ *   Node makes: with a socket, a script's `echo x >/dev/stderr` fails with
+ *   ENXIO. Socket pairs remain a fallback.
  * - A process that keeps an output pipe open after the step's processes are
  *   gone (an escapee that changed its environment) cannot hold the step up
  *   for more than OUTPUT_DRAIN_MS.
@@ -41,9 +42,7 @@ import { processStartTime, readProcStat, type ProcessRef } from './process-tree.
 import {
   PID_WINDOW_MAX_MS, describeProcesses, findStepProcesses, terminateStepProcesses,
 } from './step-leftovers.js';
-import {
-  closeFd, closePipes, helperPipePool, pipePool, releaseFifos, type Fifo, type PipePair,
-} from './step-pipes.js';
+import { closeFd, closePipes, pipePool, type PipePair } from './step-pipes.js';
 import {
   DEFAULT_KILL_GRACE_MS, EXIT_SKIPPED, MAX_IGNORED_REPORTS, OUTPUT_DRAIN_MS,
   defaultTrackEnv, describeErrno, formatDuration, validateStepSpec,
@@ -161,26 +160,11 @@ class StepRun implements RunningStep {
   }
 
   private async startWithHelper(helper: Spawner): Promise<void> {
-    let fifos: Fifo[];
-    try {
-      fifos = await helperPipePool.take(STREAMS.length, helper, this.tmp);
-    } catch (e) {
-      if (e instanceof SpawnerUnavailable) throw e;
-      // No pipes this way: the fallback tries its own and says why it cannot.
-      throw new SpawnerUnavailable('', { cause: e });
-    }
-    let started: Spawned;
-    try {
-      started = await helper.spawn(this.spec.argv, Object.fromEntries(Object.entries(this.spec.env)),
-        fifos.map((f) => f.path), (status) => this.onHelperExit(status));
-    } catch (e) {
-      releaseFifos(fifos, true);
-      throw e;
-    }
-    releaseFifos(fifos, false);
+    const started: Spawned = await helper.spawn(this.spec.argv, Object.fromEntries(Object.entries(this.spec.env)),
+      STREAMS.length, (status) => this.onHelperExit(status));
     this.pid = started.pid;
     this.startTime = started.startTime;
-    this.attachReaders(fifos.map((f, i) => this.fdReader(f.read, STREAMS[i]!)), false);
+    this.attachReaders(started.fds.map((fd, i) => this.fdReader(fd, STREAMS[i]!)), false);
     this.afterStart();
     const early = this.earlyExit;
     this.earlyExit = null;

@@ -18,21 +18,31 @@
  * little-endian u32 length followed by that many bytes; the first byte of a
  * frame is its type.
  *
- *   request 'S' spawn:  u32 id, u32 argc, u32 envc, u32 nout,
- *                       then argc + envc + nout NUL-terminated strings:
- *                       argv, "KEY=VALUE" environment, and the paths of the
- *                       FIFOs to install as fds 1, 2, 3, ... (the daemon
- *                       holds their read ends open; they are unlinked here
- *                       once opened). fd 0 is /dev/null.
- *   request 'F' mkfifo: u32 id, u32 n, then n NUL-terminated paths (mode 0600).
+ *   event   'H' hello:  u32 fd, sent once at start: the read end of a pipe
+ *                       held here, for the daemon to check that it can open
+ *                       our fds through /proc/<pid>/fd/ (and then 'C' it).
+ *   request 'S' spawn:  u32 id, u32 argc, u32 envc, u32 npipes,
+ *                       then argc + envc NUL-terminated strings: argv and
+ *                       the "KEY=VALUE" environment. fds 1 .. npipes of the
+ *                       child are the write ends of new pipes; fd 0 is
+ *                       /dev/null.
  *   event   'S':        u32 id, i32 pid (> 0) or -errno when it could not start,
  *                       u64 the child's start time (field 22 of /proc/<pid>/stat,
- *                       read before it can be reaped; 0 if unknown). The daemon
- *                       needs it to tell the step from a later process that
- *                       reuses its pid, and a fast step is gone by the time
- *                       the daemon could read it.
- *   event   'F':        u32 id, i32 0 or -errno (of the first path that failed).
+ *                       read before it can be reaped; 0 if unknown), then for
+ *                       a started child npipes u32: our fds of the pipes' read
+ *                       ends. The daemon needs the start time to tell the step
+ *                       from a later process that reuses its pid, and a fast
+ *                       step is gone by the time the daemon could read it.
+ *   request 'C' close:  u32 id (unused), u32 n, then n u32 fds: read ends the
+ *                       daemon has opened through /proc/<pid>/fd/; we close
+ *                       ours. Only fds we hold are closed. No event answers it.
  *   event   'X' exit:   i32 pid, i32 wait status (as from waitpid).
+ *
+ * Why pipes made here, reached through /proc: Node cannot call pipe(2),
+ * and named FIFOs cost a create and an unlink on the file system for every
+ * stream of every step (each a metadata update; at times hundreds of
+ * microseconds on a VM's disk). A pipe's read end stays open here until the
+ * daemon has its own, so nothing the step writes before then is lost.
  *
  * A child gets: its own session and process group (setsid), cwd /, the
  * given environment only, all signals at their defaults and unblocked, and
@@ -81,6 +91,11 @@ static volatile int child_errno;
 static int ctl_in = -1;
 static int ctl_out = -1;
 
+/* Read ends of pipes reported to the daemon and not yet closed by a 'C'. */
+#define MAX_HELD 4096
+static int held[MAX_HELD];
+static size_t nheld;
+
 static void die(const char *what) {
     fprintf(stderr, "bootc-prestage-spawner: %s: %s\n", what, strerror(errno));
     _exit(2);
@@ -107,17 +122,39 @@ static void write_all(int fd, const unsigned char *p, size_t n) {
     }
 }
 
-/* One event frame: type, two 32-bit values, and for 'S' a 64-bit one. */
-static void send_event(char type, uint32_t a, int32_t b, uint64_t c) {
-    unsigned char f[4 + 17];
-    size_t len = type == 'S' ? 17 : 9;
+/* One event frame: type, two 32-bit values, for 'S' a 64-bit one and `nfds` fds. */
+static void send_event(char type, uint32_t a, int32_t b, uint64_t c, const int *fds, uint32_t nfds) {
+    unsigned char f[4 + 17 + 4 * MAX_OUT_FDS];
+    size_t len = type == 'S' ? 17 + 4 * (size_t)nfds : type == 'H' ? 5 : 9;
     put_u32(f, (uint32_t)len);
     f[4] = (unsigned char)type;
     put_u32(f + 5, a);
-    put_u32(f + 9, (uint32_t)b);
-    put_u32(f + 13, (uint32_t)(c & 0xffffffffu));
-    put_u32(f + 17, (uint32_t)(c >> 32));
+    if (type != 'H') put_u32(f + 9, (uint32_t)b);
+    if (type == 'S') {
+        put_u32(f + 13, (uint32_t)(c & 0xffffffffu));
+        put_u32(f + 17, (uint32_t)(c >> 32));
+        for (uint32_t i = 0; i < nfds; i++) put_u32(f + 21 + 4 * i, (uint32_t)fds[i]);
+    }
     write_all(ctl_out, f, 4 + len);
+}
+
+static void hold(int fd) {
+    if (nheld == MAX_HELD) {
+        /* The daemon stopped sending 'C' (a bug): refuse to grow without bound. */
+        fprintf(stderr, "bootc-prestage-spawner: more than %d pipe ends held\n", MAX_HELD);
+        _exit(2);
+    }
+    held[nheld++] = fd;
+}
+
+/* Close fd if it is one we hold for the daemon; anything else is ignored. */
+static void release(int fd) {
+    for (size_t i = 0; i < nheld; i++) {
+        if (held[i] != fd) continue;
+        close(fd);
+        held[i] = held[--nheld];
+        return;
+    }
 }
 
 /* Field 22 (starttime) of /proc/<pid>/stat; 0 when it cannot be read. */
@@ -153,7 +190,7 @@ static void reap(void) {
         int status;
         pid_t pid = waitpid(-1, &status, WNOHANG);
         if (pid <= 0) return; /* 0: none exited yet; -1 ECHILD: no children */
-        send_event('X', (uint32_t)pid, status, 0);
+        send_event('X', (uint32_t)pid, status, 0, NULL, 0);
     }
 }
 
@@ -222,61 +259,64 @@ static __attribute__((noinline)) pid_t vfork_child(char **argv, char **envp, con
 }
 #endif
 
-static int32_t do_spawn(char **argv, char **envp, char **paths, uint32_t nout, uint64_t *start) {
+/*
+ * Start argv with fds 1..nout on new pipes; on success rd[] holds the read
+ * ends (kept, for the daemon to open) and the pid is returned, else -errno.
+ */
+static int32_t do_spawn(char **argv, char **envp, uint32_t nout, int *rd, uint64_t *start) {
     int out[MAX_OUT_FDS];
-    uint32_t opened = 0;
+    uint32_t made = 0;
     int32_t result;
     int ep[2] = { -1, -1 };
     *start = 0;
 
-    for (; opened < nout; opened++) {
-        /*
-         * O_NONBLOCK: the daemon's read end is open, so this cannot block,
-         * and if it is not (a bug) we get ENXIO instead of hanging. The
-         * child must see a blocking stdout, so the flag is cleared again.
-         */
-        int fd = open(paths[opened], O_WRONLY | O_NONBLOCK | O_CLOEXEC);
-        if (fd < 0) { result = -errno; goto out; }
-        unlink(paths[opened]);
-        fd = high_cloexec(fd);
-        int fl = fcntl(fd, F_GETFL);
-        if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) { result = -errno; close(fd); goto out; }
-        out[opened] = fd;
+    for (; made < nout; made++) {
+        /* Blocking, as a program expects its stdout to be; both ends above HIGH_FD. */
+        int p[2];
+        if (pipe2(p, O_CLOEXEC) < 0) { result = -errno; goto fail; }
+        rd[made] = high_cloexec(p[0]);
+        out[made] = high_cloexec(p[1]);
     }
 #if USE_VFORK
     pid_t pid = vfork_child(argv, envp, out, nout);
-    if (pid < 0) { result = -errno; goto out; }
+    if (pid < 0) { result = -errno; goto fail; }
     /* Here the child has exec'ed or _exit'ed. */
     if (child_errno != 0) {
         while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
         result = -child_errno;
-    } else {
-        /* Not reaped yet: SIGCHLD is only handled back in the main loop. */
-        *start = start_time(pid);
-        result = pid;
+        goto fail;
     }
 #else
-    if (pipe2(ep, O_CLOEXEC) < 0) { result = -errno; goto out; }
+    if (pipe2(ep, O_CLOEXEC) < 0) { result = -errno; goto fail; }
     pid_t pid = fork();
-    if (pid < 0) { result = -errno; goto out; }
+    if (pid < 0) { result = -errno; goto fail; }
     if (pid == 0) child(argv, envp, out, nout, ep[1]);
     close(ep[1]);
     ep[1] = -1;
     int e;
     ssize_t n;
     do n = read(ep[0], &e, sizeof e); while (n < 0 && errno == EINTR);
+    close(ep[0]);
+    ep[0] = -1;
     if (n == (ssize_t)sizeof e) {
         /* exec failed: the child has exited with 127; reap it quietly. */
         while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {}
         result = -e;
-    } else {
-        /* Not reaped yet: SIGCHLD is only handled back in the main loop. */
-        *start = start_time(pid);
-        result = pid;
+        goto fail;
     }
 #endif
-out:
-    for (uint32_t i = 0; i < opened; i++) close(out[i]);
+    /* Not reaped yet: SIGCHLD is only handled back in the main loop. */
+    *start = start_time(pid);
+    for (uint32_t i = 0; i < made; i++) {
+        close(out[i]);
+        hold(rd[i]);
+    }
+    return pid;
+fail:
+    for (uint32_t i = 0; i < made; i++) {
+        close(out[i]);
+        close(rd[i]);
+    }
     if (ep[0] >= 0) close(ep[0]);
     if (ep[1] >= 0) close(ep[1]);
     return result;
@@ -311,7 +351,7 @@ static void handle(unsigned char *f, uint32_t len) {
         uint32_t argc = get_u32(f + 5), envc = get_u32(f + 9), nout = get_u32(f + 13);
         if (argc == 0 || nout > MAX_OUT_FDS || argc > len || envc > len) protocol_error("bad spawn counts");
         size_t used;
-        char **all = strings((char *)f + 17, len - 17, argc + envc + nout, &used);
+        char **all = strings((char *)f + 17, len - 17, argc + envc, &used);
         if (!all) protocol_error("unterminated string in spawn request");
         /* argv and envp must each end in NULL: copy them apart. */
         char **argv = calloc((size_t)argc + 1, sizeof *argv);
@@ -320,24 +360,17 @@ static void handle(unsigned char *f, uint32_t len) {
         memcpy(argv, all, argc * sizeof *argv);
         memcpy(envp, all + argc, envc * sizeof *envp);
         uint64_t start;
-        int32_t r = do_spawn(argv, envp, all + argc + envc, nout, &start);
+        int rd[MAX_OUT_FDS];
+        int32_t r = do_spawn(argv, envp, nout, rd, &start);
         free(argv);
         free(envp);
         free(all);
-        send_event('S', id, r, start);
-    } else if (type == 'F') {
-        if (len < 9) protocol_error("short mkfifo request");
+        send_event('S', id, r, start, rd, r > 0 ? nout : 0);
+    } else if (type == 'C') {
+        if (len < 9) protocol_error("short close request");
         uint32_t n = get_u32(f + 5);
-        if (n > len) protocol_error("bad mkfifo count");
-        size_t used;
-        char **paths = strings((char *)f + 9, len - 9, n, &used);
-        if (!paths) protocol_error("unterminated string in mkfifo request");
-        int32_t r = 0;
-        for (uint32_t i = 0; i < n && r == 0; i++) {
-            if (mkfifo(paths[i], 0600) < 0) r = -errno;
-        }
-        free(paths);
-        send_event('F', id, r, 0);
+        if (n > (len - 9) / 4) protocol_error("bad close count");
+        for (uint32_t i = 0; i < n; i++) release((int)get_u32(f + 9 + 4 * i));
     } else {
         protocol_error("unknown request type");
     }
@@ -366,6 +399,13 @@ int main(void) {
     int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
     if (sfd < 0) die("signalfd");
     sfd = high_cloexec(sfd);
+
+    int hello[2];
+    if (pipe2(hello, O_CLOEXEC) < 0) die("pipe2");
+    close(hello[1]);
+    int probe = high_cloexec(hello[0]);
+    hold(probe);
+    send_event('H', (uint32_t)probe, 0, 0, NULL, 0);
 
     size_t cap = 64 * 1024, have = 0;
     unsigned char *buf = malloc(cap);

@@ -5,7 +5,7 @@
  * sees; these cover the helper's protocol and its failures.
  */
 import test from 'ava';
-import { chmodSync, closeSync, constants as fsc, mkdtempSync, openSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, mkdtempSync, readFileSync, readSync, readdirSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { readProcStat } from '../../service/engine/process-tree.js';
@@ -33,12 +33,32 @@ function helper(t: { teardown(f: () => void): void }): Spawner {
   return s;
 }
 
-/** FIFOs for fds 1-3 with our read ends open, as the step runner makes them. */
-async function fifos(s: Spawner, dir: string, tag: string): Promise<{ paths: string[]; reads: number[] }> {
-  const paths = [1, 2, 3].map((i) => join(dir, `${tag}-${i}`));
-  await s.mkfifos(paths);
-  const reads = paths.map((p) => openSync(p, fsc.O_RDONLY | fsc.O_NONBLOCK));
-  return { paths, reads };
+/** Everything the read end `fd` holds, up to EOF (it is non-blocking: poll). */
+async function readAll(fd: number): Promise<string> {
+  const buf = Buffer.alloc(65536);
+  let out = '';
+  for (let i = 0; i < 500; i++) {
+    try {
+      const n = readSync(fd, buf);
+      if (n === 0) return out;
+      out += buf.toString('utf8', 0, n);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') throw e;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+  throw new Error('no EOF');
+}
+
+/** The pipe fds the helper process holds (its own control pipes included). */
+function helperPipes(s: Spawner): string[] {
+  const dir = `/proc/${s.pid}/fd`;
+  return readdirSync(dir).map((n) => { try { return readlinkSync(`${dir}/${n}`); } catch { return ''; } })
+    .filter((l) => l.startsWith('pipe:'));
+}
+
+function readFileSafe(p: string): string | null {
+  try { return readFileSync(p, 'latin1'); } catch { return null; }
 }
 
 function exitOf(): { cb: (st: ExitStatus | null) => void; exited: Promise<ExitStatus | null> } {
@@ -59,24 +79,56 @@ test('decodeWaitStatus: exit codes and signals as Node names them', (t) => {
   t.deepEqual(decodeWaitStatus(9 | 0x80), { code: null, signal: 'SIGKILL' }); // core dumped flag
 });
 
-test('spawn: pid, start time, exit code and signal, FIFOs unlinked once opened', async (t) => {
+test('spawn: pid, start time, exit code and signal; fds 1-3 are pipes whose read ends we get', async (t) => {
   if (!HELPER) return t.fail('no helper');
   const s = helper(t);
-  const dir = tmp(t);
-  const f = await fifos(s, dir, 'a');
-  t.teardown(() => f.reads.forEach((fd) => closeSync(fd)));
   const e = exitOf();
-  const started = await s.spawn(['/bin/sh', '-c', 'sleep 0.3; exit 3'], { PATH: '/usr/bin:/bin' }, f.paths, e.cb);
+  const started = await s.spawn(['/bin/sh', '-c', 'echo out; echo err >&2; echo 3 >&3; ls -l /proc/self/fd/1 >/dev/stderr; sleep 0.3; exit 3'],
+    { PATH: '/usr/bin:/bin' }, 3, e.cb);
+  t.teardown(() => started.fds.forEach((fd) => closeSync(fd)));
   t.true(started.pid > 0);
   t.is(started.startTime, readProcStat(started.pid)?.startTime ?? null);
-  for (const p of f.paths) t.throws(() => statSync(p), { code: 'ENOENT' });
+  t.is(started.fds.length, 3);
+  const [out, err, three] = await Promise.all(started.fds.map(readAll));
+  t.is(out, 'out\n');
+  t.regex(err!, /^err\n.*-> pipe:\[\d+\]\n$/s, 'stdout is a pipe the step can reopen (as /dev/stderr here)');
+  t.is(three, '3\n');
   t.deepEqual(await e.exited, { code: 3, signal: null });
 
   const k = exitOf();
-  const f2 = await fifos(s, dir, 'b');
-  t.teardown(() => f2.reads.forEach((fd) => closeSync(fd)));
-  await s.spawn(['/bin/sh', '-c', 'kill -TERM $$'], {}, f2.paths, k.cb);
+  const s2 = await s.spawn(['/bin/sh', '-c', 'kill -TERM $$'], {}, 3, k.cb);
+  t.teardown(() => s2.fds.forEach((fd) => closeSync(fd)));
   t.deepEqual(await k.exited, { code: null, signal: 'SIGTERM' });
+});
+
+test('spawn: output written before we read it is kept, and EOF comes once the step is gone', async (t) => {
+  if (!HELPER) return t.fail('no helper');
+  const s = helper(t);
+  const e = exitOf();
+  const started = await s.spawn(['/bin/sh', '-c', 'printf "%s\\n" one two three'], {}, 1, e.cb);
+  t.teardown(() => started.fds.forEach((fd) => closeSync(fd)));
+  t.deepEqual(await e.exited, { code: 0, signal: null });
+  t.is(await readAll(started.fds[0]!), 'one\ntwo\nthree\n');
+});
+
+test('spawn: the helper keeps no pipe end of a step once we have ours (no fd leak over many steps)', async (t) => {
+  if (!HELPER) return t.fail('no helper');
+  const s = helper(t);
+  // Our 'C' is one-way: a spawn without pipes after it shows it was read.
+  const settled = async () => {
+    const e = exitOf();
+    await s.spawn(['/bin/true'], {}, 0, e.cb);
+    await e.exited;
+    return helperPipes(s);
+  };
+  const before = await settled();
+  for (let i = 0; i < 50; i++) {
+    const e = exitOf();
+    const st = await s.spawn(['/bin/true'], {}, 3, e.cb);
+    st.fds.forEach((fd) => closeSync(fd));
+    await e.exited;
+  }
+  t.deepEqual(await settled(), before);
 });
 
 test('spawn: a program that cannot be executed is an ErrnoException, not an exit status', async (t) => {
@@ -84,36 +136,32 @@ test('spawn: a program that cannot be executed is an ErrnoException, not an exit
   const s = helper(t);
   const dir = tmp(t);
   const never = () => t.fail('no exit callback for a process that never started');
-  await t.throwsAsync(s.spawn([join(dir, 'missing')], {}, [], never), { code: 'ENOENT' });
+  await t.throwsAsync(s.spawn([join(dir, 'missing')], {}, 3, never), { code: 'ENOENT' });
   const plain = join(dir, 'not-executable');
   writeFileSync(plain, '#!/bin/sh\n');
   chmodSync(plain, 0o644);
-  await t.throwsAsync(s.spawn([plain], {}, [], never), { code: 'EACCES' });
+  await t.throwsAsync(s.spawn([plain], {}, 0, never), { code: 'EACCES' });
   // The helper is still usable afterwards.
   const e = exitOf();
-  await s.spawn(['/bin/true'], {}, [], e.cb);
+  await s.spawn(['/bin/true'], {}, 0, e.cb);
   t.deepEqual(await e.exited, { code: 0, signal: null });
 });
 
-test('spawn: a FIFO nobody reads is refused (ENXIO) instead of blocking the helper', async (t) => {
-  if (!HELPER) return t.fail('no helper');
-  const s = helper(t);
+test('a helper whose pipes cannot be opened through /proc is unavailable before it starts anything', async (t) => {
   const dir = tmp(t);
-  const p = join(dir, 'unread');
-  await s.mkfifos([p]);
-  await t.throwsAsync(s.spawn(['/bin/true'], {}, [p], () => t.fail()), { code: 'ENXIO' });
-});
-
-test('mkfifos: FIFOs of mode 0600; an existing path fails the request with its errno', async (t) => {
-  if (!HELPER) return t.fail('no helper');
-  const s = helper(t);
-  const dir = tmp(t);
-  const p = join(dir, 'f');
-  await s.mkfifos([p]);
-  const st = statSync(p);
-  t.true(st.isFIFO());
-  t.is(st.mode & 0o777, 0o600);
-  await t.throwsAsync(s.mkfifos([p]), { code: 'EEXIST' });
+  // A stand-in for the helper: its hello names an fd it does not have (9999);
+  // it records any request it is sent.
+  const fake = join(dir, 'fake-helper');
+  writeFileSync(fake, `#!/bin/sh\nprintf '\\005\\000\\000\\000H\\017\\047\\000\\000'\nexec cat > ${join(dir, 'requests')}\n`);
+  chmodSync(fake, 0o755);
+  const s = new Spawner(fake);
+  t.teardown(() => s.close());
+  await t.throwsAsync(s.spawn(['/bin/true'], {}, 0, () => t.fail()), {
+    instanceOf: SpawnerUnavailable, message: /cannot open its pipes through \/proc\/\d+\/fd: ENOENT/,
+  });
+  t.false(s.alive);
+  for (let i = 0; i < 50 && readFileSafe(join(dir, 'requests')) === null; i++) await new Promise((r) => setTimeout(r, 20));
+  t.is(readFileSafe(join(dir, 'requests')), '', 'no request reached it');
 });
 
 test('spawn: a request larger than the helper\'s buffer (an 800 KB environment) arrives whole', async (t) => {
@@ -125,7 +173,7 @@ test('spawn: a request larger than the helper\'s buffer (an 800 KB environment) 
   for (let i = 0; i < 8; i++) env[`BIG${i}`] = String(i).repeat(100_000);
   const out = join(dir, 'len');
   const e = exitOf();
-  await s.spawn(['/bin/sh', '-c', `printf %s "\${#BIG0}-\${BIG7%%7*}-\${#BIG7}" > ${out}`], env, [], e.cb);
+  await s.spawn(['/bin/sh', '-c', `printf %s "\${#BIG0}-\${BIG7%%7*}-\${#BIG7}" > ${out}`], env, 0, e.cb);
   t.deepEqual(await e.exited, { code: 0, signal: null });
   t.is(readFileSync(out, 'utf8'), '100000--100000');
 });
@@ -134,20 +182,20 @@ test('the helper dies: running processes are reported lost (null) and keep runni
   if (!HELPER) return t.fail('no helper');
   const s = helper(t);
   const e = exitOf();
-  const { pid } = await s.spawn(['/bin/sleep', '30'], {}, [], e.cb);
+  const { pid } = await s.spawn(['/bin/sleep', '30'], {}, 0, e.cb);
   t.teardown(() => { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } });
   process.kill(s.pid, 'SIGKILL');
   t.is(await e.exited, null);
   t.false(s.alive);
   t.true(alive(pid), 'a step must outlive the helper, as it outlives the daemon');
-  await t.throwsAsync(s.spawn(['/bin/true'], {}, [], () => {}), { instanceOf: SpawnerUnavailable });
+  await t.throwsAsync(s.spawn(['/bin/true'], {}, 0, () => {}), { instanceOf: SpawnerUnavailable });
 });
 
 test('closing the pipe ends the helper and leaves running steps alone', async (t) => {
   if (!HELPER) return t.fail('no helper');
   const s = new Spawner(HELPER);
   const e = exitOf();
-  const { pid } = await s.spawn(['/bin/sleep', '30'], {}, [], e.cb);
+  const { pid } = await s.spawn(['/bin/sleep', '30'], {}, 0, e.cb);
   t.teardown(() => { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } });
   const helperPid = s.pid;
   s.close();
