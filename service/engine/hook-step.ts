@@ -318,7 +318,7 @@ function planStep(ctx: HookStepContext, tx: Transaction, phase: Phase, h: Journa
 
 /** The durable `step` record; from here on a rollback undoes this hook's prepare. */
 async function recordStepStart(tx: Transaction, phase: Phase, h: JournalHook, rollback: boolean): Promise<void> {
-  await tx.journal!.append({ t: 'step', phase, hook: h.name, rollback, usec: nowUsec() }, true);
+  tx.journal!.appendSync({ t: 'step', phase, hook: h.name, rollback, usec: nowUsec() });
   if (phase === 'prepare' && !rollback) tx.preparedStarted.add(h.name);
 }
 
