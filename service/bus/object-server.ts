@@ -218,6 +218,9 @@ export class ObjectServer implements ObjectRegistry {
   private machineId: string | null = null;
   private closedLogged = false;
   private stopped = false;
+  /** Signals emitted and not yet sent (emitSignal). */
+  private queued: { path: string; iface: string; member: string; signature: string; body: unknown[] }[] = [];
+  private flushTimer: NodeJS.Immediate | null = null;
 
   constructor(private readonly conn: BusConnection, logger: Logger, opts: ObjectServerOptions = {}) {
     this.log = logger;
@@ -247,6 +250,7 @@ export class ObjectServer implements ObjectRegistry {
   /** Stop answering: calls then fall to dbus-next (nothing else is exported). */
   close(): void {
     if (this.stopped) return;
+    this.flushSignals();
     this.stopped = true;
     this.removeHandler();
     this.authorizer.close();
@@ -257,26 +261,54 @@ export class ObjectServer implements ObjectRegistry {
     return this.conn.closed;
   }
 
-  /** Send on the connection; throws like BusConnection.send. */
+  /** Send on the connection, after the signals queued before it; throws like BusConnection.send. */
   sendRaw(msg: Message): void {
+    this.flushSignals();
     this.conn.send(msg);
   }
 
+  /**
+   * Queue a signal; it is marshalled and sent at the end of this turn of
+   * the event loop (setImmediate), or before the next reply, whichever
+   * comes first, so the wire keeps the order of every emit and reply.
+   * Marshalling is most of a signal's cost (a transaction's
+   * PropertiesChanged carries the whole Hooks array): done later, it runs
+   * while the engine waits for a step's start instead of delaying it.
+   * False when the connection is closed (nothing is queued then). A body
+   * that does not marshal is logged and dropped when sent.
+   */
   emitSignal(path: string, iface: string, member: string, signature: string, body: unknown[]): boolean {
     if (this.conn.closed) {
       this.noteClosed();
       return false;
     }
-    try {
-      this.conn.send(Message.newSignal(path, iface, member, signature, body));
-      return true;
-    } catch (e) {
+    this.queued.push({ path, iface, member, signature, body });
+    this.flushTimer ??= setImmediate(() => {
+      this.flushTimer = null;
+      this.flushSignals();
+    });
+    return true;
+  }
+
+  /** Send every queued signal now, in order. */
+  flushSignals(): void {
+    if (this.flushTimer !== null) {
+      clearImmediate(this.flushTimer);
+      this.flushTimer = null;
+    }
+    const queued = this.queued;
+    this.queued = [];
+    for (const { path, iface, member, signature, body } of queued) {
       if (this.conn.closed) {
         this.noteClosed();
-      } else {
-        this.log.error(`cannot emit ${iface}.${member} on ${path}: ${(e as Error).message}`);
+        return;
       }
-      return false;
+      try {
+        this.conn.send(Message.newSignal(path, iface, member, signature, body));
+      } catch (e) {
+        if (this.conn.closed) this.noteClosed();
+        else this.log.error(`cannot emit ${iface}.${member} on ${path}: ${(e as Error).message}`);
+      }
     }
   }
 

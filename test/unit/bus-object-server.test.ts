@@ -4,6 +4,7 @@
  * again over a real dbus-daemon in test/integration/bus-adapter.test.ts).
  */
 import test from 'ava';
+import { marshalMessage } from '../../service/bus/wire/message.js';
 import { Message, MessageType, Variant } from 'dbus-next';
 import type { BusConnection, RawMethodHandler } from '../../service/bus/connection.js';
 import { DBUS_ERROR, ERROR_NAMES } from '../../service/protocol/errors.js';
@@ -41,6 +42,9 @@ class FakeConnection implements BusConnection {
   call(): Promise<Message> { return Promise.reject(new Error('not used')); }
   send(msg: Message): void {
     if (this.closed) throw new Error('closed');
+    // As the daemon's connection does: a serial, and a body that does not fit its signature throws here.
+    msg.serial ||= 1000 + this.sent.length;
+    marshalMessage(msg);
     this.sent.push(msg);
   }
   requestName(): Promise<void> { return Promise.resolve(); }
@@ -286,6 +290,7 @@ test('unexport - the object is gone for callers', async (t) => {
 test('emitPropertiesChanged - variants typed from the table; unknown names dropped and logged', (t) => {
   const { conn, server, log } = setup();
   t.true(server.emitPropertiesChanged(OBJ, TEST_IFACE.name, { Count: 4, Bogus: 1 }));
+  server.flushSignals();
   const sig = conn.sent.at(-1)!;
   t.is(sig.type, MessageType.SIGNAL);
   t.is(sig.interface, 'org.freedesktop.DBus.Properties');
@@ -297,6 +302,36 @@ test('emitPropertiesChanged - variants typed from the table; unknown names dropp
   t.is(changed.Count!.signature, 'u');
   t.deepEqual(sig.body[2], []);
   t.true(log.lines.some((l) => l.level === 'error' && l.message.includes('Bogus')));
+});
+
+test('signals - sent at the end of the turn, in order, and always before a reply that follows them', async (t) => {
+  const { conn, server } = setup();
+  t.true(server.emitSignal(OBJ, TEST_IFACE.name, 'A', 's', ['1']));
+  t.true(server.emitSignal(OBJ, TEST_IFACE.name, 'B', 's', ['2']));
+  t.is(conn.sent.length, 0, 'nothing is marshalled in the emitting turn');
+  await new Promise((r) => setImmediate(r));
+  t.deepEqual(conn.sent.map((m) => m.member), ['A', 'B']);
+
+  server.emitSignal(OBJ, TEST_IFACE.name, 'C', 's', ['3']);
+  const reply = await conn.deliver({ path: OBJ, iface: TEST_IFACE.name, member: 'Echo', signature: 's', body: ['x'] });
+  t.deepEqual(conn.sent.slice(2).map((m) => m.member ?? `reply ${m.replySerial}`), ['C', `reply ${reply!.replySerial}`]);
+});
+
+test('signals - a body that does not marshal is logged and dropped; the ones around it are sent', (t) => {
+  const { conn, server, log } = setup();
+  server.emitSignal(OBJ, TEST_IFACE.name, 'A', 's', ['ok']);
+  server.emitSignal(OBJ, TEST_IFACE.name, 'Bad', 'u', ['not a number']);
+  server.emitSignal(OBJ, TEST_IFACE.name, 'C', 's', ['ok']);
+  server.flushSignals();
+  t.deepEqual(conn.sent.map((m) => m.member), ['A', 'C']);
+  t.true(log.lines.some((l) => l.level === 'error' && l.message.includes('cannot emit') && l.message.includes('.Bad')), JSON.stringify(log.lines));
+});
+
+test('signals - close() sends what is queued first', (t) => {
+  const { conn, server } = setup();
+  server.emitSignal(OBJ, TEST_IFACE.name, 'Last', 's', ['x']);
+  server.close();
+  t.deepEqual(conn.sent.map((m) => m.member), ['Last']);
 });
 
 test('emitting on a closed connection - returns false, never throws, logged once', (t) => {
