@@ -16,7 +16,9 @@
  * what was opened, not on a path that could change between check and read).
  */
 import { createHash } from 'node:crypto';
-import { constants as C, lstatSync, promises as fsp, readlinkSync, statSync, type Dirent, type Stats } from 'node:fs';
+import {
+  closeSync, constants as C, fstatSync, lstatSync, openSync, promises as fsp, readSync, readlinkSync, statSync, type Dirent, type Stats,
+} from 'node:fs';
 import * as nodePath from 'node:path';
 import { expandVariables } from '../model/command-line.js';
 import { PreStageError } from '../model/errors.js';
@@ -231,28 +233,34 @@ async function resolveName(
   return {};
 }
 
+/**
+ * Read one candidate. Synchronous I/O: a hook file is a small local file,
+ * and the five thread-pool round trips per file (lstat, open, fstat, read,
+ * close) cost the event loop more than the system calls themselves (about
+ * a fifth of a millisecond per hook, on every StartPreStage).
+ */
 async function readEntry(cand: Candidate, trustedUid: number): Promise<Entry> {
   const rel = nodePath.posix.join(cand.dir.relative, `${cand.name}${HOOK_FILE_SUFFIX}`);
   const dirProblem = untrusted(cand.dirStat, trustedUid, `directory ${cand.dir.dir}`);
   let filePath = cand.source;
   let isLink = false;
-  let handle: fsp.FileHandle;
+  let fd: number;
   try {
     // Saves an lstat per file; a race with a replaced entry is caught by O_NOFOLLOW.
-    isLink = cand.isLink ?? (await fsp.lstat(cand.source)).isSymbolicLink();
-    if (isLink && (await fsp.readlink(cand.source)) === '/dev/null') {
+    isLink = cand.isLink ?? lstatSync(cand.source).isSymbolicLink();
+    if (isLink && readlinkSync(cand.source) === '/dev/null') {
       // /dev/null is world-writable by nature: only the listing directory counts.
       return { kind: 'mask', cand, untrusted: dirProblem };
     }
     // A link in a deployment means a path in that deployment, not on this host.
     if (isLink) filePath = await resolveInRoot(cand.dir.root, rel);
     // O_NONBLOCK: a FIFO planted here must not hang discovery.
-    handle = await fsp.open(filePath, C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK);
+    fd = openSync(filePath, C.O_RDONLY | C.O_NOFOLLOW | C.O_NONBLOCK);
   } catch (e) {
     throw new PreStageError('InvalidHook', `cannot read hook file ${cand.source}: ${describeErrno(e, isLink)}`);
   }
   try {
-    const st = await handle.stat();
+    const st = fstatSync(fd);
     if (st.isCharacterDevice() && (await isDevNull(st))) {
       return { kind: 'mask', cand, untrusted: dirProblem };
     }
@@ -262,7 +270,7 @@ async function readEntry(cand: Candidate, trustedUid: number): Promise<Entry> {
     if (st.size > LIMITS.fileBytes) {
       throw new PreStageError('InvalidHook', `${cand.source}: file is ${st.size} bytes; the limit is ${LIMITS.fileBytes}`);
     }
-    const bytes = await readAtMost(handle, st.size, LIMITS.fileBytes + 1);
+    const bytes = readAtMost(fd, st.size, LIMITS.fileBytes + 1);
     if (bytes.length > LIMITS.fileBytes) {
       throw new PreStageError('InvalidHook', `${cand.source}: file is more than ${LIMITS.fileBytes} bytes`);
     }
@@ -275,7 +283,7 @@ async function readEntry(cand: Candidate, trustedUid: number): Promise<Entry> {
     if (e instanceof PreStageError) throw e;
     throw new PreStageError('InvalidHook', `cannot read hook file ${cand.source}: ${describeErrno(e, isLink)}`);
   } finally {
-    await handle.close();
+    closeSync(fd);
   }
 }
 
@@ -580,7 +588,7 @@ export async function resolveInRoot(root: string, rel: string): Promise<string> 
  * Read to EOF, but at most `max` bytes. `sizeHint` (from fstat) sizes the
  * buffer; a file that grows meanwhile is still read, up to `max`.
  */
-async function readAtMost(handle: fsp.FileHandle, sizeHint: number, max: number): Promise<Buffer> {
+function readAtMost(fd: number, sizeHint: number, max: number): Buffer {
   let buf = Buffer.allocUnsafe(Math.min(Math.max(sizeHint + 1, 256), max));
   let n = 0;
   for (;;) {
@@ -591,7 +599,7 @@ async function readAtMost(handle: fsp.FileHandle, sizeHint: number, max: number)
       buf = bigger;
     }
     const want = buf.length - n;
-    const { bytesRead } = await handle.read(buf, n, want, null);
+    const bytesRead = readSync(fd, buf, n, want, null);
     n += bytesRead;
     // A short read of a regular file is its end; saves a read per file.
     if (bytesRead < want) break;
