@@ -219,9 +219,11 @@ export async function benchProgress(ctx: Ctx): Promise<Row[]> {
       benchmark: `${name}: wall time`,
       baseline: `same script, fd 3 on /dev/null: ${describe(base, 'ms')}; fd 3 piped to cat: ${describe(floor, 'ms')}`,
       measured: `${describe(subj, 'ms')}; daemon CPU ${describe(cpu, 'ms')}`,
-      result: `${ratioText(ratios)}; cat: ${ratioText(floorRatios)}`,
-      target: '≤ 1.2×',
-      met: median(ratios) <= 1.2,
+      // The target is against the pipe floor (issue 14); the ratio to /dev/null is kept beside it.
+      result: `${ratioText(pairedRatios(subj, floor))} the pipe-to-cat floor; vs /dev/null: ${ratioText(ratios)} `
+        + `(the floor itself: ${ratioText(floorRatios)})`,
+      target: '≤ 1.1× (piped to cat)',
+      met: median(pairedRatios(subj, floor)) <= 1.1,
       numbers: {
         lines, baselineMs: median(base), measuredMs: median(subj), ratio: median(ratios), daemonCpuMs: median(cpu),
         pipeFloorMs: median(floor), pipeFloorRatio: median(floorRatios), ratioToPipeFloor: median(pairedRatios(subj, floor)),
@@ -350,9 +352,10 @@ export async function benchOutput(ctx: Ctx): Promise<Row[]> {
       baseline: `same script to /dev/null: ${describe(base, 'ms')}; piped to cat: ${describe(floor, 'ms')}; `
         + `piped to cat > file: ${describe(fileFloor, 'ms')}`,
       measured: `${describe(subj, 'ms')}; daemon CPU ${describe(cpu, 'ms')}: user ${describe(userCpu, 'ms')}, system ${describe(sysCpu, 'ms')}`,
-      result: `${ratioText(ratios)}; cat: ${ratioText(floorRatios)}; cat > file: ${ratioText(fileFloorRatios)}`,
-      target: '≤ 1.5×',
-      met: median(ratios) <= 1.5,
+      result: `${ratioText(pairedRatios(subj, fileFloor))} the cat-to-file floor; vs cat: ${ratioText(pairedRatios(subj, floor))}; `
+        + `vs /dev/null: ${ratioText(ratios)} (the floors themselves: cat ${ratioText(floorRatios)}, cat > file ${ratioText(fileFloorRatios)})`,
+      target: '≤ 1.1× (cat > file)',
+      met: median(pairedRatios(subj, fileFloor)) <= 1.1,
       numbers: {
         lines, baselineMs: median(base), measuredMs: median(subj), ratio: median(ratios), daemonCpuMs: median(cpu),
         pipeFloorMs: median(floor), pipeFloorRatio: median(floorRatios), ratioToPipeFloor: median(pairedRatios(subj, floor)),

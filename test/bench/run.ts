@@ -2,7 +2,7 @@
  * `npm run bench`: measure bootc-prestaged against its baselines and print
  * one table (markdown), with the command that made it.
  *
- *   node dist/test/bench/run.js [--smoke] [--only NAME,...] [--reps N]
+ *   node dist/test/bench/run.js [--help] [--smoke] [--only NAME,...] [--reps N]
  *                               [--json FILE] [--markdown FILE] [--daemon FILE]
  *
  * The daemon measured is the shipped bundle, dist/bootc-prestaged.mjs
@@ -52,22 +52,51 @@ function table(rows: Row[]): string {
   return lines.join('\n');
 }
 
+const USAGE = `usage: npm run bench -- [--help] [--smoke] [--only NAME,...] [--reps N] [--json FILE] [--markdown FILE] [--daemon FILE]
+  --smoke          every benchmark once at a tiny size (what CI runs); judges nothing
+  --only NAMES     some of: ${Object.keys(BENCHES).join(', ')}
+  --reps N         repeat each measurement N times
+  --json FILE, --markdown FILE
+                   also write the rows as JSON, the table as markdown
+  --daemon FILE    measure another build's daemon entry against the same baselines
+`;
+
 async function main(): Promise<number> {
-  const { values } = parseArgs({
-    options: {
-      smoke: { type: 'boolean' },
-      only: { type: 'string' },
-      reps: { type: 'string' },
-      json: { type: 'string' },
-      markdown: { type: 'string' },
-      daemon: { type: 'string' },
-    },
-    strict: true,
-  });
+  let parsed;
+  try {
+    parsed = parseArgs({
+      options: {
+        help: { type: 'boolean', short: 'h' },
+        smoke: { type: 'boolean' },
+        only: { type: 'string' },
+        reps: { type: 'string' },
+        json: { type: 'string' },
+        markdown: { type: 'string' },
+        daemon: { type: 'string' },
+      },
+      strict: true,
+    });
+  } catch (e) {
+    process.stderr.write(`bench: ${(e as Error).message}\n${USAGE}`);
+    return 2;
+  }
+  const { values } = parsed;
+  if (values.help) {
+    process.stdout.write(USAGE);
+    return 0;
+  }
+  if (values.reps !== undefined && !/^[1-9][0-9]*$/.test(values.reps)) {
+    process.stderr.write(`bench: --reps wants a positive whole number, not '${values.reps}'\n${USAGE}`);
+    return 2;
+  }
   const sizes = { ...(values.smoke ? SMOKE : FULL) };
   if (values.reps) sizes.reps = sizes.ioReps = sizes.startupReps = Math.max(1, Number(values.reps));
   const names = values.only ? values.only.split(',') : Object.keys(BENCHES);
-  for (const n of names) if (!BENCHES[n]) throw new Error(`unknown benchmark '${n}'; known: ${Object.keys(BENCHES).join(', ')}`);
+  for (const n of names) {
+    if (BENCHES[n]) continue;
+    process.stderr.write(`bench: unknown benchmark '${n}'; known: ${Object.keys(BENCHES).join(', ')}\n`);
+    return 2;
+  }
 
   cleanUpOnSignal();
   const command = ['npm run bench', ...(process.argv.length > 2 ? ['--', ...process.argv.slice(2)] : [])].join(' ');
