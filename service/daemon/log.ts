@@ -46,9 +46,12 @@ export function createLogger(opts: { format: LogFormat; level: LogLevel; journal
     });
   const transport = new winston.transports.Stream({ stream: opts.stream ?? process.stdout });
   const w = winston.createLogger({ level: opts.level, format: line, transports: [transport] });
-  const at = (level: LogLevel) => (message: string, fields?: LogFields) => {
-    w.log(level, message, fields ?? {});
-  };
+  // A level below the configured one returns here: winston would build the
+  // entry and pass it through its stream before dropping it, on every step.
+  const shown = LOG_LEVELS.indexOf(opts.level);
+  const at = (level: LogLevel) => LOG_LEVELS.indexOf(level) > shown
+    ? () => {}
+    : (message: string, fields?: LogFields) => { w.log(level, message, fields ?? {}); };
   return {
     error: at('error'), warn: at('warn'), info: at('info'), debug: at('debug'),
     close: () => w.close(),
