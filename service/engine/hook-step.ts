@@ -4,8 +4,9 @@
  * publish its outcome.
  *
  * What must stay true: the `step` record is durable before the process is
- * spawned (recovery knows every step that may have run), and a step the
- * daemon stops during keeps no `done` record (the next start recovers it).
+ * spawned (recovery knows every step that may have run; whoever spawns it
+ * syncs the journal right before the exec: StepSpec.beforeExec), and a step
+ * the daemon stops during keeps no `done` record (the next start recovers it).
  */
 import { existsSync } from 'node:fs';
 import * as path from 'node:path';
@@ -66,6 +67,8 @@ interface StepScope {
 interface PlannedStep {
   argv: string[];
   env: Record<string, string>;
+  /** The hook's state directory (made right before the start). */
+  stateDir: string;
   /** Why the program may not run as root, or null. */
   distrust: string | null;
   /** The root it runs in (`/`: the host's). */
@@ -183,14 +186,16 @@ export async function runHookStep(
     if (out.result !== 'failed' || out.exitCode !== EXIT_TEMPFAIL || out.signal !== null) break;
     const cutByPhase = !rollback && (tx.cancelRequested || run.deadlineHit);
     if (cutByPhase) break;
-    const d = decideRetry(policy, attempt, firstUsec, nowUsec(), run.deadlineUsec);
+    // One clock reading for the decision and its record: the record says when it was made.
+    const decidedUsec = nowUsec();
+    const d = decideRetry(policy, attempt, firstUsec, decidedUsec, run.deadlineUsec);
     if (!d.retry) {
       out = { ...out, message: d.message, ...(d.reason === 'deadline' ? { result: 'timeout' as const } : {}) };
       break;
     }
     await tx.journal!.append({
       t: 'retry', phase, hook: h.name, rollback, attempt: d.attempt, firstUsec,
-      dueUsec: d.dueUsec, windowEndUsec: d.windowEndUsec, message: d.status, usec: nowUsec(),
+      dueUsec: d.dueUsec, windowEndUsec: d.windowEndUsec, message: d.status, usec: decidedUsec,
     }, true);
     tx.log.write(h.name, `${scope.label} step exited ${EXIT_TEMPFAIL} (try again later): ${d.status}`);
     ctx.log.info(`${scope.label} step asked to be retried: ${d.status}`, scope.fields);
@@ -281,22 +286,22 @@ function assertRunning(ctx: HookStepContext): void {
 }
 
 /**
- * The argv, environment and trust verdict of a step, and its state
- * directory made. The verdict is applied only after the step record, so a
- * refused step is journaled and reported like any failed one.
+ * The argv, environment, state directory and trust verdict of a step. The
+ * verdict is applied only after the step record, so a refused step is
+ * journaled and reported like any failed one. The state directory is made
+ * by whoever starts the step, right before it (StepSpec.beforeExec).
  */
 function planStep(ctx: HookStepContext, tx: Transaction, phase: Phase, h: JournalHook): PlannedStep {
   const argvRaw = (phase === 'prepare' ? h.definition.prepare : phase === 'commit' ? h.definition.commit : h.definition.abort)!;
   const stateDir = ctx.stateDir.hookStateDir(tx.deploymentKey, h.name);
   const env = stepEnv(ctx.stepPath, tx, phase, h, stateDir);
   const argv = expandArgv(argvRaw, env);
-  ctx.stateDir.makeHookStateDir(tx.deploymentKey, h.name);
   const root = stepRoot(h.definition.rootDirectory, h.origin === 'deployment', phase, env, expandVariables);
   if (root === '/') {
     // Trust again, now: a commit may run long after the prepare that
     // checked, and a program others can change must not run as root.
     const distrust = programTrustProblem(argv[0]!, ctx.trustedUid);
-    return { argv, env, distrust, root, failure: null, skip: null };
+    return { argv, env, stateDir, distrust, root, failure: null, skip: null };
   }
   let bwrap: string | null = null;
   let cmd: StepCommand;
@@ -304,22 +309,28 @@ function planStep(ctx: HookStepContext, tx: Transaction, phase: Phase, h: Journa
     bwrap = ctx.bwrap();
     cmd = stepCommand(h, phase, env, argv, { bootedRoot: ctx.bootedRoot, stateDirectory: stateDir, bwrap });
   } catch (e) {
-    return { argv, env, distrust: null, root: root ?? '', failure: (e as Error).message, skip: null };
+    return { argv, env, stateDir, distrust: null, root: root ?? '', failure: (e as Error).message, skip: null };
   }
   if (root !== null && !existsSync(root) && root === tx.deployment && phase === 'abort') {
     // The deployment that was this step's root is gone: nothing of it can run.
-    return { argv, env, distrust: null, root, failure: null, skip: `skipped: its root ${root} (the deployment) is gone` };
+    return { argv, env, stateDir, distrust: null, root, failure: null, skip: `skipped: its root ${root} (the deployment) is gone` };
   }
   const rootProblem = root === null ? null : rootDirectoryProblem(root, ctx.trustedUid);
   const failure = cmd.problem ?? (rootProblem ? `the root directory ${root} ${rootProblem}` : null);
   const distrust = failure === null ? programInRootProblem(argv[0]!, root!, ctx.trustedUid) : null;
-  return { argv: cmd.argv, env, distrust, root: cmd.root, failure, skip: null };
+  return { argv: cmd.argv, env, stateDir, distrust, root: cmd.root, failure, skip: null };
 }
 
-/** The durable `step` record; from here on a rollback undoes this hook's prepare. */
-async function recordStepStart(tx: Transaction, phase: Phase, h: JournalHook, rollback: boolean): Promise<void> {
-  tx.journal!.appendSync({ t: 'step', phase, hook: h.name, rollback, usec: nowUsec() });
+/**
+ * The `step` record; from here on a rollback undoes this hook's prepare.
+ * Written here, made durable right before the exec by whoever starts the
+ * step (StepSpec.beforeExec.syncFile): the spawn helper syncs it while the
+ * event loop goes on, and a step that never starts needs no sync.
+ */
+function recordStepStart(tx: Transaction, phase: Phase, h: JournalHook, rollback: boolean): Promise<void> {
+  const written = tx.journal!.append({ t: 'step', phase, hook: h.name, rollback, usec: nowUsec() }, false);
   if (phase === 'prepare' && !rollback) tx.preparedStarted.add(h.name);
+  return written;
 }
 
 function announceStep(ctx: HookStepContext, s: StepScope, planned: PlannedStep, attempt: number): void {
@@ -358,6 +369,7 @@ function spawnStep(ctx: HookStepContext, s: StepScope, planned: PlannedStep, mes
     if (planned.distrust) throw new PreStageError('InvalidHook', `not trusted: ${planned.distrust}`);
     return runStep({
       argv: planned.argv, env: planned.env,
+      beforeExec: { syncFile: tx.journal!.file, makeDirectory: planned.stateDir },
       timeoutMs: h.definition.timeoutSec === null ? null : h.definition.timeoutSec * 1000,
       killGraceMs: ctx.killGraceMs,
     }, {

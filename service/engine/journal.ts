@@ -3,9 +3,10 @@
  * `<state>/journal/<id>.jnl`, one JSON record per line.
  *
  * Invariants the engine relies on:
- * - A `step` record is durable (written and fdatasync'ed, on the event
- *   loop's thread: appendSync) before the step's process is spawned, so
- *   after any crash we know every step that may have started. `done` and `pid` records are written (page cache) but synced only
+ * - A `step` record is durable (written, then fdatasync'ed by whoever
+ *   starts the step, right before its exec: step-spec.ts beforeExec) before
+ *   the step's process is spawned, so after any crash we know every step
+ *   that may have started. `done` and `pid` records are written (page cache) but synced only
  *   with the next durable record: losing them in a power cut only makes
  *   recovery re-run an abort or commit, which steps must tolerate anyway.
  * - A file is created with O_EXCL, synced, and its directory synced before it
@@ -14,7 +15,7 @@
  *   read and cut off before new records are appended. Any other unreadable
  *   line marks the journal corrupt; recovery then assumes the worst.
  */
-import { promises as fsp, constants as fsc, fdatasyncSync, writeSync } from 'node:fs';
+import { promises as fsp, constants as fsc, writeSync } from 'node:fs';
 import * as path from 'node:path';
 import type { ErrorCode } from '../model/errors.js';
 import { fsyncDir } from './fs-atomic.js';
@@ -163,21 +164,6 @@ export class TransactionJournal {
     // caller of the failed append sees the error.
     this.chain = p.catch(() => {});
     return p;
-  }
-
-  /**
-   * Append a record and make it durable on the calling thread, before
-   * returning: for the `step` record, the one a step's start waits for. A
-   * round trip through the thread pool costs two thread wake-ups, about
-   * twice the fdatasync itself here (docs/platform-notes.md), on every
-   * step; the event loop has nothing else to do for this transaction
-   * meanwhile, and other callers wait only as long as the disk takes.
-   * Throws the write's or the sync's error.
-   */
-  appendSync(rec: JournalRecord): void {
-    if (this.closed) throw new Error(`journal ${this.file} is closed`);
-    writeSync(this.fh.fd, JSON.stringify(rec) + '\n');
-    fdatasyncSync(this.fh.fd);
   }
 
   async close(): Promise<void> {

@@ -17,6 +17,7 @@ import { closeSync, constants as fsc, existsSync, openSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { BeforeExecError, beforeExecMessage, type BeforeExec } from './step-spec.js';
 
 /** The helper's file name; installed next to the daemon's code in libexec/. */
 export const SPAWNER_NAME = 'bootc-prestage-spawner';
@@ -98,7 +99,14 @@ interface Pending {
   argv0: string;
   pipes: number;
   onExit: ExitCallback;
+  before: BeforeExec;
 }
+
+/** Spawn request flags and what failed, as spawner.c has them. */
+const SPAWN_SYNC = 1;
+const SPAWN_MKDIR = 2;
+const FAILED_SYNC = 1n;
+const FAILED_MKDIR = 2n;
 
 /** One running helper process. */
 export class Spawner {
@@ -142,19 +150,26 @@ export class Spawner {
    * SpawnerUnavailable when the helper is gone or its pipes cannot be
    * reached. `onExit` runs once, later.
    */
-  spawn(argv: string[], env: Record<string, string>, pipes: number, onExit: ExitCallback): Promise<Spawned> {
+  spawn(
+    argv: string[], env: Record<string, string>, pipes: number, onExit: ExitCallback, before: BeforeExec = {},
+  ): Promise<Spawned> {
     if (pipes > MAX_OUT_FDS) throw new RangeError(`at most ${MAX_OUT_FDS} fds`);
     if (this.deadReason !== null) return Promise.reject(new SpawnerUnavailable(this.deadReason));
     const envList = Object.entries(env).map(([k, v]) => `${k}=${v}`);
+    const extra: string[] = [];
+    let flags = 0;
+    if (before.syncFile !== undefined) { flags |= SPAWN_SYNC; extra.push(before.syncFile); }
+    if (before.makeDirectory !== undefined) { flags |= SPAWN_MKDIR; extra.push(before.makeDirectory); }
     const id = this.nextId++;
-    const head = Buffer.alloc(16);
+    const head = Buffer.alloc(20);
     head.writeUInt32LE(id, 0);
     head.writeUInt32LE(argv.length, 4);
     head.writeUInt32LE(envList.length, 8);
     head.writeUInt32LE(pipes, 12);
-    const body = Buffer.from([...argv, ...envList].map((s) => `${s}\0`).join(''), 'utf8');
+    head.writeUInt32LE(flags, 16);
+    const body = Buffer.from([...argv, ...envList, ...extra].map((s) => `${s}\0`).join(''), 'utf8');
     return new Promise<Spawned>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject, argv0: argv[0]!, pipes, onExit });
+      this.pending.set(id, { resolve, reject, argv0: argv[0]!, pipes, onExit, before });
       this.updateRef();
       this.send('S', head, body);
     });
@@ -235,11 +250,14 @@ export class Spawner {
     const p = this.pending.get(a);
     if (p === undefined || type !== 'S') return;
     this.pending.delete(a);
+    const start = f.readBigUInt64LE(9);
     if (b < 0) {
-      p.reject(errnoError(-b, p.argv0));
+      const code = errnoError(-b, p.argv0).code!;
+      if (start === FAILED_SYNC) p.reject(new BeforeExecError(beforeExecMessage('sync', p.before.syncFile ?? '?', code)));
+      else if (start === FAILED_MKDIR) p.reject(new BeforeExecError(beforeExecMessage('mkdir', p.before.makeDirectory ?? '?', code)));
+      else p.reject(errnoError(-b, p.argv0));
       return;
     }
-    const start = f.readBigUInt64LE(9);
     const theirs = Array.from({ length: p.pipes }, (_, i) => f.readUInt32LE(17 + 4 * i));
     let fds: number[];
     try {

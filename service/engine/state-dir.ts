@@ -8,7 +8,7 @@
  *   logs/<id>.log                    the transaction's hook output (transaction-log.ts)
  *   hooks/<deployment key>/<hook>/   BOOTC_PRESTAGE_STATE_DIRECTORY of a hook's steps
  */
-import { mkdirSync, promises as fsp } from 'node:fs';
+import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { PreStageError } from '../model/errors.js';
 import { mkdirp, writeFileAtomic } from './fs-atomic.js';
@@ -83,17 +83,6 @@ export class StateDir {
 
   hookStateDir(deploymentKey: string, hook: string): string {
     return path.join(this.hookStateRoot, deploymentKey, hook);
-  }
-
-  /**
-   * Create a hook's state directory. Synchronous: a few local mkdir(2) calls
-   * cost less than a trip through the thread pool, which waits for a time
-   * slice on a busy machine.
-   */
-  makeHookStateDir(deploymentKey: string, hook: string): string {
-    const dir = this.hookStateDir(deploymentKey, hook);
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
-    return dir;
   }
 
   async removeHookState(deploymentKey: string, hook: string): Promise<void> {

@@ -31,7 +31,7 @@
  * live beside it (step-spec.ts, step-pipes.ts, step-leftovers.ts).
  */
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { closeSync, existsSync, fdatasyncSync, mkdirSync, openSync } from 'node:fs';
 import { Socket, type OnReadOpts, type SocketConstructorOpts } from 'node:net';
 import { tmpdir } from 'node:os';
 import type { Readable } from 'node:stream';
@@ -44,9 +44,9 @@ import {
 } from './step-leftovers.js';
 import { closeFd, closePipes, pipePool, type PipePair } from './step-pipes.js';
 import {
-  DEFAULT_KILL_GRACE_MS, EXIT_SKIPPED, MAX_IGNORED_REPORTS, OUTPUT_DRAIN_MS,
-  defaultTrackEnv, describeErrno, formatDuration, validateStepSpec,
-  type RunningStep, type StepOutcome, type StepSink, type StepSpec,
+  BeforeExecError, DEFAULT_KILL_GRACE_MS, EXIT_SKIPPED, MAX_IGNORED_REPORTS, OUTPUT_DRAIN_MS,
+  beforeExecMessage, defaultTrackEnv, describeErrno, formatDuration, validateStepSpec,
+  type BeforeExec, type RunningStep, type StepOutcome, type StepSink, type StepSpec,
 } from './step-spec.js';
 
 export {
@@ -54,6 +54,31 @@ export {
   type RunningStep, type StepOutcome, type StepSink, type StepSpec,
 } from './step-spec.js';
 export { PIPE_BATCH } from './step-pipes.js';
+
+/**
+ * StepSpec.beforeExec, here: for steps Node spawns (the helper does the
+ * same in C). Synchronous, as the helper's are; throws BeforeExecError.
+ */
+function runBeforeExec(before: BeforeExec | undefined): void {
+  if (before?.syncFile !== undefined) {
+    let fd = -1;
+    try {
+      fd = openSync(before.syncFile, 'r');
+      fdatasyncSync(fd);
+    } catch (e) {
+      throw new BeforeExecError(beforeExecMessage('sync', before.syncFile, (e as NodeJS.ErrnoException).code ?? String(e)));
+    } finally {
+      if (fd >= 0) closeSync(fd);
+    }
+  }
+  if (before?.makeDirectory !== undefined) {
+    try {
+      mkdirSync(before.makeDirectory, { recursive: true, mode: 0o700 });
+    } catch (e) {
+      throw new BeforeExecError(beforeExecMessage('mkdir', before.makeDirectory, (e as NodeJS.ErrnoException).code ?? String(e)));
+    }
+  }
+}
 
 /** Each pipe reader's buffer: one read takes at most this much (a pipe holds 64 KiB). */
 const READ_BUFFER_BYTES = 64 * 1024;
@@ -161,7 +186,7 @@ class StepRun implements RunningStep {
 
   private async startWithHelper(helper: Spawner): Promise<void> {
     const started: Spawned = await helper.spawn(this.spec.argv, Object.fromEntries(Object.entries(this.spec.env)),
-      STREAMS.length, (status) => this.onHelperExit(status));
+      STREAMS.length, (status) => this.onHelperExit(status), this.spec.beforeExec);
     this.pid = started.pid;
     this.startTime = started.startTime;
     this.attachReaders(started.fds.map((fd, i) => this.fdReader(fd, STREAMS[i]!)), false);
@@ -173,6 +198,12 @@ class StepRun implements RunningStep {
 
   private startWithNode(): void {
     const spec = this.spec;
+    try {
+      runBeforeExec(spec.beforeExec);
+    } catch (e) {
+      this.spawnFailed(e);
+      return;
+    }
     let pipes: PipePair[] | null = null;
     if (spec.channels !== 'socket') {
       const p = pipePool.take(STREAMS.length, this.tmp);
@@ -478,6 +509,10 @@ class StepRun implements RunningStep {
   }
 
   private spawnFailed(e: unknown): void {
+    if (e instanceof BeforeExecError) {
+      this.resolve({ result: 'failed', exitCode: null, signal: null, message: `could not start: ${e.message}`, leftovers: 0 });
+      return;
+    }
     const argv0 = this.spec.argv[0]!;
     let message = `could not start: ${describeErrno(e)}: ${argv0}`;
     if ((e as NodeJS.ErrnoException)?.code === 'ENOENT' && existsSync(argv0)) {

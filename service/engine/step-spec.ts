@@ -51,6 +51,35 @@ export interface StepSpec {
    * socket pairs (for tests of that path).
    */
   channels?: 'pipe' | 'socket';
+  /**
+   * Done right before the program is executed, in this order, by whoever
+   * starts it (the spawn helper, else the runner itself); a failure makes a
+   * step that could not start:
+   * - `syncFile`: fdatasync this file: the journal whose `step` record must
+   *   be durable before the step runs (journal.ts). The helper syncs it
+   *   while the daemon goes on with other work, instead of the event loop
+   *   waiting for the disk;
+   * - `makeDirectory`: create this directory (mode 0700, and its missing
+   *   parents) if it does not exist: the hook's state directory.
+   */
+  beforeExec?: BeforeExec;
+}
+
+export interface BeforeExec {
+  syncFile?: string;
+  makeDirectory?: string;
+}
+
+/** A beforeExec action failed: nothing was started. The message says which and why. */
+export class BeforeExecError extends Error {
+  override readonly name = 'BeforeExecError';
+}
+
+/** The message of a failed beforeExec action ('sync' or 'mkdir') of `path`. */
+export function beforeExecMessage(what: 'sync' | 'mkdir', path: string, code: string): string {
+  return what === 'sync'
+    ? `the journal ${path} could not be made durable before the start (fdatasync: ${code})`
+    : `the state directory ${path} could not be created (${code})`;
 }
 
 export interface StepSink {

@@ -21,16 +21,21 @@
  *   event   'H' hello:  u32 fd, sent once at start: the read end of a pipe
  *                       held here, for the daemon to check that it can open
  *                       our fds through /proc/<pid>/fd/ (and then 'C' it).
- *   request 'S' spawn:  u32 id, u32 argc, u32 envc, u32 npipes,
+ *   request 'S' spawn:  u32 id, u32 argc, u32 envc, u32 npipes, u32 flags,
  *                       then argc + envc NUL-terminated strings: argv and
- *                       the "KEY=VALUE" environment. fds 1 .. npipes of the
- *                       child are the write ends of new pipes; fd 0 is
- *                       /dev/null.
+ *                       the "KEY=VALUE" environment, then one path per flag
+ *                       set, in this order: SPAWN_SYNC, a file to fdatasync
+ *                       first (the daemon's journal: the step's record is
+ *                       durable before the exec); SPAWN_MKDIR, a directory to
+ *                       create (mode 0700, parents too) if it is missing.
+ *                       fds 1 .. npipes of the child are the write ends of
+ *                       new pipes; fd 0 is /dev/null.
  *   event   'S':        u32 id, i32 pid (> 0) or -errno when it could not start,
  *                       u64 the child's start time (field 22 of /proc/<pid>/stat,
- *                       read before it can be reaped; 0 if unknown), then for
- *                       a started child npipes u32: our fds of the pipes' read
- *                       ends. The daemon needs the start time to tell the step
+ *                       read before it can be reaped; 0 if unknown) or, for
+ *                       -errno, what failed (0 the exec or the pipes, 1 the
+ *                       sync, 2 the directory), then for a started child
+ *                       npipes u32: our fds of the pipes' read ends. The daemon needs the start time to tell the step
  *                       from a later process that reuses its pid, and a fast
  *                       step is gone by the time the daemon could read it.
  *   request 'C' close:  u32 id (unused), u32 n, then n u32 fds: read ends the
@@ -322,6 +327,39 @@ fail:
     return result;
 }
 
+#define SPAWN_SYNC 1u
+#define SPAWN_MKDIR 2u
+/* What failed, in the 'S' event of a spawn that did not start. */
+#define FAILED_SYNC 1
+#define FAILED_MKDIR 2
+
+static int sync_file(const char *path) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) return -errno;
+    int r = fdatasync(fd) < 0 ? -errno : 0;
+    close(fd);
+    return r;
+}
+
+/* mkdir -p with mode 0700; the path must end up a directory. */
+static int make_directory(const char *path) {
+    char buf[4096];
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof buf || path[0] != '/') return -EINVAL;
+    memcpy(buf, path, n + 1);
+    for (char *p = buf + 1; ; p++) {
+        if (*p != '/' && *p != '\0') continue;
+        char c = *p;
+        *p = '\0';
+        if (mkdir(buf, 0700) < 0 && errno != EEXIST) return -errno;
+        *p = c;
+        if (c == '\0') break;
+    }
+    struct stat st;
+    if (stat(path, &st) < 0) return -errno;
+    return S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
+}
+
 /* Split `n` NUL-terminated strings out of p[0, len); NULL when malformed. */
 static char **strings(char *p, size_t len, uint32_t n, size_t *used) {
     char **v = calloc((size_t)n + 1, sizeof *v);
@@ -347,12 +385,31 @@ static void handle(unsigned char *f, uint32_t len) {
     char type = (char)f[0];
     uint32_t id = get_u32(f + 1);
     if (type == 'S') {
-        if (len < 17) protocol_error("short spawn request");
-        uint32_t argc = get_u32(f + 5), envc = get_u32(f + 9), nout = get_u32(f + 13);
+        if (len < 21) protocol_error("short spawn request");
+        uint32_t argc = get_u32(f + 5), envc = get_u32(f + 9), nout = get_u32(f + 13), flags = get_u32(f + 17);
         if (argc == 0 || nout > MAX_OUT_FDS || argc > len || envc > len) protocol_error("bad spawn counts");
+        if (flags & ~(SPAWN_SYNC | SPAWN_MKDIR)) protocol_error("unknown spawn flags");
+        uint32_t nextra = !!(flags & SPAWN_SYNC) + !!(flags & SPAWN_MKDIR);
         size_t used;
-        char **all = strings((char *)f + 17, len - 17, argc + envc, &used);
+        char **all = strings((char *)f + 21, len - 21, argc + envc + nextra, &used);
         if (!all) protocol_error("unterminated string in spawn request");
+        char **extra = all + argc + envc;
+        if (flags & SPAWN_SYNC) {
+            int r = sync_file(*extra++);
+            if (r < 0) {
+                free(all);
+                send_event('S', id, r, FAILED_SYNC, NULL, 0);
+                return;
+            }
+        }
+        if (flags & SPAWN_MKDIR) {
+            int r = make_directory(*extra++);
+            if (r < 0) {
+                free(all);
+                send_event('S', id, r, FAILED_MKDIR, NULL, 0);
+                return;
+            }
+        }
         /* argv and envp must each end in NULL: copy them apart. */
         char **argv = calloc((size_t)argc + 1, sizeof *argv);
         char **envp = calloc((size_t)envc + 1, sizeof *envp);

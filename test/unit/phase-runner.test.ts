@@ -5,7 +5,7 @@
  * append their name to a file, so the order steps ran in is on disk).
  */
 import test, { type ExecutionContext } from 'ava';
-import { existsSync, promises as fsp, statSync } from 'node:fs';
+import { existsSync, mkdirSync, promises as fsp, statSync } from 'node:fs';
 import * as path from 'node:path';
 import { DEFAULT_PATH } from '../../service/engine/engine.js';
 import { JOURNAL_VERSION, JournalStore, nowUsec, type JournalHook } from '../../service/engine/journal.js';
@@ -199,7 +199,7 @@ test('commit - every step runs after a failure; a required failure fails the pha
     hook('b', { commit: step(s, 'b-commit') }),
     hook('c', {}),
   ]);
-  for (const h of ['a', 'b', 'c']) s.stateDir.makeHookStateDir('dep', h);
+  for (const h of ['a', 'b', 'c']) mkdirSync(s.stateDir.hookStateDir('dep', h), { recursive: true });
   await s.runner.run(job(tx, 'commit'));
   t.deepEqual(await s.ran(), ['a-commit', 'b-commit']);
   const snap = tx.snapshot();

@@ -5,7 +5,7 @@
  */
 import test from 'ava';
 import { randomUUID } from 'node:crypto';
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -197,6 +197,43 @@ test('runStep - when pipes cannot be made (no helper, TMPDIR unusable), falls ba
   t.regex(kv(s.rec.stdout).get('fd1')!, /^socket:/);
   t.true(s.rec.warnings.some((w) => w.startsWith('could not create output pipes (cannot create a directory in /nonexistent/tmp')),
     JSON.stringify(s.rec.warnings));
+});
+
+// -- before the exec ---------------------------------------------------------------
+
+test('runStep - beforeExec: the journal is synced and the state directory made (mode 0700, parents too) before the program runs', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'step-runner-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const journal = join(dir, 'tx.jnl');
+  writeFileSync(journal, '{"t":"step"}\n');
+  const state = join(dir, 'hooks', 'dep', 'h');
+  const r = await run({
+    argv: ['/bin/sh', '-c', 'stat -c %a "$1"; echo kept > "$1/file"', 'sh', state],
+    beforeExec: { syncFile: journal, makeDirectory: state },
+  });
+  t.is(r.outcome.result, 'success', r.stderr.join('\n'));
+  t.deepEqual(r.stdout, ['700']);
+  t.is(statSync(state).mode & 0o777, 0o700);
+  t.is(statSync(join(dir, 'hooks')).mode & 0o777, 0o700);
+  // An existing directory is kept as it is.
+  const again = await run({ argv: ['/bin/cat', join(state, 'file')], beforeExec: { makeDirectory: state } });
+  t.deepEqual(again.stdout, ['kept']);
+});
+
+test('runStep - beforeExec: a journal that cannot be synced, or a state directory that cannot be made, is a step that could not start and runs nothing', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'step-runner-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const marker = join(dir, 'ran');
+  const argv = ['/bin/sh', '-c', 'touch "$1"', 'sh', marker];
+  const missing = join(dir, 'no-such.jnl');
+  const a = await run({ argv, beforeExec: { syncFile: missing, makeDirectory: join(dir, 'state') } });
+  t.like(a.outcome, { result: 'failed', exitCode: null, message: `could not start: the journal ${missing} could not be made durable before the start (fdatasync: ENOENT)` });
+  t.false(existsSync(join(dir, 'state')), 'nothing after the failed sync was done');
+  const file = join(dir, 'a-file');
+  writeFileSync(file, '');
+  const b = await run({ argv, beforeExec: { makeDirectory: join(file, 'state') } });
+  t.like(b.outcome, { result: 'failed', exitCode: null, message: `could not start: the state directory ${join(file, 'state')} could not be created (ENOTDIR)` });
+  t.false(existsSync(marker), 'the program never ran');
 });
 
 // -- exit status -----------------------------------------------------------------
