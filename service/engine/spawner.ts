@@ -107,6 +107,8 @@ const SPAWN_SYNC = 1;
 const SPAWN_MKDIR = 2;
 const FAILED_SYNC = 1n;
 const FAILED_MKDIR = 2n;
+/** A 'C' waits this long for a request to ride with (closeLater). */
+const CLOSE_DELAY_MS = 50;
 
 /** One running helper process. */
 export class Spawner {
@@ -121,6 +123,9 @@ export class Spawner {
   answered = false;
   private idleTimer: NodeJS.Timeout | null = null;
   private refed = false;
+  /** Our copies are open: the helper's may be closed ('C'), with the next request at the latest. */
+  private toClose: number[] = [];
+  private closeTimer: NodeJS.Timeout | null = null;
   /** Requests made before the hello was checked (null after it). */
   private beforeHello: Buffer[] | null = [];
 
@@ -180,7 +185,7 @@ export class Spawner {
     this.die('closed');
   }
 
-  private send(type: 'S' | 'C', head: Buffer, body: Buffer = Buffer.alloc(0)): void {
+  private send(type: 'S', head: Buffer, body: Buffer): void {
     const frame = Buffer.allocUnsafe(5 + head.length + body.length);
     frame.writeUInt32LE(1 + head.length + body.length, 0);
     frame[4] = type.charCodeAt(0);
@@ -189,8 +194,45 @@ export class Spawner {
     // Nothing is sent before the hello has been checked: a helper that
     // turns out unusable must not have started a step the fallback then
     // starts again.
-    if (this.beforeHello !== null) this.beforeHello.push(frame);
-    else this.child.stdin!.write(frame);
+    if (this.beforeHello !== null) {
+      this.beforeHello.push(frame);
+      return;
+    }
+    const close = type === 'S' ? this.closeFrame() : null;
+    this.child.stdin!.write(close === null ? frame : Buffer.concat([close, frame]));
+  }
+
+  /**
+   * The helper's copies of pipes we have opened are closed by a 'C' that
+   * rides in front of the next request (one write and one wake-up of the
+   * helper per step instead of two), or after CLOSE_DELAY_MS without one.
+   */
+  private closeLater(fds: number[]): void {
+    this.toClose.push(...fds);
+    if (this.closeTimer !== null) return;
+    this.closeTimer = setTimeout(() => {
+      this.closeTimer = null;
+      const close = this.closeFrame();
+      if (close !== null && this.deadReason === null) this.child.stdin!.write(close);
+    }, CLOSE_DELAY_MS);
+    this.closeTimer.unref();
+  }
+
+  /** The 'C' frame for what is waiting to be closed (and nothing waits after it), or null. */
+  private closeFrame(): Buffer | null {
+    if (this.closeTimer !== null) {
+      clearTimeout(this.closeTimer);
+      this.closeTimer = null;
+    }
+    const fds = this.toClose;
+    if (fds.length === 0) return null;
+    this.toClose = [];
+    const frame = Buffer.alloc(13 + 4 * fds.length);
+    frame.writeUInt32LE(9 + 4 * fds.length, 0);
+    frame[4] = 'C'.charCodeAt(0);
+    frame.writeUInt32LE(fds.length, 9);
+    fds.forEach((fd, i) => frame.writeUInt32LE(fd, 13 + 4 * i));
+    return frame;
   }
 
   /**
@@ -207,10 +249,7 @@ export class Spawner {
       for (const fd of mine) closeSync(fd);
       throw e;
     } finally {
-      const head = Buffer.alloc(8 + 4 * theirs.length);
-      head.writeUInt32LE(theirs.length, 4);
-      theirs.forEach((fd, i) => head.writeUInt32LE(fd, 8 + 4 * i));
-      if (this.deadReason === null) this.send('C', head);
+      if (this.deadReason === null) this.closeLater(theirs);
     }
   }
 
@@ -287,9 +326,10 @@ export class Spawner {
       return;
     }
     this.answered = true;
-    const queued = this.beforeHello;
+    const queued = this.beforeHello ?? [];
     this.beforeHello = null;
-    for (const frame of queued ?? []) this.child.stdin!.write(frame);
+    // The probe's 'C' first, then what waited for the hello, in one write.
+    if (queued.length > 0) this.child.stdin!.write(Buffer.concat([this.closeFrame() ?? Buffer.alloc(0), ...queued]));
   }
 
   /** Keep the event loop alive only while something waits on the helper; exit after a quiet spell. */
@@ -313,6 +353,7 @@ export class Spawner {
     if (this.deadReason !== null) return;
     this.deadReason = reason;
     if (this.idleTimer) { clearTimeout(this.idleTimer); this.idleTimer = null; }
+    if (this.closeTimer) { clearTimeout(this.closeTimer); this.closeTimer = null; }
     try { this.child.stdin!.end(); } catch { /* already closed */ }
     (this.child.stdout as unknown as { unref(): void }).unref();
     this.child.unref();
