@@ -77,8 +77,8 @@ function parseDigits(buf: Buffer, s: number, e: number, maxDigits: number): numb
 export class NotifyParser {
   private readonly onIgnored: ((line: string, reason: string) => void) | undefined;
   private readonly max: number;
-  /** The unfinished last line of the previous chunk. */
-  private readonly carry: Buffer;
+  /** The unfinished last line of the previous chunk (made when first needed: most steps never write fd 3). */
+  private carry: Buffer | null = null;
   private carryLen = 0;
   /** The current line is over the limit: drop bytes until its '\n'. */
   private discarding = false;
@@ -100,7 +100,10 @@ export class NotifyParser {
     if (!Number.isInteger(this.max) || this.max < 1) {
       throw new RangeError(`maxLineBytes must be a positive integer, not ${this.max}`);
     }
-    this.carry = Buffer.allocUnsafe(this.max);
+  }
+
+  private carryBuf(): Buffer {
+    return this.carry ??= Buffer.allocUnsafe(this.max);
   }
 
   /**
@@ -121,18 +124,18 @@ export class NotifyParser {
         // still dropping
       } else if (this.carryLen + end > this.max) {
         // Fill the carry first, so the report shows the line's head.
-        buf.copy(this.carry, this.carryLen, 0, this.max - this.carryLen);
-        this.startDiscarding(this.carry, 0, this.max);
+        buf.copy(this.carryBuf(), this.carryLen, 0, this.max - this.carryLen);
+        this.startDiscarding(this.carryBuf(), 0, this.max);
         this.carryLen = 0;
       } else {
-        buf.copy(this.carry, this.carryLen, 0, end);
+        buf.copy(this.carryBuf(), this.carryLen, 0, end);
         this.carryLen += end;
       }
       if (nl === -1) return this.result();
       if (this.discarding) {
         this.endDiscarding();
       } else {
-        this.line(this.carry, 0, this.carryLen, true);
+        this.line(this.carryBuf(), 0, this.carryLen, true);
         this.carryLen = 0;
       }
       pos = nl + 1;
@@ -152,7 +155,7 @@ export class NotifyParser {
         if (n - pos > this.max) {
           this.startDiscarding(buf, pos, n);
         } else {
-          buf.copy(this.carry, 0, pos, n);
+          buf.copy(this.carryBuf(), 0, pos, n);
           this.carryLen = n - pos;
         }
         break;
@@ -194,7 +197,7 @@ export class NotifyParser {
     if (this.discarding) {
       this.endDiscarding();
     } else if (this.carryLen > 0) {
-      this.line(this.carry, 0, this.carryLen, true);
+      this.line(this.carryBuf(), 0, this.carryLen, true);
       this.carryLen = 0;
     }
     return this.result();

@@ -82,6 +82,8 @@ function runBeforeExec(before: BeforeExec | undefined): void {
 
 /** Each pipe reader's buffer: one read takes at most this much (a pipe holds 64 KiB). */
 const READ_BUFFER_BYTES = 64 * 1024;
+/** The one buffer every pipe reader reads into (fdReader says why that is safe). */
+const READ_BUFFER = Buffer.allocUnsafe(READ_BUFFER_BYTES);
 
 /**
  * Start one step. Throws PreStageError('InvalidHook') before starting
@@ -252,21 +254,24 @@ class StepRun implements RunningStep {
   }
 
   /**
-   * A reader of our end of one of the step's pipes. Reads go into one buffer
-   * of its own, reused for every read (net.Socket's `onread`), and reach
-   * onData without a stream 'data' event: no Buffer is allocated per read,
-   * which halves the daemon's CPU time per byte of a chatty step's output.
-   * This is safe because nothing keeps a chunk past onData: the line
-   * splitter and the notify parser copy what they keep, and the log copies
-   * lines into its own buffer. EOF, errors and 'close' work as for 'data'.
+   * A reader of our end of one of the step's pipes. Reads go into one
+   * buffer, READ_BUFFER, shared by every pipe reader of the process
+   * (net.Socket's `onread`), and reach onData without a stream 'data'
+   * event: no Buffer is allocated per read, which halves the daemon's CPU
+   * time per byte of a chatty step's output, and none per step (three
+   * 64 KiB buffers per step were most of a trivial step's garbage). This is
+   * safe because libuv reads one stream at a time on this thread and calls
+   * back before the next read, and nothing keeps a chunk past onData: the
+   * line splitter and the notify parser copy what they keep, and the log
+   * copies lines into its own buffer. EOF, errors and 'close' work as for
+   * 'data'.
    */
   private fdReader(fd: number, name: StreamName): Socket {
-    const buffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
     // Node reads `onread` in the constructor too; its types only list it for connect().
     const opts: SocketConstructorOpts & { onread: OnReadOpts } = {
       fd, readable: true, writable: false,
       // true: keep reading (false would pause the socket).
-      onread: { buffer, callback: (n, buf) => { this.onData(name, (buf as Buffer).subarray(0, n)); return true; } },
+      onread: { buffer: READ_BUFFER, callback: (n, buf) => { this.onData(name, (buf as Buffer).subarray(0, n)); return true; } },
     };
     return new Socket(opts);
   }
