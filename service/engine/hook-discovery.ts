@@ -22,7 +22,7 @@ import {
 import * as nodePath from 'node:path';
 import { expandVariables } from '../model/command-line.js';
 import { PreStageError } from '../model/errors.js';
-import { environmentRecord, LIMITS, parseHookFile } from '../model/hook-file.js';
+import { environmentRecord, LIMITS, parseHookFile, type ParsedHookFile } from '../model/hook-file.js';
 import { HOOK_FILE_SUFFIX, isValidHookName } from '../model/hook-name.js';
 import { nullLogger, type Logger } from '../model/logger.js';
 import { programInRoot, stepRoot } from './new-root.js';
@@ -287,13 +287,39 @@ async function readEntry(cand: Candidate, trustedUid: number): Promise<Entry> {
   }
 }
 
+/**
+ * Hook files as parsed, by path, with the digest of the bytes parsed: an
+ * unchanged file is not parsed again on every StartPreStage and ListHooks
+ * (a fifth of discovery's time for 200 hooks). Keyed by content, so a
+ * changed file is always parsed anew; what is kept is frozen, since every
+ * caller shares it. A file that fails to parse is not kept.
+ */
+const parsedFiles = new Map<string, { digest: string; parsed: ParsedHookFile }>();
+const PARSED_FILES_MAX = 10_000;
+
+function parseCached(bytes: Buffer, source: string): { parsed: ParsedHookFile; digest: string } {
+  const digest = createHash('sha256').update(bytes).digest('hex');
+  const hit = parsedFiles.get(source);
+  if (hit !== undefined && hit.digest === digest) return { parsed: hit.parsed, digest };
+  const parsed = parseHookFile(bytes, source);
+  deepFreeze(parsed);
+  if (parsedFiles.size >= PARSED_FILES_MAX) parsedFiles.delete(parsedFiles.keys().next().value!);
+  parsedFiles.set(source, { digest, parsed });
+  return { parsed, digest };
+}
+
+function deepFreeze(v: unknown): void {
+  if (typeof v !== 'object' || v === null || Object.isFrozen(v)) return;
+  for (const x of Object.values(v)) deepFreeze(x);
+  Object.freeze(v);
+}
+
 async function buildHook(
   entry: Extract<Entry, { kind: 'hook' }>, trustedUid: number, deployment: string,
   programStats: Map<string, Promise<Stats | null>>, log: Logger,
 ): Promise<ResolvedHook> {
   const { cand } = entry;
-  const { definition, warnings, lines } = parseHookFile(entry.bytes, cand.source);
-  const digest = createHash('sha256').update(entry.bytes).digest('hex');
+  const { parsed: { definition, warnings, lines }, digest } = parseCached(entry.bytes, cand.source);
 
   const problems: string[] = [];
   const fileProblem = untrusted(entry.fileStat, trustedUid, `hook file ${entry.filePath}`);
@@ -341,7 +367,7 @@ async function buildHook(
 
   return {
     name: cand.name, definition, source: cand.source, origin: cand.dir.origin,
-    digest, refused, warnings, roots,
+    digest, refused, warnings: [...warnings], roots,
   };
 }
 

@@ -539,3 +539,30 @@ test('new root - a bad RootDirectory= is InvalidHook naming file and line', asyn
     t.regex(e!.message, why);
   }
 });
+
+test('parsed files are reused only for the same bytes: an edit that keeps size and mtime is seen; what is shared cannot be changed', async (t) => {
+  const f = await fixture(t);
+  const p = await f.put('etc', 'a', hookText('/bin/true', 'Description=one\n'));
+  const { mtime } = await fsp.stat(p);
+  const first = (await discover(f)).hooks.find((h) => h.name === 'a')!;
+  t.is(first.definition.description, 'one');
+  await fsp.writeFile(p, hookText('/bin/true', 'Description=two\n'));
+  await fsp.utimes(p, mtime, mtime);
+  const second = (await discover(f)).hooks.find((h) => h.name === 'a')!;
+  t.is(second.definition.description, 'two');
+  t.not(second.digest, first.digest);
+  // Unchanged: the same parse is handed out again, frozen.
+  const third = (await discover(f)).hooks.find((h) => h.name === 'a')!;
+  t.is(third.definition, second.definition);
+  t.throws(() => { (third.definition as { description: string }).description = 'x'; }, { instanceOf: TypeError });
+  t.throws(() => { (third.definition.after as string[]).push('x'); }, { instanceOf: TypeError });
+});
+
+test('a warning of a shared parse is not repeated by later discoveries', async (t) => {
+  const f = await fixture(t);
+  await f.put('etc', 'w', hookText('/bin/true', 'NoSuchKey=1\n'));
+  const w1 = (await discover(f)).hooks.find((h) => h.name === 'w')!.warnings;
+  const w2 = (await discover(f)).hooks.find((h) => h.name === 'w')!.warnings;
+  t.true(w1.length > 0, 'an unknown key warns');
+  t.deepEqual(w2, w1);
+});
