@@ -55,6 +55,18 @@ function timeoutText(sec: number): string {
   return sec === 0 ? 'infinity' : `${sec}s`;
 }
 
+/**
+ * Where a prepare step runs, for the hooks table: `host` for `/`, `new root`
+ * for the deployment's tree (the default of an image hook), else the
+ * directory; `-` without a prepare step. `--json` has the full path.
+ */
+function rootText(root: unknown, hasPrepare: boolean): string {
+  if (!hasPrepare || typeof root !== 'string' || root === '') return '-';
+  if (root === '/') return 'host';
+  if (root === '${BOOTC_PRESTAGE_DEPLOYMENT}' || /\/ostree\/deploy\/[^/]+\/deploy\/[^/]+$/.test(root)) return 'new root';
+  return sanitize(root);
+}
+
 export async function hooksCommand(ctx: CliContext, cmd: Extract<Command, { name: 'hooks' }>): Promise<ExitCode> {
   const client = await ctx.connect();
   const hooks = await client.listHooks(cmd.deployment);
@@ -68,9 +80,10 @@ export async function hooksCommand(ctx: CliContext, cmd: Extract<Command, { name
   }
   const rows = hooks.map((h: HookEntry) => [
     h.name, h.required ? 'yes' : 'no', timeoutText(h.timeoutSec),
-    h.prepare.length ? sanitize(quoteCommandLine(h.prepare)) : '-', h.source,
+    h.prepare.length ? sanitize(quoteCommandLine(h.prepare)) : '-', rootText(h.extra['PrepareRoot'], h.prepare.length > 0),
+    h.source,
   ]);
-  ctx.out(table(['NAME', 'REQUIRED', 'TIMEOUT', 'PREPARE', 'SOURCE'], rows));
+  ctx.out(table(['NAME', 'REQUIRED', 'TIMEOUT', 'PREPARE', 'RUNS IN', 'SOURCE'], rows));
   for (const h of hooks) {
     const refused = h.extra['Refused'];
     if (typeof refused === 'string' && refused !== '') ctx.warn(`hook ${h.name} is refused and will not run: ${refused}`);

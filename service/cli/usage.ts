@@ -8,7 +8,7 @@ export const EXIT_STATUS_HELP = `Exit status:
   4    not found: no such deployment, transaction or hook, or an invalid
        deployment or hook definition
   5    cannot reach the daemon (no bus, not running and not activatable,
-       it went away), or access denied (mutating commands need root)
+       it went away), or access denied (mutating commands need root or polkit)
   130  interrupted by a second Ctrl-C (the daemon carries on)
 `;
 

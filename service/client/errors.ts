@@ -89,7 +89,7 @@ export function toClientError(e: unknown, context: string): ClientError {
         message = `bootc-prestaged is not running and could not be started by the bus (${text})`;
         break;
       case ERROR_NAMES.AccessDenied:
-        message = `${context}: access denied (${text}); run as root`;
+        message = `${context}: access denied (${text}); run as root, or as a user polkit authorizes for it`;
         break;
       default:
         if (name.startsWith('org.freedesktop.DBus.Error.Spawn.')) {

@@ -295,7 +295,7 @@ async function readEntry(cand: Candidate, trustedUid: number): Promise<Entry> {
  * caller shares it. A file that fails to parse is not kept.
  */
 const parsedFiles = new Map<string, { digest: string; parsed: ParsedHookFile }>();
-const PARSED_FILES_MAX = 10_000;
+const PARSED_FILES_MAX = 4096;
 
 function parseCached(bytes: Buffer, source: string): { parsed: ParsedHookFile; digest: string } {
   const digest = createHash('sha256').update(bytes).digest('hex');

@@ -174,6 +174,11 @@ test.serial('upgrade - download-only, the prepare phase, then from-downloaded; -
   t.deepEqual(ours.at(-1)!['subtasks'], [{ subtask: 'hook', description: 'from-image', id: 'from-image', completed: true }]);
   t.like(ours.at(-1), { steps: 1, stepsTotal: 1, description: 'Pre-stage prepare' });
   t.false(existsSync(bootc.lockFile), 'from-downloaded unlocked the stage');
+  // The hooks table says where each prepare runs: the image's hook in the new root.
+  const listed = await runCli(['hooks', sysroot.deployments[0]!], { address: ctx.bus.address });
+  t.is(listed.code, 0, listed.stderr);
+  t.regex(listed.stdout, /^NAME\s+REQUIRED\s+TIMEOUT\s+PREPARE\s+RUNS IN\s+SOURCE$/m);
+  t.regex(listed.stdout, /^from-image\s+yes\s+\S+\s+.+\s+new root\s+\S+from-image\.hook$/m, listed.stdout);
 });
 
 /** The stream is valid against bootc's schema, with exactly one Start, first (test/fixtures/bootc/validate-progress.py). */

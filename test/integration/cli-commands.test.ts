@@ -83,7 +83,7 @@ test.serial('denied - a mutating command as an unprivileged user exits 5; readin
   const [staged] = deploymentsOf(ctx);
   const r = await runCli(['start', staged!], { address: ctx.bus.address, uid: NOBODY, env: { HOME: '/' } });
   t.is(r.code, 5, `${r.stdout}\n${r.stderr}`);
-  t.regex(r.stderr, /access denied .*run as root/);
+  t.regex(r.stderr, /access denied .*run as root, or as a user polkit authorizes for it/);
   const s = await runCli(['status'], { address: ctx.bus.address, uid: NOBODY, env: { HOME: '/' } });
   t.is(s.code, 0, s.stderr);
   const h = await runCli(['hooks'], { address: ctx.bus.address, uid: NOBODY, env: { HOME: '/' } });
@@ -105,8 +105,8 @@ test.serial('register, hooks, unregister - a hook from options round-trips; unkn
   const table = await runCli(['hooks'], { address: a });
   t.is(table.code, 0, table.stderr);
   const [header, row] = table.stdout.split('\n');
-  t.regex(header!, /^NAME\s+REQUIRED\s+TIMEOUT\s+PREPARE\s+SOURCE$/);
-  t.regex(row!, /^pull-images\s+no\s+infinity\s+\/usr\/bin\/echo "two words" \$\{HOME\}\s+\S+pull-images\.hook$/);
+  t.regex(header!, /^NAME\s+REQUIRED\s+TIMEOUT\s+PREPARE\s+RUNS IN\s+SOURCE$/);
+  t.regex(row!, /^pull-images\s+no\s+infinity\s+\/usr\/bin\/echo "two words" \$\{HOME\}\s+host\s+\S+pull-images\.hook$/);
 
   const json = jsonLines((await runCli(['--json', 'hooks'], { address: a })).stdout);
   t.is(json.length, 1);

@@ -123,7 +123,7 @@ test('error names - the service\'s errors and the bus\'s map to kinds', (t) => {
 
 test('error messages - one line, no stack, and a hint where one helps', (t) => {
   const denied = toClientError(new DBusError('org.freedesktop.DBus.Error.AccessDenied', 'Rejected send message'), 'StartPreStage');
-  t.is(denied.message, 'StartPreStage: access denied (Rejected send message); run as root');
+  t.is(denied.message, 'StartPreStage: access denied (Rejected send message); run as root, or as a user polkit authorizes for it');
   const unknown = toClientError(new DBusError('org.freedesktop.DBus.Error.ServiceUnknown', 'The name is not activatable'), 'x');
   t.regex(unknown.message, /^bootc-prestaged is not running and could not be started by the bus/);
   const busy = toClientError(new DBusError('org.containers.bootc.PreStage.Error.Busy', 'transaction 3 is running\nmore'), 'x');
