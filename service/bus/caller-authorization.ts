@@ -36,7 +36,7 @@ export interface CallAuthorizer {
 }
 
 /** The flag of a D-Bus message header that lets the service start interactive authorization. */
-export const ALLOW_INTERACTIVE_AUTHORIZATION = 0x4;
+export { ALLOW_INTERACTIVE_AUTHORIZATION } from '../protocol/members.js';
 
 const HOW_TO = 'run it as root, or ask an administrator to allow the action (README.md, "Security")';
 

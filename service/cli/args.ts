@@ -21,6 +21,8 @@ export class UsageError extends Error {
 export interface GlobalOptions {
   address: string | null;
   json: boolean;
+  /** Let polkit ask for a password when stdin is a terminal (--no-ask-password: never). */
+  askPassword: boolean;
 }
 
 export interface FollowFlags {
@@ -55,6 +57,7 @@ type Options = NonNullable<ParseArgsConfig['options']>;
 const GLOBAL: Options = {
   address: { type: 'string' },
   json: { type: 'boolean' },
+  'no-ask-password': { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
   version: { type: 'boolean' },
 };
@@ -150,6 +153,7 @@ export function parseCommandLine(argv: string[]): Invocation {
   const global: GlobalOptions = {
     address: (v['address'] as string | undefined) ?? null,
     json: v['json'] === true,
+    askPassword: v['no-ask-password'] !== true,
   };
   if (v['version'] === true) return { global, command: { name: 'version' } };
   if (v['help'] === true || command === null) {

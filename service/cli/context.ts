@@ -18,7 +18,11 @@ export class CliContext {
 
   /** The client, connected on first use. Rejects with a ClientError. */
   async connect(): Promise<PreStageClient> {
-    this.client ??= await PreStageClient.connect({ address: this.global.address, env: this.io.env });
+    this.client ??= await PreStageClient.connect({
+      address: this.global.address, env: this.io.env,
+      // As systemctl does: on a terminal polkit may ask for a password, unless --no-ask-password.
+      interactiveAuthorization: this.global.askPassword && this.io.stdinIsTty === true,
+    });
     return this.client;
   }
 

@@ -12,6 +12,8 @@ export interface CliIo {
   stdout: OutputStream;
   stderr: OutputStream;
   env: NodeJS.ProcessEnv;
+  /** Standard input is a terminal: a person is there to answer a password prompt. */
+  stdinIsTty?: boolean;
   /** Call `fn` on every SIGINT until the returned function is called. */
   onInterrupt(fn: () => void): () => void;
 }
@@ -22,6 +24,7 @@ export function processIo(): CliIo {
     stdout: process.stdout,
     stderr: process.stderr,
     env: process.env,
+    stdinIsTty: process.stdin.isTTY === true,
     onInterrupt(fn) {
       process.on('SIGINT', fn);
       return () => { process.off('SIGINT', fn); };

@@ -16,11 +16,13 @@ const GLOBAL_OPTIONS = `Global options:
   --address ADDRESS  D-Bus address of the bus (default: $DBUS_SYSTEM_BUS_ADDRESS,
                      else the system bus, unix:path=/run/dbus/system_bus_socket)
   --json             machine output: one JSON object per line
+  --no-ask-password  never let polkit ask for a password (by default it may
+                     when stdin is a terminal; without one it never does)
   -h, --help         show help
   --version          print the version
 `;
 
-export const OVERVIEW = `Usage: bootc-prestage [--address ADDRESS] [--json] COMMAND [ARGS...]
+export const OVERVIEW = `Usage: bootc-prestage [--address ADDRESS] [--json] [--no-ask-password] COMMAND [ARGS...]
 
 Run and follow the pre-stage hooks of a staged bootc deployment through
 bootc-prestaged (org.containers.bootc.PreStage on the system bus).

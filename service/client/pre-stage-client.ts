@@ -10,7 +10,7 @@ import {
   encodeHookDefinition, encodeLogOptions, encodePhaseOptions, encodeRegisterOptions, encodeStartOptions,
 } from '../protocol/options.js';
 import {
-  BUS_NAME, MANAGER_INTERFACE, MANAGER_PATH, PROPERTIES, TRANSACTION_INTERFACE, transactionIdFromPath,
+  ALLOW_INTERACTIVE_AUTHORIZATION, BUS_NAME, MANAGER_INTERFACE, MANAGER_PATH, PROPERTIES, TRANSACTION_INTERFACE, transactionIdFromPath,
 } from '../protocol/members.js';
 import type { HookDefinition } from '../model/types.js';
 import {
@@ -29,6 +29,12 @@ export interface ClientOptions {
   env?: NodeJS.ProcessEnv;
   /** Per-call timeout (default 25 s, like libdbus). */
   callTimeoutMs?: number;
+  /**
+   * Mark calls ALLOW_INTERACTIVE_AUTHORIZATION, so that polkit may ask the
+   * user's authentication agent (a password prompt) instead of refusing;
+   * the CLI sets it when its stdin is a terminal. Default false.
+   */
+  interactiveAuthorization?: boolean;
 }
 
 // The option shapes are the model's, shared with the engine (types only).
@@ -52,7 +58,7 @@ export class PreStageClient {
   /** Unique name of the daemon that answered last (the name's owner then). */
   lastOwner = '';
 
-  private constructor(conn: ClientConnection, timeoutMs: number) {
+  private constructor(conn: ClientConnection, timeoutMs: number, private readonly interactive: boolean) {
     this.conn = conn;
     this.timeoutMs = timeoutMs;
   }
@@ -67,7 +73,7 @@ export class PreStageClient {
     }
     try {
       const conn = await ClientConnection.connect(address, opts.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS);
-      return new PreStageClient(conn, opts.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS);
+      return new PreStageClient(conn, opts.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS, opts.interactiveAuthorization === true);
     } catch (e) {
       throw toClientError(e, 'connecting to the bus');
     }
@@ -82,7 +88,9 @@ export class PreStageClient {
     path: string, iface: string, member: string, signature = '', body: unknown[] = [], context = member,
   ): Promise<Reply> {
     try {
-      const reply = await this.conn.call(BUS_NAME, path, iface, member, signature, body, { timeoutMs: this.timeoutMs });
+      const reply = await this.conn.call(BUS_NAME, path, iface, member, signature, body, {
+        timeoutMs: this.timeoutMs, ...(this.interactive ? { flags: ALLOW_INTERACTIVE_AUTHORIZATION } : {}),
+      });
       this.lastOwner = reply.sender;
       return reply;
     } catch (e) {

@@ -16,6 +16,13 @@ export const TRANSACTION_INTERFACE = 'org.containers.bootc.PreStage.Transaction'
 export const MANAGER_PATH = '/org/containers/bootc/PreStage';
 export const TRANSACTION_PATH_PREFIX = '/org/containers/bootc/PreStage/Transaction';
 
+/**
+ * The D-Bus message header flag ALLOW_INTERACTIVE_AUTHORIZATION: the caller
+ * is ready to wait while polkit asks its authentication agent (a password
+ * prompt), as `systemctl` is on a terminal.
+ */
+export const ALLOW_INTERACTIVE_AUTHORIZATION = 0x4;
+
 /** Transaction ids are single object-path elements: no escaping ever needed. */
 const TRANSACTION_ID = /^[A-Za-z0-9_]{1,255}$/;
 

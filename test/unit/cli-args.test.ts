@@ -15,8 +15,14 @@ test('global options may come before or after the command', (t) => {
   const a = parseCommandLine(['--address', 'unix:path=/x', '--json', 'status']);
   const b = parseCommandLine(['status', '--json', '--address=unix:path=/x']);
   t.deepEqual(a, b);
-  t.deepEqual(a.global, { address: 'unix:path=/x', json: true });
+  t.deepEqual(a.global, { address: 'unix:path=/x', json: true, askPassword: true });
   t.deepEqual(a.command, { name: 'status' });
+});
+
+test('--no-ask-password: polkit may never ask for a password (default: it may, on a terminal)', (t) => {
+  t.false(parseCommandLine(['--no-ask-password', 'start', '/d']).global.askPassword);
+  t.false(parseCommandLine(['reconcile', '--no-ask-password']).global.askPassword);
+  t.true(parseCommandLine(['reconcile']).global.askPassword);
 });
 
 test('no command, --help and help COMMAND show help; --version wins', (t) => {
