@@ -6,9 +6,10 @@
  * - A `step` record is durable (written, then fdatasync'ed by whoever
  *   starts the step, right before its exec: step-spec.ts beforeExec) before
  *   the step's process is spawned, so after any crash we know every step
- *   that may have started. `done` and `pid` records are written (page cache) but synced only
- *   with the next durable record: losing them in a power cut only makes
- *   recovery re-run an abort or commit, which steps must tolerate anyway.
+ *   that may have started. `done` and `pid` records are written (page
+ *   cache) but synced only with the next durable record: losing them in a
+ *   power cut only makes recovery re-run an abort or commit, which steps
+ *   must tolerate anyway.
  * - A file is created with O_EXCL, synced, and its directory synced before it
  *   is used, so a transaction never exists in memory without a journal.
  * - Only the last line may be torn (a crash mid-write): it is ignored when

@@ -176,7 +176,7 @@ export class Spawner {
     return new Promise<Spawned>((resolve, reject) => {
       this.pending.set(id, { resolve, reject, argv0: argv[0]!, pipes, onExit, before });
       this.updateRef();
-      this.send('S', head, body);
+      this.sendSpawn(head, body);
     });
   }
 
@@ -185,10 +185,11 @@ export class Spawner {
     this.die('closed');
   }
 
-  private send(type: 'S', head: Buffer, body: Buffer): void {
+  /** Send an 'S' frame, with any 'C' that waits (closeLater) in front of it. */
+  private sendSpawn(head: Buffer, body: Buffer): void {
     const frame = Buffer.allocUnsafe(5 + head.length + body.length);
     frame.writeUInt32LE(1 + head.length + body.length, 0);
-    frame[4] = type.charCodeAt(0);
+    frame[4] = 'S'.charCodeAt(0);
     head.copy(frame, 5);
     body.copy(frame, 5 + head.length);
     // Nothing is sent before the hello has been checked: a helper that
@@ -198,7 +199,7 @@ export class Spawner {
       this.beforeHello.push(frame);
       return;
     }
-    const close = type === 'S' ? this.closeFrame() : null;
+    const close = this.closeFrame();
     this.child.stdin!.write(close === null ? frame : Buffer.concat([close, frame]));
   }
 
@@ -291,10 +292,10 @@ export class Spawner {
     this.pending.delete(a);
     const start = f.readBigUInt64LE(9);
     if (b < 0) {
-      const code = errnoError(-b, p.argv0).code!;
-      if (start === FAILED_SYNC) p.reject(new BeforeExecError(beforeExecMessage('sync', p.before.syncFile ?? '?', code)));
-      else if (start === FAILED_MKDIR) p.reject(new BeforeExecError(beforeExecMessage('mkdir', p.before.makeDirectory ?? '?', code)));
-      else p.reject(errnoError(-b, p.argv0));
+      const err = errnoError(-b, p.argv0);
+      if (start === FAILED_SYNC) p.reject(new BeforeExecError(beforeExecMessage('sync', p.before.syncFile ?? '?', err.code!)));
+      else if (start === FAILED_MKDIR) p.reject(new BeforeExecError(beforeExecMessage('mkdir', p.before.makeDirectory ?? '?', err.code!)));
+      else p.reject(err);
       return;
     }
     const theirs = Array.from({ length: p.pipes }, (_, i) => f.readUInt32LE(17 + 4 * i));

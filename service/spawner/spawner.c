@@ -360,6 +360,16 @@ static int make_directory(const char *path) {
     return S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
 }
 
+/* What a spawn request's flags ask for before the exec, in this order. */
+static const struct {
+    uint32_t flag;
+    int (*run)(const char *path);
+    uint64_t failed;
+} before_exec[] = {
+    { SPAWN_SYNC, sync_file, FAILED_SYNC },
+    { SPAWN_MKDIR, make_directory, FAILED_MKDIR },
+};
+
 /* Split `n` NUL-terminated strings out of p[0, len); NULL when malformed. */
 static char **strings(char *p, size_t len, uint32_t n, size_t *used) {
     char **v = calloc((size_t)n + 1, sizeof *v);
@@ -388,25 +398,23 @@ static void handle(unsigned char *f, uint32_t len) {
         if (len < 21) protocol_error("short spawn request");
         uint32_t argc = get_u32(f + 5), envc = get_u32(f + 9), nout = get_u32(f + 13), flags = get_u32(f + 17);
         if (argc == 0 || nout > MAX_OUT_FDS || argc > len || envc > len) protocol_error("bad spawn counts");
-        if (flags & ~(SPAWN_SYNC | SPAWN_MKDIR)) protocol_error("unknown spawn flags");
-        uint32_t nextra = !!(flags & SPAWN_SYNC) + !!(flags & SPAWN_MKDIR);
+        uint32_t known = 0, nextra = 0;
+        for (size_t i = 0; i < sizeof before_exec / sizeof *before_exec; i++) {
+            known |= before_exec[i].flag;
+            nextra += (flags & before_exec[i].flag) != 0;
+        }
+        if (flags & ~known) protocol_error("unknown spawn flags");
         size_t used;
         char **all = strings((char *)f + 21, len - 21, argc + envc + nextra, &used);
         if (!all) protocol_error("unterminated string in spawn request");
+        /* The actions' paths follow the environment, in the table's order. */
         char **extra = all + argc + envc;
-        if (flags & SPAWN_SYNC) {
-            int r = sync_file(*extra++);
+        for (size_t i = 0; i < sizeof before_exec / sizeof *before_exec; i++) {
+            if (!(flags & before_exec[i].flag)) continue;
+            int r = before_exec[i].run(*extra++);
             if (r < 0) {
                 free(all);
-                send_event('S', id, r, FAILED_SYNC, NULL, 0);
-                return;
-            }
-        }
-        if (flags & SPAWN_MKDIR) {
-            int r = make_directory(*extra++);
-            if (r < 0) {
-                free(all);
-                send_event('S', id, r, FAILED_MKDIR, NULL, 0);
+                send_event('S', id, r, before_exec[i].failed, NULL, 0);
                 return;
             }
         }
