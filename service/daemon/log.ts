@@ -5,6 +5,14 @@
  * `--log-format=json`. Fields (transaction, hook, deployment, phase) go on
  * the same line. Newlines in messages are escaped: one event, one journal
  * entry.
+ *
+ * Lines below `error` are handed to winston at the end of the event loop's
+ * turn, in order, not when logged: a step's outcome line then costs the
+ * next step nothing, since it is written while the spawn helper syncs the
+ * journal (docs/architecture.md, "Cost per step"). An error line, and
+ * anything queued before it, goes out at once, and whatever is queued goes
+ * out when the process exits, so nothing logged is lost to a crash that
+ * lets the process exit.
  */
 import stringify from 'safe-stable-stringify';
 import winston from 'winston';
@@ -31,29 +39,62 @@ function fieldText(info: Record<string, unknown>): string {
   return parts.length ? ' ' + parts.join(' ') : '';
 }
 
+/** When the line was logged (queued lines carry it), as ISO 8601 text. */
+function loggedAt(info: Record<string, unknown>): string {
+  return new Date(typeof info.timestamp === 'number' ? info.timestamp : Date.now()).toISOString();
+}
+
+/** Every logger's flush, run once when the process exits (one listener, however many loggers). */
+const exitFlushes = new Set<() => void>();
+process.on('exit', () => {
+  for (const f of exitFlushes) f();
+});
+
 export function createLogger(opts: { format: LogFormat; level: LogLevel; journal?: boolean; stream?: NodeJS.WritableStream }): Logger & { close(): void } {
   const journal = opts.journal ?? Boolean(process.env.JOURNAL_STREAM);
   const line = opts.format === 'json'
     ? winston.format.printf((info) => {
-      const { level, message, ...rest } = info as Record<string, unknown>;
-      return stringify({ timestamp: new Date().toISOString(), level, message, ...rest }) ?? '';
+      const { level, message, timestamp: _at, ...rest } = info as Record<string, unknown>;
+      return stringify({ timestamp: loggedAt(info), level, message, ...rest }) ?? '';
     })
     : winston.format.printf((info) => {
       const msg = escapeLine(`${String(info.message)}${fieldText(info as Record<string, unknown>)}`);
       // systemd adds its own timestamps; elsewhere a person wants one.
       return journal ? `<${SYSLOG_PRIORITY[info.level] ?? 6}>${msg}`
-        : `${new Date().toISOString()} ${info.level}: ${msg}`;
+        : `${loggedAt(info)} ${info.level}: ${msg}`;
     });
   const transport = new winston.transports.Stream({ stream: opts.stream ?? process.stdout });
   const w = winston.createLogger({ level: opts.level, format: line, transports: [transport] });
   // A level below the configured one returns here: winston would build the
   // entry and pass it through its stream before dropping it, on every step.
   const shown = LOG_LEVELS.indexOf(opts.level);
+  let queued: [LogLevel, string, Record<string, unknown>][] = [];
+  let flushing: NodeJS.Immediate | null = null;
+  const flush = () => {
+    if (flushing !== null) clearImmediate(flushing);
+    flushing = null;
+    const batch = queued;
+    queued = [];
+    for (const [level, message, fields] of batch) w.log(level, message, fields);
+  };
+  exitFlushes.add(flush);
   const at = (level: LogLevel) => LOG_LEVELS.indexOf(level) > shown
     ? () => {}
-    : (message: string, fields?: LogFields) => { w.log(level, message, fields ?? {}); };
+    : level === 'error'
+      ? (message: string, fields?: LogFields) => {
+        flush();
+        w.log(level, message, fields ?? {});
+      }
+      : (message: string, fields?: LogFields) => {
+        queued.push([level, message, { ...fields, timestamp: Date.now() }]);
+        flushing ??= setImmediate(flush);
+      };
   return {
     error: at('error'), warn: at('warn'), info: at('info'), debug: at('debug'),
-    close: () => w.close(),
+    close: () => {
+      flush();
+      exitFlushes.delete(flush);
+      w.close();
+    },
   };
 }

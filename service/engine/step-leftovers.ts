@@ -29,16 +29,17 @@ export interface StepProcesses {
  * One pass over /proc for the processes of the step whose session and group
  * id is `sid`, then (when `trackEnv` is given) an environment check of the
  * rest. `sid` must be a real session id: in a pid namespace every process
- * whose session leader is outside reads as session 0.
+ * whose session leader is outside reads as session 0. `leaderReaped`: the
+ * leader's exit status was collected (processesSince).
  */
 export async function findStepProcesses(
-  sid: number, leader: ProcessRef, pidWindow: boolean, trackEnv: Record<string, string> | null,
+  sid: number, leader: ProcessRef, pidWindow: boolean, trackEnv: Record<string, string> | null, leaderReaped = false,
 ): Promise<StepProcesses> {
   let inGroup = false;
   const stray: ProcessRef[] = [];
   const others: ProcessRef[] = [];
   const names = new Map<number, string>();
-  for (const p of processesSince(leader, { pidWindow })) {
+  for (const p of processesSince(leader, { pidWindow, leaderReaped })) {
     if (p.pgrp === sid) inGroup = true;
     else if (p.session === sid) stray.push({ pid: p.pid, startTime: p.startTime });
     else {

@@ -477,7 +477,7 @@ class StepRun implements RunningStep {
     const seen = new Set<number>();
     for (let round = 0; round < 3; round++) {
       const pidWindow = this.startTime !== null && performance.now() - this.t0 < PID_WINDOW_MAX_MS;
-      const found = await findStepProcesses(sid, leader, pidWindow, trackEnv);
+      const found = await findStepProcesses(sid, leader, pidWindow, trackEnv, this.exited !== null && !this.exitUnknown);
       if (found.names.size === 0) break;
       const fresh = [...found.names.keys()];
       for (const p of fresh) seen.add(p);

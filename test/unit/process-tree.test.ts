@@ -9,7 +9,7 @@ import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import {
   findProcessesByEnv, findProcessRefsByEnv, groupAlive, groupMembers, isSameProcess, killGroup,
-  killProcessesByEnv, listProcesses, parseProcStat, processStartTime, readProcStat, sessionMembers,
+  killProcessesByEnv, listProcesses, parseProcStat, processStartTime, processesSince, readProcStat, sessionMembers,
   terminateGroup, terminateProcesses,
 } from '../../service/engine/process-tree.js';
 
@@ -233,4 +233,21 @@ test('terminateProcesses - a recycled pid (other start time) is never signalled'
   t.false(gone(pgid));
   t.true(await terminateProcesses([{ pid: pgid, startTime: real }], 1000));
   t.true(gone(pgid));
+});
+
+test('processesSince - the leader and what it started; with leaderReaped, not the leader\'s own pid', async (t) => {
+  // A leader that is alive stands in for "a pid the caller says is free":
+  // the option is the caller's promise, and must stop the probe of that pid.
+  const leader = await startGroup('sleep 30 & echo ready; wait');
+  t.teardown(() => cleanupGroup(leader));
+  const ref = { pid: leader, startTime: processStartTime(leader)! };
+  for (const pidWindow of [false, true]) {
+    const all = processesSince(ref, { pidWindow }).map((p) => p.pid);
+    t.true(all.includes(leader), `pidWindow ${pidWindow}: the leader is found`);
+    const sleeper = processesSince(ref, { pidWindow }).find((p) => p.pgrp === leader && p.pid !== leader);
+    t.truthy(sleeper, `pidWindow ${pidWindow}: its child is found`);
+  }
+  const reaped = processesSince(ref, { pidWindow: true, leaderReaped: true });
+  t.false(reaped.some((p) => p.pid === leader), 'with leaderReaped the leader is not probed');
+  t.true(reaped.some((p) => p.pgrp === leader), 'the processes it started still are');
 });
