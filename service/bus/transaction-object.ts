@@ -131,7 +131,8 @@ const hookEntries = new WeakMap<HookStatus, HookEntry>();
 function hookEntry(h: HookStatus): HookEntry {
   let e = hookEntries.get(h);
   if (e === undefined) {
-    e = [toBusString(h.name), h.result, toPercent(h.percent), toBusString(h.status, MAX_LINE_BYTES)];
+    // Frozen: the wire encoder then reuses its bytes in every later Hooks (wire/encoder.ts).
+    e = Object.freeze([toBusString(h.name), h.result, toPercent(h.percent), toBusString(h.status, MAX_LINE_BYTES)]) as HookEntry;
     hookEntries.set(h, e);
   }
   return e;

@@ -116,3 +116,19 @@ export async function timeProgram(argv: string[], env: NodeJS.ProcessEnv = proce
     closeSync(devnull);
   }
 }
+
+/** A program that times its own work and prints the milliseconds as its last line of stdout (helper-loop.ts). */
+export async function timedByItself(argv: string[]): Promise<number> {
+  const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
+  child.stderr!.on('data', (d: Buffer) => { err += d.toString(); });
+  const code = await new Promise<number | null>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (c) => resolve(c));
+  });
+  const ms = Number(out.trim().split('\n').at(-1));
+  if (code !== 0 || !Number.isFinite(ms)) throw new Error(`${argv.join(' ')} exited with ${code}: ${err.trim() || out.trim()}`);
+  return ms;
+}

@@ -42,6 +42,19 @@ function propertiesChanged(): Message {
   return m;
 }
 
+// The daemon's Hooks entries are frozen and kept while unchanged
+// (bus/transaction-object.ts): the encoder reuses their bytes.
+const frozenRows = names.map((name, i) => Object.freeze(
+  [name, i < hookCount / 2 ? 'success' : 'pending', i < hookCount / 2 ? 100 : 0, i < hookCount / 2 ? 'done' : '']));
+
+function propertiesChangedFrozen(): Message {
+  const m = Message.newSignal(PATH, 'org.freedesktop.DBus.Properties', 'PropertiesChanged', 'sa{sv}as', [
+    IFACE, { Hooks: new Variant('a(ssus)', frozenRows.slice()), State: new Variant('s', 'running') }, [],
+  ]);
+  m.serial = 7;
+  return m;
+}
+
 function hookStarted(): Message {
   const m = Message.newSignal(PATH, IFACE, 'HookStarted', 'suu', ['100-hook-number-100', 100, hookCount]);
   m.serial = 8;
@@ -73,9 +86,13 @@ const sample = propertiesChanged();
 const theirs = marshallMessage(propertiesChanged())[0];
 const ours = marshalMessage(sample);
 if (!ours.equals(theirs)) throw new Error('wire/message.ts and dbus-next disagree on the PropertiesChanged bytes');
+for (let i = 0; i < 2; i++) {
+  if (!marshalMessage(propertiesChangedFrozen()).equals(theirs)) throw new Error('reused entry bytes differ from dbus-next\'s');
+}
 
 const cases: [string, () => Message][] = [
   [`PropertiesChanged, Hooks a(ssus) x ${hookCount} (${ours.length} bytes)`, propertiesChanged],
+  [`the same, its entries frozen as the daemon's (bytes reused)`, propertiesChangedFrozen],
   ['HookStarted (suu)', hookStarted],
 ];
 console.log('| message | dbus-next µs | wire/message.ts µs | speed-up |');

@@ -7,16 +7,20 @@ import { spawn } from 'node:child_process';
 import { createReadStream } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { createInterface } from 'node:readline';
 import {
   REPO_ROOT, SERVICE, TX_IFACE, cpuMs, cpuSplitMs, hookDir, hookFile, sleep, track, vmField, writeFile,
 } from './env.js';
-import { runPrepare, timePipedToCat, timeProgram, withDaemon, type Ctx, type Running } from './context.js';
+import { runPrepare, timePipedToCat, timeProgram, timedByItself, withDaemon, type Ctx, type Running } from './context.js';
 import { monitorService, trafficText } from './bus-traffic.js';
 import { ratioText, type Row } from './result.js';
 import { describe, median, pairedRatios } from './stats.js';
 
 const TRIVIAL = '#!/bin/sh\nexit 0\n';
+
+/** The prepare benchmark's third floor: the spawn helper driven by a bare Node.js loop. */
+const HELPER_LOOP = fileURLToPath(new URL('./helper-loop.js', import.meta.url));
 
 // ---------------------------------------------------------------------------
 
@@ -46,10 +50,18 @@ export async function benchPrepare(ctx: Ctx): Promise<Row[]> {
       await rm(journal, { force: true });
       return ms;
     };
+    const loopJournal = path.join(path.dirname(r.stateDir), 'helper-loop.jnl');
+    const loopState = path.join(path.dirname(r.stateDir), 'helper-loop-state');
+    const loopRun = async () => {
+      const ms = await timedByItself([process.execPath, HELPER_LOOP, loopJournal, loopState, scripts]);
+      await rm(loopJournal, { force: true });
+      return ms;
+    };
     // Warm-up, not counted: page cache, JIT, the first FIFOs.
     await runPrepare(ctx, r);
     await timeProgram(['run-parts', scripts]);
     await syncRun();
+    await loopRun();
     // One prepare under dbus-monitor, not timed: what goes on the bus.
     const monitor = await monitorService(ctx.bus.address);
     const watched = await runPrepare(ctx, r);
@@ -57,33 +69,40 @@ export async function benchPrepare(ctx: Ctx): Promise<Row[]> {
     if (watched.state !== 'prepared') throw new Error(`prepare ended ${watched.state}`);
     const base: number[] = [];
     const baseSync: number[] = [];
+    const loop: number[] = [];
     const subj: number[] = [];
     const cpu: number[] = [];
     for (let k = 0; k < ctx.sizes.reps; k++) {
       base.push(await timeProgram(['run-parts', scripts]));
       baseSync.push(await syncRun());
+      loop.push(await loopRun());
       const c0 = cpuMs(r.daemon.pid);
       const run = await runPrepare(ctx, r);
       cpu.push(cpuMs(r.daemon.pid) - c0);
       if (run.state !== 'prepared') throw new Error(`prepare ended ${run.state}`);
       subj.push(run.ms);
       ctx.note(`prepare ${n}: run-parts ${base[k]!.toFixed(0)} ms, + fdatasync ${baseSync[k]!.toFixed(0)} ms, `
-        + `daemon ${run.ms.toFixed(0)} ms (${cpu[k]} ms of CPU)`);
+        + `helper loop ${loop[k]!.toFixed(0)} ms, daemon ${run.ms.toFixed(0)} ms (${cpu[k]} ms of CPU)`);
     }
     const ratios = pairedRatios(subj, baseSync);
     const plainRatios = pairedRatios(subj, base);
+    const loopRatios = pairedRatios(loop, baseSync);
+    const overLoop = pairedRatios(subj, loop);
     const propertiesChanged = traffic.byKind.get('PropertiesChanged') ?? { messages: 0, bytes: 0 };
     const rows: Row[] = [{
       benchmark: `prepare phase, ${n} trivial hooks (StartPreStage → Finished)`,
-      baseline: `run-parts + fdatasync of a journal append per step: ${describe(baseSync, 'ms')}; run-parts: ${describe(base, 'ms')}`,
+      baseline: `run-parts + fdatasync of a journal append per step: ${describe(baseSync, 'ms')}; run-parts: ${describe(base, 'ms')}; `
+        + `the spawn helper driven by a bare Node.js loop (helper-loop.ts): ${describe(loop, 'ms')}`,
       measured: `${describe(subj, 'ms')}; daemon CPU ${(median(cpu) / n).toFixed(1)} ms/hook`,
-      result: `${ratioText(ratios)}; vs run-parts: ${ratioText(plainRatios)}`,
+      result: `${ratioText(ratios)}; vs run-parts: ${ratioText(plainRatios)}; vs the helper loop: ${ratioText(overLoop)} `
+        + `(the helper loop itself: ${ratioText(loopRatios)} the fdatasync floor)`,
       target: '≤ 1.5× (run-parts + fdatasync)',
       met: median(ratios) <= 1.5,
       numbers: { hooks: n, baselineMs: median(baseSync), plainBaselineMs: median(base), measuredMs: median(subj),
         ratio: median(ratios), plainRatio: median(plainRatios), daemonCpuMs: median(cpu),
         perHookMs: median(subj) / n, perScriptBaselineMs: median(base) / n,
         fdatasyncPerStepMs: (median(baseSync) - median(base)) / n,
+        helperLoopMs: median(loop), helperLoopRatio: median(loopRatios), ratioToHelperLoop: median(overLoop),
         busMessages: traffic.messages, busBytes: traffic.bytes },
     }, {
       benchmark: `prepare phase, ${n} trivial hooks: bus traffic from the daemon (dbus-monitor --pcap)`,

@@ -187,6 +187,37 @@ test('header fields whose lengths put the body at every 8-byte phase', (t) => {
   }
 });
 
+test('frozen flat structs (Hooks entries) give the same bytes when reused, in any message and at any place', (t) => {
+  const rows = Array.from({ length: 9 }, (_, i) =>
+    Object.freeze([`hook-${i}`, i % 2 ? 'success' : 'pending', i * 11, 'x'.repeat(i)] as const));
+  // The first message encodes the rows, the later ones reuse their bytes:
+  // after other values of every length, in a variant, in a plain array.
+  for (let lead = 0; lead < 9; lead++) {
+    sameBytes(t, () => signal('sa(ssus)', ['p'.repeat(lead), rows.slice(lead % 3)]));
+    sameBytes(t, () => signal('yva{sv}', [lead, v('a(ssus)', rows), { Hooks: v('a(ssus)', rows.slice(1)), n: v('y', lead) }]));
+  }
+  // A row that is not frozen is encoded from its values each time.
+  const open = ['open', 'running', 5, 'a'];
+  sameBytes(t, () => signal('a(ssus)', [[open, rows[0]]]));
+  open[3] = 'changed status';
+  sameBytes(t, () => signal('a(ssus)', [[open, rows[0]]]));
+});
+
+test('a frozen struct with a bad member is refused every time, and leaves nothing to reuse', (t) => {
+  const bad = Object.freeze(['a\0b', 'x', 1, 'y']);
+  for (let i = 0; i < 2; i++) {
+    t.throws(() => marshalMessage(signal('a(ssus)', [[bad]])), { instanceOf: MarshalError, message: /NUL/ });
+  }
+  const big = Object.freeze(['a', 'x', -1, 'y']);
+  t.throws(() => marshalMessage(signal('(ssus)', [big])), { instanceOf: MarshalError, message: /'u'/ });
+  t.throws(() => marshalMessage(signal('(ssus)', [big])), { instanceOf: MarshalError, message: /'u'/ });
+  // The same frozen array under another signature is encoded for that one.
+  const two = Object.freeze([7, 'seven']);
+  sameBytes(t, () => signal('(us)', [two]));
+  sameBytes(t, () => signal('(is)', [two]));
+  sameBytes(t, () => signal('(ys)', [two]));
+});
+
 // --- seeded fuzz against dbus-next -----------------------------------------------
 
 /** mulberry32: a small seeded PRNG, so a failure can be replayed. */

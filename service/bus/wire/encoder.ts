@@ -340,6 +340,35 @@ export class Encoder {
     if (depth >= MAX_TOTAL_DEPTH) throw new MarshalError(`more than ${MAX_TOTAL_DEPTH} nested containers`);
     this.ensure(7);
     this.pad(8);
+    if (t.flat && Object.isFrozen(v)) {
+      this.reusedStruct(t, v, depth);
+      return;
+    }
+    this.structFields(t, v, depth);
+  }
+
+  /**
+   * A frozen flat struct (TypeNode.flat): its bytes as encoded the first
+   * time, copied. Frozen, with only basic members, it cannot have changed;
+   * a Hooks entry (a(ssus)) is one, and a 200-hook PropertiesChanged is
+   * then 200 copies, not 800 values, on every hook's transition.
+   */
+  private reusedStruct(t: TypeNode, v: readonly unknown[], depth: number): void {
+    const hit = encodedStructs.get(v);
+    if (hit !== undefined && hit.sig === t.sig) {
+      this.ensure(hit.bytes.length);
+      this.buf.set(hit.bytes, this.pos);
+      this.pos += hit.bytes.length;
+      return;
+    }
+    const start = this.pos;
+    this.structFields(t, v, depth);
+    // A copy: the slab the bytes were written to is let go once full.
+    encodedStructs.set(v, { sig: t.sig, bytes: Buffer.from(this.buf.subarray(start, this.pos)) });
+  }
+
+  private structFields(t: TypeNode, v: readonly unknown[], depth: number): void {
+    const fields = t.fields!;
     let i = 0;
     try {
       for (; i < fields.length; i++) this.value(fields[i]!, v[i], depth + 1);
@@ -410,6 +439,9 @@ export class Encoder {
   }
 
 }
+
+/** Bytes of frozen flat structs, by value (Encoder.reusedStruct); they go with the values. */
+const encodedStructs = new WeakMap<readonly unknown[], { sig: string; bytes: Buffer }>();
 
 /**
  * A dict key as its type's JS value. Keys of plain objects are strings;

@@ -27,7 +27,16 @@ export class TypeNode {
     readonly elem: TypeNode | null,
     /** Struct members, or a dict entry's key and value. */
     readonly fields: TypeNode[] | null,
-  ) {}
+  ) {
+    this.flat = code === STRUCT && fields!.every((f) => f.fields === null && f.elem === null && f.code !== V && f.code !== H);
+  }
+
+  /**
+   * A struct of basic types other than 'v' and 'h': its bytes, once it
+   * starts on its 8-byte boundary, do not depend on where in a message it
+   * is, so the encoder may reuse them (Encoder, frozen values).
+   */
+  readonly flat: boolean;
 }
 
 const BASIC_ALIGN: Record<number, number> = {
