@@ -111,7 +111,7 @@ export function transactionProperties(s: TransactionSnapshot): TransactionProper
     State: s.state,
     Progress: toPercent(s.progress),
     CurrentHook: toBusString(s.currentHook),
-    Hooks: s.hooks.map(hookEntry),
+    Hooks: hooksProperty(s.hooks),
     Error: errorNameFor(s.error),
     ErrorMessage: toBusString(s.errorMessage),
     StartedUsec: toUint64(s.startedUsec),
@@ -136,6 +136,31 @@ function hookEntry(h: HookStatus): HookEntry {
     hookEntries.set(h, e);
   }
   return e;
+}
+
+/**
+ * The Hooks property of a snapshot's hook list. The list is replaced with
+ * one status changed at a time: the entries of the last list converted
+ * are taken by index where the status is the same object, so a 200-hook
+ * transaction's every transition converts one entry, not 200 (the same
+ * list, read again for GetAll, is the same frozen array).
+ */
+const hooksLists = new WeakMap<readonly HookStatus[], readonly HookEntry[]>();
+let lastList: { statuses: readonly HookStatus[]; entries: readonly HookEntry[] } | null = null;
+function hooksProperty(statuses: readonly HookStatus[]): HookEntry[] {
+  let entries = hooksLists.get(statuses);
+  if (entries === undefined) {
+    const prev = lastList;
+    const out: HookEntry[] = new Array(statuses.length);
+    for (let i = 0; i < statuses.length; i++) {
+      const h = statuses[i]!;
+      out[i] = prev !== null && prev.statuses[i] === h ? prev.entries[i]! : hookEntry(h);
+    }
+    entries = Object.freeze(out);
+    hooksLists.set(statuses, entries);
+    lastList = { statuses, entries };
+  }
+  return entries as HookEntry[];
 }
 
 /** Equal property values: primitives by ===, arrays (Hooks, its entries) element by element. */

@@ -187,35 +187,53 @@ test('header fields whose lengths put the body at every 8-byte phase', (t) => {
   }
 });
 
-test('frozen flat structs (Hooks entries) give the same bytes when reused, in any message and at any place', (t) => {
-  const rows = Array.from({ length: 9 }, (_, i) =>
-    Object.freeze([`hook-${i}`, i % 2 ? 'success' : 'pending', i * 11, 'x'.repeat(i)] as const));
-  // The first message encodes the rows, the later ones reuse their bytes:
-  // after other values of every length, in a variant, in a plain array.
-  for (let lead = 0; lead < 9; lead++) {
-    sameBytes(t, () => signal('sa(ssus)', ['p'.repeat(lead), rows.slice(lead % 3)]));
-    sameBytes(t, () => signal('yva{sv}', [lead, v('a(ssus)', rows), { Hooks: v('a(ssus)', rows.slice(1)), n: v('y', lead) }]));
-  }
-  // A row that is not frozen is encoded from its values each time.
-  const open = ['open', 'running', 5, 'a'];
-  sameBytes(t, () => signal('a(ssus)', [[open, rows[0]]]));
-  open[3] = 'changed status';
-  sameBytes(t, () => signal('a(ssus)', [[open, rows[0]]]));
+test('arrays of frozen flat structs (Hooks) reuse the last such array\'s bytes: every change gives dbus-next\'s bytes', (t) => {
+  const row = (i: number, result = 'pending', status = '') => Object.freeze([`hook-${i}`, result, i % 101, status + 'x'.repeat(i % 5)]);
+  let rows = Array.from({ length: 12 }, (_, i) => row(i));
+  const check = (what: string, lead = '') => {
+    const snapshot = rows.slice();
+    sameBytes(t, () => signal('sa(ssus)', [lead, snapshot]));
+    // In a variant in a dict, as PropertiesChanged carries it, after header fields of another length.
+    sameBytes(t, () => signal('sa{sv}as', [IFACE + lead, { State: v('s', what), Hooks: v('a(ssus)', snapshot) }, []]));
+  };
+  check('first');
+  check('same again, after a lead of another length', 'abc');
+  rows[0] = row(0, 'running');
+  check('first entry changed');
+  rows[5] = row(5, 'success', 'done, with a longer status');
+  check('a middle entry changed, longer');
+  rows[11] = row(11, 'failed');
+  check('last entry changed');
+  rows = [...rows, row(12), row(13)];
+  check('grown');
+  rows = rows.slice(0, 9);
+  check('shrunk');
+  rows = [row(100), ...rows];
+  check('shifted by one (nothing at its index matches)');
+  // A row that is not frozen is never taken from the memo, whatever it holds now.
+  const open: [string, string, number, string] = ['open', 'running', 5, 'a'];
+  rows[3] = open as unknown as typeof rows[number];
+  check('an unfrozen entry');
+  open[3] = 'changed in place';
+  check('the unfrozen entry changed in place');
 });
 
-test('a frozen struct with a bad member is refused every time, and leaves nothing to reuse', (t) => {
+test('a frozen struct with a bad member is refused every time, and the next message is right', (t) => {
+  const good = Array.from({ length: 10 }, (_, i) => Object.freeze([`h${i}`, 'x', i, 'y']));
+  sameBytes(t, () => signal('a(ssus)', [good]));
   const bad = Object.freeze(['a\0b', 'x', 1, 'y']);
+  const withBad = [...good.slice(0, 4), bad, ...good.slice(5)];
   for (let i = 0; i < 2; i++) {
-    t.throws(() => marshalMessage(signal('a(ssus)', [[bad]])), { instanceOf: MarshalError, message: /NUL/ });
+    t.throws(() => marshalMessage(signal('a(ssus)', [withBad])), { instanceOf: MarshalError, message: /NUL.*\[4\]/ });
   }
-  const big = Object.freeze(['a', 'x', -1, 'y']);
-  t.throws(() => marshalMessage(signal('(ssus)', [big])), { instanceOf: MarshalError, message: /'u'/ });
-  t.throws(() => marshalMessage(signal('(ssus)', [big])), { instanceOf: MarshalError, message: /'u'/ });
-  // The same frozen array under another signature is encoded for that one.
-  const two = Object.freeze([7, 'seven']);
-  sameBytes(t, () => signal('(us)', [two]));
-  sameBytes(t, () => signal('(is)', [two]));
-  sameBytes(t, () => signal('(ys)', [two]));
+  sameBytes(t, () => signal('a(ssus)', [good]));
+  const negative = [...good.slice(0, 9), Object.freeze(['a', 'x', -1, 'y'])];
+  t.throws(() => marshalMessage(signal('a(ssus)', [negative])), { instanceOf: MarshalError, message: /'u'.*\[9\]/ });
+  // The same frozen entries under another element signature are encoded for that one.
+  const pairs = Array.from({ length: 9 }, (_, i) => Object.freeze([i + 250, `n${i}`]));
+  sameBytes(t, () => signal('a(us)', [pairs]));
+  sameBytes(t, () => signal('a(ts)', [pairs]));
+  sameBytes(t, () => signal('a(us)', [pairs]));
 });
 
 // --- seeded fuzz against dbus-next -----------------------------------------------

@@ -340,35 +340,6 @@ export class Encoder {
     if (depth >= MAX_TOTAL_DEPTH) throw new MarshalError(`more than ${MAX_TOTAL_DEPTH} nested containers`);
     this.ensure(7);
     this.pad(8);
-    if (t.flat && Object.isFrozen(v)) {
-      this.reusedStruct(t, v, depth);
-      return;
-    }
-    this.structFields(t, v, depth);
-  }
-
-  /**
-   * A frozen flat struct (TypeNode.flat): its bytes as encoded the first
-   * time, copied. Frozen, with only basic members, it cannot have changed;
-   * a Hooks entry (a(ssus)) is one, and a 200-hook PropertiesChanged is
-   * then 200 copies, not 800 values, on every hook's transition.
-   */
-  private reusedStruct(t: TypeNode, v: readonly unknown[], depth: number): void {
-    const hit = encodedStructs.get(v);
-    if (hit !== undefined && hit.sig === t.sig) {
-      this.ensure(hit.bytes.length);
-      this.buf.set(hit.bytes, this.pos);
-      this.pos += hit.bytes.length;
-      return;
-    }
-    const start = this.pos;
-    this.structFields(t, v, depth);
-    // A copy: the slab the bytes were written to is let go once full.
-    encodedStructs.set(v, { sig: t.sig, bytes: Buffer.from(this.buf.subarray(start, this.pos)) });
-  }
-
-  private structFields(t: TypeNode, v: readonly unknown[], depth: number): void {
-    const fields = t.fields!;
     let i = 0;
     try {
       for (; i < fields.length; i++) this.value(fields[i]!, v[i], depth + 1);
@@ -396,12 +367,16 @@ export class Encoder {
       this.pos += v.length;
     } else {
       if (!Array.isArray(v)) throw new MarshalError(`expected an array for '${t.sig}', got ${describe(v)}`);
-      const n = v.length;
-      let i = 0;
-      try {
-        for (; i < n; i++) this.value(elem, v[i], depth + 1);
-      } catch (e) {
-        throw e instanceof MarshalError ? e.within(`[${i}]`) : e;
+      if (elem.flat && v.length >= MEMO_MIN_ELEMENTS && depth + 1 < MAX_TOTAL_DEPTH) {
+        this.flatArray(elem, v, depth);
+      } else {
+        const n = v.length;
+        let i = 0;
+        try {
+          for (; i < n; i++) this.value(elem, v[i], depth + 1);
+        } catch (e) {
+          throw e instanceof MarshalError ? e.within(`[${i}]`) : e;
+        }
       }
     }
     const len = this.pos - start;
@@ -409,6 +384,64 @@ export class Encoder {
       throw new MarshalError(`an array of ${len} bytes is longer than the D-Bus limit of ${MAX_ARRAY_BYTES}`);
     }
     this.u32At(lenAt, len);
+  }
+
+  /**
+   * The elements of an array of flat structs (TypeNode.flat), at `pos`
+   * (8-aligned): the runs of elements that are the very same frozen
+   * arrays, at the same index, as in the last such array encoded are
+   * copied from its bytes, the rest encoded. Frozen with basic members, an
+   * element cannot have changed; starting on an 8-byte boundary, its bytes
+   * do not depend on where it is. A transaction's Hooks (a(ssus), entries
+   * frozen by bus/transaction-object.ts) is re-sent on every hook's
+   * transition with one or two entries new: 200 hooks cost 800 values
+   * encoded per PropertiesChanged before, two copies and one entry now.
+   */
+  private flatArray(elem: TypeNode, v: readonly unknown[], depth: number): void {
+    const memo = flatArrayMemo.get(elem.sig);
+    const base = this.pos;
+    const n = v.length;
+    const starts = new Uint32Array(n);
+    const ends = new Uint32Array(n);
+    const kept: unknown[] = new Array(n);
+    let i = 0;
+    try {
+      while (i < n) {
+        const e = v[i];
+        if (memo !== undefined && i < memo.elems.length && memo.elems[i] === e) {
+          let j = i + 1;
+          while (j < n && j < memo.elems.length && memo.elems[j] === v[j]) j++;
+          this.ensure(7);
+          this.pad(8);
+          const from = memo.starts[i]!;
+          const len = memo.ends[j - 1]! - from;
+          this.ensure(len);
+          this.buf.set(memo.bytes.subarray(from, from + len), this.pos);
+          const shift = this.pos - base - from;
+          for (let k = i; k < j; k++) {
+            starts[k] = memo.starts[k]! + shift;
+            ends[k] = memo.ends[k]! + shift;
+            kept[k] = v[k];
+          }
+          this.pos += len;
+          i = j;
+          continue;
+        }
+        this.ensure(7);
+        this.pad(8);
+        starts[i] = this.pos - base;
+        this.value(elem, e, depth + 1);
+        ends[i] = this.pos - base;
+        // Only a frozen element can be recognised next time.
+        kept[i] = Object.isFrozen(e) ? e : null;
+        i++;
+      }
+    } catch (e) {
+      throw e instanceof MarshalError ? e.within(`[${i}]`) : e;
+    }
+    if (flatArrayMemo.size >= FLAT_ARRAY_MEMO_MAX && memo === undefined) flatArrayMemo.clear();
+    // A copy: the slab the bytes are in is let go once full.
+    flatArrayMemo.set(elem.sig, { elems: kept, bytes: Buffer.from(this.buf.subarray(base, this.pos)), starts, ends });
   }
 
   private dict(t: TypeNode, v: unknown, depth: number): void {
@@ -440,8 +473,14 @@ export class Encoder {
 
 }
 
-/** Bytes of frozen flat structs, by value (Encoder.reusedStruct); they go with the values. */
-const encodedStructs = new WeakMap<readonly unknown[], { sig: string; bytes: Buffer }>();
+/** Encoder.flatArray remembers arrays of at least this many elements (a shorter one costs little). */
+const MEMO_MIN_ELEMENTS = 8;
+/** The last array of flat structs encoded, by element signature; at most this many signatures. */
+const FLAT_ARRAY_MEMO_MAX = 16;
+const flatArrayMemo = new Map<string, {
+  /** The elements, null where one was not frozen; bytes and offsets relative to the first element's start. */
+  elems: unknown[]; bytes: Buffer; starts: Uint32Array; ends: Uint32Array;
+}>();
 
 /**
  * A dict key as its type's JS value. Keys of plain objects are strings;
