@@ -120,7 +120,7 @@ export async function discoverHooks(opts: DiscoverOptions): Promise<HookSet> {
   }
 
   const names = [...byName.keys()].sort();
-  const programStats = new Map<string, Promise<Stats | null>>();
+  const programStats = new Map<string, Stats | null>();
   const results = await mapLimit(names, READ_CONCURRENCY, async (name) => {
     try {
       return { ok: true as const, value: await resolveName(name, byName.get(name)!, trustedUid, deployment, programStats, log) };
@@ -212,7 +212,7 @@ async function listDirectory(dir: HookDirectory, log: Logger): Promise<Candidate
 /** The effective hook or mask for one name. */
 async function resolveName(
   name: string, cands: Candidate[], trustedUid: number, deployment: string,
-  programStats: Map<string, Promise<Stats | null>>, log: Logger,
+  programStats: Map<string, Stats | null>, log: Logger,
 ): Promise<{ hook?: ResolvedHook; masked?: { name: string; source: string } }> {
   const ignoredMasks: string[] = [];
   for (const cand of cands) {
@@ -316,7 +316,7 @@ function deepFreeze(v: unknown): void {
 
 async function buildHook(
   entry: Extract<Entry, { kind: 'hook' }>, trustedUid: number, deployment: string,
-  programStats: Map<string, Promise<Stats | null>>, log: Logger,
+  programStats: Map<string, Stats | null>, log: Logger,
 ): Promise<ResolvedHook> {
   const { cand } = entry;
   const { parsed: { definition, warnings, lines }, digest } = parseCached(entry.bytes, cand.source);
@@ -348,17 +348,12 @@ async function buildHook(
       if (problem) problems.push(problem);
       continue;
     }
-    let p = programStats.get(program);
-    if (!p) {
-      // A missing program is not refused here: the step fails when it runs.
-      p = fsp.stat(program).catch(() => null);
-      programStats.set(program, p);
-    }
-    const st = await p;
+    // A missing program is not refused here: the step fails when it runs.
+    const st = cachedStat(programStats, program);
     const problem = st && untrusted(st, trustedUid, `${key}= program ${program}`);
     if (problem) problems.push(problem);
     const what = `${key}= program ${program}`;
-    const pathProblem = await untrustedAncestors(program, st !== null, trustedUid, what, programStats);
+    const pathProblem = untrustedAncestors(program, st !== null, trustedUid, what, programStats);
     if (pathProblem) problems.push(pathProblem);
   }
   const refused = problems.length > 0 ? `not trusted: ${[...new Set(problems)].join('; ')}` : null;
@@ -538,20 +533,27 @@ function ancestorProblem(
   return null;
 }
 
-/** ancestorProblem for discovery: the stats in parallel, shared through `stats` between a scan's programs. */
-async function untrustedAncestors(
-  file: string, exists: boolean, trustedUid: number, what: string, stats: Map<string, Promise<Stats | null>>,
-): Promise<string | null> {
+/** ancestorProblem for discovery, the stats shared through `stats` between a scan's programs. */
+function untrustedAncestors(
+  file: string, exists: boolean, trustedUid: number, what: string, stats: Map<string, Stats | null>,
+): string | null {
   const dirs = ancestorsOf(file);
-  const found = await Promise.all(dirs.map((dir) => {
-    let p = stats.get(dir);
-    if (!p) {
-      p = fsp.stat(dir).catch(() => null);
-      stats.set(dir, p);
-    }
-    return p;
-  }));
-  return ancestorProblem(dirs, found, exists, trustedUid, what);
+  return ancestorProblem(dirs, dirs.map((dir) => cachedStat(stats, dir)), exists, trustedUid, what);
+}
+
+/**
+ * stat(2) of `file` once per scan (null if it cannot be), synchronously:
+ * through the thread pool each cost two thread wake-ups, about 40 µs of a
+ * 200-hook scan's 90 µs per hook here (docs/platform-notes.md, "What a
+ * step's system calls cost here").
+ */
+function cachedStat(stats: Map<string, Stats | null>, file: string): Stats | null {
+  let st = stats.get(file);
+  if (st === undefined) {
+    st = statOrNull(file);
+    stats.set(file, st);
+  }
+  return st;
 }
 
 function statOrNull(file: string): Stats | null {
