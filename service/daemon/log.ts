@@ -68,6 +68,18 @@ export function createLogger(opts: { format: LogFormat; level: LogLevel; journal
   // A level below the configured one returns here: winston would build the
   // entry and pass it through its stream before dropping it, on every step.
   const shown = LOG_LEVELS.indexOf(opts.level);
+  // Run later than the call that logged, a failing line must not take the
+  // daemon down with it (nor the rest of its batch): it is reported on stderr.
+  const write = (level: LogLevel, message: string, fields: Record<string, unknown>) => {
+    try {
+      w.log(level, message, fields);
+    } catch (e) {
+      try {
+        process.stderr.write(`bootc-prestaged: a log line could not be written (${e instanceof Error ? e.message : String(e)}): `
+          + `${escapeLine(String(message)).slice(0, 500)}\n`);
+      } catch { /* stderr is gone too */ }
+    }
+  };
   let queued: [LogLevel, string, Record<string, unknown>][] = [];
   let flushing: NodeJS.Immediate | null = null;
   const flush = () => {
@@ -75,7 +87,7 @@ export function createLogger(opts: { format: LogFormat; level: LogLevel; journal
     flushing = null;
     const batch = queued;
     queued = [];
-    for (const [level, message, fields] of batch) w.log(level, message, fields);
+    for (const [level, message, fields] of batch) write(level, message, fields);
   };
   exitFlushes.add(flush);
   const at = (level: LogLevel) => LOG_LEVELS.indexOf(level) > shown
@@ -83,7 +95,7 @@ export function createLogger(opts: { format: LogFormat; level: LogLevel; journal
     : level === 'error'
       ? (message: string, fields?: LogFields) => {
         flush();
-        w.log(level, message, fields ?? {});
+        write(level, message, { ...fields });
       }
       : (message: string, fields?: LogFields) => {
         queued.push([level, message, { ...fields, timestamp: Date.now() }]);

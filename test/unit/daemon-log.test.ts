@@ -91,3 +91,26 @@ test('what is queued when the process exits is written', async (t) => {
   t.is(r.status, 3, r.stderr);
   t.is(r.stdout, '<6>queued at exit\n');
 });
+
+test('a line that cannot be written is reported on stderr; the lines around it are written', async (t) => {
+  const stream = new PassThrough();
+  let out = '';
+  stream.on('data', (d: Buffer) => { out += d.toString(); });
+  const log = createLogger({ format: 'text', level: 'info', journal: true, stream });
+  const errors: string[] = [];
+  const write = process.stderr.write;
+  process.stderr.write = ((chunk: string) => { errors.push(String(chunk)); return true; }) as typeof process.stderr.write;
+  try {
+    log.info('before');
+    // A field whose value cannot be turned into text when the line is formatted.
+    log.info('broken', { hook: { toJSON() { throw new Error('no text for you'); } } } as unknown as { hook: string });
+    log.info('after');
+    await new Promise((r) => setImmediate(r));
+    await new Promise((r) => setImmediate(r));
+  } finally {
+    process.stderr.write = write;
+  }
+  t.deepEqual(out.split('\n').filter(Boolean), ['<6>before', '<6>after']);
+  t.is(errors.length, 1);
+  t.regex(errors[0]!, /a log line could not be written \(no text for you\): broken/);
+});
