@@ -370,6 +370,8 @@ function spawnStep(ctx: HookStepContext, s: StepScope, planned: PlannedStep, mes
     return runStep({
       argv: planned.argv, env: planned.env,
       beforeExec: { syncFile: tx.journal!.file, makeDirectory: planned.stateDir },
+      // One stream, in the order written, as journald keeps a service's (docs/design.md, "Hooks").
+      stderr: 'stdout',
       timeoutMs: h.definition.timeoutSec === null ? null : h.definition.timeoutSec * 1000,
       killGraceMs: ctx.killGraceMs,
     }, {

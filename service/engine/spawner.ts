@@ -105,6 +105,7 @@ interface Pending {
 /** Spawn request flags and what failed, as spawner.c has them. */
 const SPAWN_SYNC = 1;
 const SPAWN_MKDIR = 2;
+const SPAWN_SHARE_STDERR = 4;
 const FAILED_SYNC = 1n;
 const FAILED_MKDIR = 2n;
 /** A 'C' waits this long for a request to ride with (closeLater). */
@@ -150,13 +151,15 @@ export class Spawner {
 
   /**
    * Start `argv` with exactly `env` and fds 1 .. `pipes` on new pipes, whose
-   * read ends come back in `fds`. Resolves once the program is exec'ed;
-   * rejects with Node's ErrnoException when it cannot be, or with
+   * read ends come back in `fds`; with `shareStderr`, fd 2 is fd 1's pipe
+   * and the others are fds 3 .. `pipes` + 1. Resolves once the program is
+   * exec'ed; rejects with Node's ErrnoException when it cannot be, or with
    * SpawnerUnavailable when the helper is gone or its pipes cannot be
    * reached. `onExit` runs once, later.
    */
   spawn(
     argv: string[], env: Record<string, string>, pipes: number, onExit: ExitCallback, before: BeforeExec = {},
+    shareStderr = false,
   ): Promise<Spawned> {
     if (pipes > MAX_OUT_FDS) throw new RangeError(`at most ${MAX_OUT_FDS} fds`);
     if (this.deadReason !== null) return Promise.reject(new SpawnerUnavailable(this.deadReason));
@@ -165,6 +168,7 @@ export class Spawner {
     let flags = 0;
     if (before.syncFile !== undefined) { flags |= SPAWN_SYNC; extra.push(before.syncFile); }
     if (before.makeDirectory !== undefined) { flags |= SPAWN_MKDIR; extra.push(before.makeDirectory); }
+    if (shareStderr) flags |= SPAWN_SHARE_STDERR;
     const id = this.nextId++;
     const head = Buffer.alloc(20);
     head.writeUInt32LE(id, 0);

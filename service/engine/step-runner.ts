@@ -101,6 +101,8 @@ export function runStep(spec: StepSpec, sink: StepSink): RunningStep {
 
 type StreamName = 'stdout' | 'stderr' | 'notify';
 const STREAMS: readonly StreamName[] = ['stdout', 'stderr', 'notify'];
+/** The pipes of a step whose stderr is its stdout (StepSpec.stderr). */
+const SHARED_STREAMS: readonly StreamName[] = ['stdout', 'notify'];
 
 /** The largest delay setTimeout honours; longer ones fire at once. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -115,6 +117,8 @@ class StepRun implements RunningStep {
   private readonly sink: StepSink;
   private readonly graceMs: number;
   private readonly t0 = performance.now();
+  /** The step's pipes, in fd order, once started: STREAMS, or SHARED_STREAMS for StepSpec.stderr 'stdout'. */
+  private streams: readonly StreamName[] = STREAMS;
   /** Where pipes are made: $TMPDIR when runStep was called (the start itself is asynchronous). */
   private readonly tmp = tmpdir();
   private resolveDone!: (o: StepOutcome) => void;
@@ -187,11 +191,14 @@ class StepRun implements RunningStep {
   }
 
   private async startWithHelper(helper: Spawner): Promise<void> {
+    const share = this.spec.stderr === 'stdout';
+    const streams = share ? SHARED_STREAMS : STREAMS;
     const started: Spawned = await helper.spawn(this.spec.argv, Object.fromEntries(Object.entries(this.spec.env)),
-      STREAMS.length, (status) => this.onHelperExit(status), this.spec.beforeExec);
+      streams.length, (status) => this.onHelperExit(status), this.spec.beforeExec, share);
     this.pid = started.pid;
     this.startTime = started.startTime;
-    this.attachReaders(started.fds.map((fd, i) => this.fdReader(fd, STREAMS[i]!)), false);
+    this.streams = streams;
+    this.attachReaders(started.fds.map((fd, i) => this.fdReader(fd, streams[i]!)), false);
     this.afterStart();
     const early = this.earlyExit;
     this.earlyExit = null;
@@ -207,14 +214,18 @@ class StepRun implements RunningStep {
       return;
     }
     let pipes: PipePair[] | null = null;
+    const share = spec.stderr === 'stdout';
     if (spec.channels !== 'socket') {
-      const p = pipePool.take(STREAMS.length, this.tmp);
+      const p = pipePool.take(share ? SHARED_STREAMS.length : STREAMS.length, this.tmp);
       if (typeof p === 'string') this.warn(`could not create output pipes (${p}); using socket pairs, so the step cannot reopen /dev/stdout or /dev/stderr`);
       else pipes = p;
     }
-    const stdio: StdioOptions = pipes
-      ? ['ignore', pipes[0]!.write, pipes[1]!.write, pipes[2]!.write]
-      : ['ignore', 'pipe', 'pipe', 'pipe'];
+    const stdio: StdioOptions = pipes === null
+      ? ['ignore', 'pipe', 'pipe', 'pipe']
+      : share
+        ? ['ignore', pipes[0]!.write, pipes[0]!.write, pipes[1]!.write]
+        : ['ignore', pipes[0]!.write, pipes[1]!.write, pipes[2]!.write];
+    this.streams = pipes !== null && share ? SHARED_STREAMS : STREAMS;
 
     let child: ChildProcess;
     try {
@@ -248,7 +259,7 @@ class StepRun implements RunningStep {
     this.startTime = processStartTime(pid);
     child.on('error', () => { /* only kill() reports here, and we do not use it */ });
     child.once('exit', (code, signal) => this.onExit(code, signal));
-    if (pipes) this.attachReaders(pipes.map((p, i) => this.fdReader(p.read, STREAMS[i]!)), false);
+    if (pipes) this.attachReaders(pipes.map((p, i) => this.fdReader(p.read, this.streams[i]!)), false);
     else this.attachReaders([child.stdout!, child.stderr!, child.stdio[3] as Readable], true);
     this.afterStart();
   }
@@ -281,13 +292,18 @@ class StepRun implements RunningStep {
     this.readers = readers;
     this.openReaders = readers.length;
     readers.forEach((r, i) => {
-      const name = STREAMS[i]!;
+      const name = this.streams[i]!;
       if (dataEvents) r.on('data', (chunk: Buffer) => this.onData(name, chunk));
-      r.on('error', (e) => this.warn(`reading the step's ${name} failed: ${describeErrno(e)}`));
+      r.on('error', (e) => this.warn(`reading the step's ${this.label(name)} failed: ${describeErrno(e)}`));
       r.once('close', () => {
         if (--this.openReaders === 0) this.readersClosed?.();
       });
     });
+  }
+
+  /** A pipe as a person names it: the shared one is both stdout and stderr. */
+  private label(name: StreamName): string {
+    return name === 'stdout' && this.streams === SHARED_STREAMS ? 'stdout and stderr' : name;
   }
 
   /** A cancel or timeout that came while the process was being started applies now. */
@@ -507,7 +523,7 @@ class StepRun implements RunningStep {
     const late = await Promise.race([closed.then(() => false), timedOut]);
     clearTimeout(timer);
     if (late) {
-      const open = this.readers.filter((r) => !r.closed && !r.readableEnded).map((r) => STREAMS[this.readers.indexOf(r)]);
+      const open = this.readers.filter((r) => !r.closed && !r.readableEnded).map((r) => this.label(this.streams[this.readers.indexOf(r)]!));
       this.warn(`the step's ${open.join(', ')} still open ${formatDuration(OUTPUT_DRAIN_MS)} after its processes ended `
         + '(held by a process outside its process group); stopped reading');
     }

@@ -52,6 +52,17 @@ export interface StepSpec {
    */
   channels?: 'pipe' | 'socket';
   /**
+   * 'own' (default): stderr is a pipe of its own, its lines reported as
+   * 'stderr'. 'stdout': fd 2 is the stdout pipe, as a service's stderr is
+   * its stdout stream in systemd's journal: the lines of both arrive in the
+   * order the step wrote them, reported as 'stdout' (two pipes cannot keep
+   * that order: each is read when the event loop gets to it), and a step
+   * costs one pipe and one reader less. A line written in parts to both
+   * fds comes out joined. With socket pairs (`channels: 'socket'`, or when
+   * pipes cannot be made) stderr keeps its own.
+   */
+  stderr?: 'own' | 'stdout';
+  /**
    * Done right before the program is executed, in this order, by whoever
    * starts it (the spawn helper, else the runner itself); a failure makes a
    * step that could not start:

@@ -29,7 +29,11 @@
  *                       durable before the exec); SPAWN_MKDIR, a directory to
  *                       create (mode 0700, parents too) if it is missing.
  *                       fds 1 .. npipes of the child are the write ends of
- *                       new pipes; fd 0 is /dev/null.
+ *                       new pipes; fd 0 is /dev/null. With SPAWN_SHARE_STDERR
+ *                       (no path) fd 2 is the same pipe as fd 1, and the
+ *                       other pipes go to fds 3 .. npipes + 1, so that the
+ *                       step's stdout and stderr lines arrive in the order
+ *                       it wrote them (as a service's do in the journal).
  *   event   'S':        u32 id, i32 pid (> 0) or -errno when it could not start,
  *                       u64 the child's start time (field 22 of /proc/<pid>/stat,
  *                       read before it can be reaped; 0 if unknown) or, for
@@ -217,7 +221,7 @@ slow: ;
 }
 
 /* The child side of a spawn; never returns. Only async-signal-safe calls. */
-static void child(char **argv, char **envp, const int *out, uint32_t nout, int errfd) {
+static void child(char **argv, char **envp, const int *out, uint32_t nout, int share, int errfd) {
     sigset_t all;
     int e;
     sigemptyset(&all);
@@ -231,20 +235,26 @@ static void child(char **argv, char **envp, const int *out, uint32_t nout, int e
     int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (null < 0) goto fail;
     if (dup2(null, 0) < 0) goto fail;
-    /* out[] are all >= HIGH_FD, so dup2 onto 1..nout cannot clobber a source. */
+    /* out[] are all >= HIGH_FD, so dup2 onto 1..top cannot clobber a source. */
+    int top = 0;
     for (uint32_t i = 0; i < nout; i++) {
-        if (dup2(out[i], (int)i + 1) < 0) goto fail;
+        top = share && i > 0 ? (int)i + 2 : (int)i + 1;
+        if (dup2(out[i], top) < 0) goto fail;
+        if (share && i == 0) {
+            if (dup2(out[0], 2) < 0) goto fail;
+            top = 2;
+        }
     }
     /* Without pipes, stdout and stderr are /dev/null too, never ours. */
-    for (uint32_t i = nout; i < 2; i++) {
-        if (dup2(null, (int)i + 1) < 0) goto fail;
+    for (int fd = top + 1; fd <= 2; fd++) {
+        if (dup2(null, fd) < 0) goto fail;
     }
     /*
      * Descriptors the daemon itself inherited without close-on-exec (from a
      * careless parent) must not reach the step either. Keep only errfd,
      * which closes at exec.
      */
-    int first = (int)(nout < 2 ? 2 : nout) + 1;
+    int first = (top < 2 ? 2 : top) + 1;
     close_others(first, errfd);
     execve(argv[0], argv, envp);
 fail:
@@ -256,10 +266,10 @@ fail:
 
 #if USE_VFORK
 /* Its own frame, so that no variable of the caller lives across vfork(). */
-static __attribute__((noinline)) pid_t vfork_child(char **argv, char **envp, const int *out, uint32_t nout) {
+static __attribute__((noinline)) pid_t vfork_child(char **argv, char **envp, const int *out, uint32_t nout, int share) {
     child_errno = 0;
     pid_t pid = vfork();
-    if (pid == 0) child(argv, envp, out, nout, -1);
+    if (pid == 0) child(argv, envp, out, nout, share, -1);
     return pid;
 }
 #endif
@@ -268,7 +278,7 @@ static __attribute__((noinline)) pid_t vfork_child(char **argv, char **envp, con
  * Start argv with fds 1..nout on new pipes; on success rd[] holds the read
  * ends (kept, for the daemon to open) and the pid is returned, else -errno.
  */
-static int32_t do_spawn(char **argv, char **envp, uint32_t nout, int *rd, uint64_t *start) {
+static int32_t do_spawn(char **argv, char **envp, uint32_t nout, int share, int *rd, uint64_t *start) {
     int out[MAX_OUT_FDS];
     uint32_t made = 0;
     int32_t result;
@@ -283,7 +293,7 @@ static int32_t do_spawn(char **argv, char **envp, uint32_t nout, int *rd, uint64
         out[made] = high_cloexec(p[1]);
     }
 #if USE_VFORK
-    pid_t pid = vfork_child(argv, envp, out, nout);
+    pid_t pid = vfork_child(argv, envp, out, nout, share);
     if (pid < 0) { result = -errno; goto fail; }
     /* Here the child has exec'ed or _exit'ed. */
     if (child_errno != 0) {
@@ -295,7 +305,7 @@ static int32_t do_spawn(char **argv, char **envp, uint32_t nout, int *rd, uint64
     if (pipe2(ep, O_CLOEXEC) < 0) { result = -errno; goto fail; }
     pid_t pid = fork();
     if (pid < 0) { result = -errno; goto fail; }
-    if (pid == 0) child(argv, envp, out, nout, ep[1]);
+    if (pid == 0) child(argv, envp, out, nout, share, ep[1]);
     close(ep[1]);
     ep[1] = -1;
     int e;
@@ -329,6 +339,8 @@ fail:
 
 #define SPAWN_SYNC 1u
 #define SPAWN_MKDIR 2u
+/* Not an action: fd 2 shares fd 1's pipe (see the protocol above). */
+#define SPAWN_SHARE_STDERR 4u
 /* What failed, in the 'S' event of a spawn that did not start. */
 #define FAILED_SYNC 1
 #define FAILED_MKDIR 2
@@ -398,7 +410,7 @@ static void handle(unsigned char *f, uint32_t len) {
         if (len < 21) protocol_error("short spawn request");
         uint32_t argc = get_u32(f + 5), envc = get_u32(f + 9), nout = get_u32(f + 13), flags = get_u32(f + 17);
         if (argc == 0 || nout > MAX_OUT_FDS || argc > len || envc > len) protocol_error("bad spawn counts");
-        uint32_t known = 0, nextra = 0;
+        uint32_t known = SPAWN_SHARE_STDERR, nextra = 0;
         for (size_t i = 0; i < sizeof before_exec / sizeof *before_exec; i++) {
             known |= before_exec[i].flag;
             nextra += (flags & before_exec[i].flag) != 0;
@@ -426,7 +438,7 @@ static void handle(unsigned char *f, uint32_t len) {
         memcpy(envp, all + argc, envc * sizeof *envp);
         uint64_t start;
         int rd[MAX_OUT_FDS];
-        int32_t r = do_spawn(argv, envp, nout, rd, &start);
+        int32_t r = do_spawn(argv, envp, nout, (flags & SPAWN_SHARE_STDERR) != 0, rd, &start);
         free(argv);
         free(envp);
         free(all);

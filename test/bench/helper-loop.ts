@@ -7,9 +7,10 @@
  * with none of the engine around it: a bare Node.js loop appends a `step`
  * line to JOURNAL, asks the daemon's own spawn helper (service/engine/
  * spawner.ts, service/spawner/spawner.c) to fdatasync it, make the step's
- * directory under STATEDIR, make its three pipes and exec the program,
- * opens the read ends as the daemon does (one net.Socket each), waits for
- * the exit frame and the three EOFs, and appends a `done` line. What the
+ * directory under STATEDIR, make its two pipes (stdout with stderr on it,
+ * and fd 3) and exec the program, opens the read ends as the daemon does
+ * (one net.Socket each), waits for the exit frame and the EOFs, and
+ * appends a `done` line. What the
  * daemon spends beyond this is its engine's work per step (planning, trust
  * checks, the snapshot, the events, the bus, the logs); what this spends
  * beyond fsync-run-parts is the price of a Node.js event loop and a helper
@@ -24,7 +25,8 @@ import { Socket } from 'node:net';
 import * as path from 'node:path';
 import { sharedSpawner, type Spawner } from '../../service/engine/spawner.js';
 
-const STREAMS = 3;
+/** stdout (with stderr on it, as the daemon does) and fd 3. */
+const STREAMS = 2;
 
 function step(helper: Spawner, program: string, journal: string, stateDir: string): Promise<boolean> {
   return new Promise<boolean>((resolve, reject) => {
@@ -36,7 +38,7 @@ function step(helper: Spawner, program: string, journal: string, stateDir: strin
     helper.spawn([program], { PATH: '/usr/bin:/bin' }, STREAMS, (s) => {
       status = s !== null && s.code === 0;
       settle();
-    }, { syncFile: journal, makeDirectory: stateDir }).then((started) => {
+    }, { syncFile: journal, makeDirectory: stateDir }, true).then((started) => {
       for (const fd of started.fds) {
         const r = new Socket({ fd, readable: true, writable: false });
         r.on('data', () => {});

@@ -168,6 +168,41 @@ test('runStep - stdout, stderr and fd 3 are pipes: the step can reopen /dev/stde
   t.deepEqual(r.warnings, []);
 });
 
+test('runStep - stderr: stdout puts fd 2 on the stdout pipe: one pipe, /dev/stderr reopens onto it, fd 3 apart', async (t) => {
+  const r = await run({ argv: [fixture('inspect.sh')], stderr: 'stdout' });
+  t.is(r.outcome.result, 'success', r.stdout.join('\n'));
+  const m = kv(r.stdout);
+  // A pipe (or, without the helper, a FIFO already unlinked), not a socket.
+  t.notRegex(m.get('fd1')!, /^socket:/);
+  t.is(m.get('fd2'), m.get('fd1'), 'fd 2 is the very pipe of fd 1');
+  t.notRegex(m.get('fd3')!, /^socket:/);
+  t.not(m.get('fd3'), m.get('fd1'));
+  t.is(m.get('reopen-stderr'), 'ok');
+  t.true(r.stdout.includes('reopened'), 'what went to /dev/stderr arrives as stdout');
+  t.deepEqual(r.stderr, []);
+  t.deepEqual(r.warnings, []);
+});
+
+test('runStep - stderr: stdout keeps the order in which the two were written; a part line of each is joined', async (t) => {
+  const script = 'for i in 1 2 3 4 5; do echo "out $i"; echo "err $i" >&2; done; printf "half "; printf "and half\\n" >&2; echo last >&2';
+  const r = await run({ argv: ['/bin/sh', '-c', script], stderr: 'stdout' });
+  t.is(r.outcome.result, 'success');
+  t.deepEqual(r.stdout, [1, 2, 3, 4, 5].flatMap((i) => [`out ${i}`, `err ${i}`]).concat(['half and half', 'last']));
+  t.deepEqual(r.stderr, []);
+  // With its own pipe stderr is read when the loop gets to it: the lines come apart.
+  const own = await run({ argv: ['/bin/sh', '-c', script] });
+  t.deepEqual(own.stdout, ['out 1', 'out 2', 'out 3', 'out 4', 'out 5', 'half ']);
+  t.deepEqual(own.stderr, ['err 1', 'err 2', 'err 3', 'err 4', 'err 5', 'and half', 'last']);
+});
+
+test('runStep - stderr: stdout with socket pairs: stderr keeps its own channel', async (t) => {
+  const r = await run({ argv: [fixture('inspect.sh')], channels: 'socket', stderr: 'stdout' });
+  const m = kv(r.stdout);
+  t.regex(m.get('fd2')!, /^socket:/);
+  t.not(m.get('fd2'), m.get('fd1'));
+  t.is(r.outcome.result, 'success');
+});
+
 test('runStep - channels: socket uses socket pairs (where /dev/stderr cannot be reopened)', async (t) => {
   const r = await run({ argv: [fixture('inspect.sh')], channels: 'socket' });
   const m = kv(r.stdout);
