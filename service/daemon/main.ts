@@ -61,8 +61,8 @@ async function serveOn(address: string, engine: Engine, log: Logger): Promise<Se
   }
 }
 
-/** Runs the daemon; resolves with the process exit status. */
-export async function main(argv: string[]): Promise<number> {
+/** The parsed arguments, or the exit status of a run that ends here (usage, --help, --version). */
+function parseOrAnswer(argv: string[], version: () => string): DaemonArgs | number {
   let args: DaemonArgs;
   try {
     args = parseDaemonArgs(argv);
@@ -77,16 +77,31 @@ export async function main(argv: string[]): Promise<number> {
     process.stdout.write(USAGE);
     return 0;
   }
-  const version = packageVersion();
   if (args.version) {
-    process.stdout.write(`bootc-prestaged ${version}\n`);
+    process.stdout.write(`bootc-prestaged ${version()}\n`);
     return 0;
   }
-  const log = createLogger({ format: args.logFormat, level: args.logLevel });
+  return args;
+}
 
-  // `auto` (npm start): everything local to the project (state, hook
-  // directories, a demo ostree sysroot), served on the system bus when we
-  // may own the name there, otherwise on an embedded private bus.
+/** Where the daemon keeps its state and finds hooks and deployments. */
+interface Places {
+  /** `--bus auto` (npm start): everything local to the project. */
+  auto: boolean;
+  /** The project's `.state/` (auto only). */
+  local: string;
+  stateDir: string;
+  root: string;
+  sysroot: string;
+  demo: DemoSysroot;
+}
+
+/**
+ * `auto` (npm start): everything local to the project (state, hook
+ * directories, a demo ostree sysroot), served on the system bus when we
+ * may own the name there, otherwise on an embedded private bus.
+ */
+async function placesOf(args: DaemonArgs, log: Logger): Promise<Places> {
   const auto = args.bus === 'auto';
   const local = path.join(projectDir(), '.state');
   const stateDir = args.stateDir ?? (auto ? path.join(local, 'state') : '/var/lib/bootc-prestage');
@@ -102,6 +117,41 @@ export async function main(argv: string[]): Promise<number> {
       log.warn(`no demo deployment: could not create a demo sysroot with ostree (${demo.error}); pass --sysroot`);
     }
   }
+  return { auto, local, stateDir, root, sysroot, demo };
+}
+
+/** The service on its bus: `--bus`'s, or for auto the system bus, else a private one started here. */
+async function serve(places: Places, bus: string, engine: Engine, log: Logger):
+  Promise<{ served: Served; embedded: EmbeddedBus | null; address: string }> {
+  let embedded: EmbeddedBus | null = null;
+  let address = places.auto ? 'system' : bus;
+  try {
+    let served: Served | null = null;
+    if (places.auto) {
+      try {
+        served = await serveOn('system', engine, log);
+      } catch (e) {
+        log.info(`the system bus is not usable (${(e as Error).message}); starting a private bus`);
+        embedded = await startEmbeddedBus(path.join(places.local, 'bus'), path.join(projectDir(), 'dbus', `${BUS_NAME}.conf`));
+        address = embedded.address;
+      }
+    }
+    served ??= await serveOn(address, engine, log);
+    return { served, embedded, address };
+  } catch (e) {
+    await embedded?.stop();
+    throw new Error(`cannot serve ${BUS_NAME} on ${address}: ${(e as Error).message}`);
+  }
+}
+
+/** Runs the daemon; resolves with the process exit status. */
+export async function main(argv: string[]): Promise<number> {
+  const args = parseOrAnswer(argv, packageVersion);
+  if (typeof args === 'number') return args;
+  const version = packageVersion();
+  const log = createLogger({ format: args.logFormat, level: args.logLevel });
+  const places = await placesOf(args, log);
+  const { stateDir, root, sysroot } = places;
 
   let engine: Engine;
   try {
@@ -117,31 +167,23 @@ export async function main(argv: string[]): Promise<number> {
     return 1;
   }
 
-  let embedded: EmbeddedBus | null = null;
-  let address = auto ? 'system' : args.bus;
-  let served: Served | null = null;
+  let on: Awaited<ReturnType<typeof serve>>;
   try {
-    if (auto) {
-      try {
-        served = await serveOn('system', engine, log);
-      } catch (e) {
-        log.info(`the system bus is not usable (${(e as Error).message}); starting a private bus`);
-        embedded = await startEmbeddedBus(path.join(local, 'bus'), path.join(projectDir(), 'dbus', `${BUS_NAME}.conf`));
-        address = embedded.address;
-      }
-    }
-    served ??= await serveOn(address, engine, log);
+    on = await serve(places, args.bus, engine, log);
   } catch (e) {
-    log.error(`cannot serve ${BUS_NAME} on ${address}: ${(e as Error).message}`);
+    log.error((e as Error).message);
     await engine.shutdown();
-    await embedded?.stop();
     return 1;
   }
-  const svc = served;
+  const { served: svc, embedded, address } = on;
   log.info(`serving ${BUS_NAME} on ${address === 'system' || address === 'session' ? `the ${address} bus` : address}`,
     { version, stateDir, sysroot });
-  if (embedded) process.stdout.write(embeddedHelp(embedded.address, demo));
+  if (embedded) process.stdout.write(embeddedHelp(embedded.address, places.demo));
+  return runUntilStopped(args, engine, svc, embedded, log);
+}
 
+/** Serve until SIGTERM, SIGINT, the loss of the bus or `--idle-exit-sec`; then stop in order. */
+function runUntilStopped(args: DaemonArgs, engine: Engine, svc: Served, embedded: EmbeddedBus | null, log: Logger): Promise<number> {
   let exiting = false;
   const stop = async (code: number, why: string): Promise<number> => {
     if (exiting) return code;

@@ -45,6 +45,15 @@ test('start-up - the stack of a start-up failure is logged at debug level', asyn
   t.regex(out, /debug: Error: cannot create the state directory.*\\n\s+at /, out);
 });
 
+test('start-up - a bus that cannot be reached: the bus and the reason, exit 1, no stack trace', async (t) => {
+  const dir = await tmpDir(t);
+  const { status, out } = runDaemon(['--state-dir', path.join(dir, 'state'), '--root', path.join(dir, 'root'),
+    '--sysroot', path.join(dir, 'sysroot')]);
+  t.is(status, 1, out);
+  t.regex(out, /error: cannot serve org\.containers\.bootc\.PreStage on session: \S/);
+  t.notRegex(out, STACK_LINE, out);
+});
+
 test('start-up - a state directory another daemon holds: the reason, exit 1, no stack trace', async (t) => {
   const ctx = await withDaemon(t);
   const { status, out } = runDaemon(['--state-dir', ctx.stateDir, '--root', ctx.root]);
