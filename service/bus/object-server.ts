@@ -25,6 +25,7 @@
 import { readFileSync } from 'node:fs';
 import { Message, MessageFlag, Variant } from 'dbus-next';
 import type { Logger } from '../model/logger.js';
+import { TurnQueue } from '../model/turn-queue.js';
 import { ALLOW_INTERACTIVE_AUTHORIZATION, CallerAuthorizer, type CallAuthorizer } from './caller-authorization.js';
 import type { BusConnection } from './connection.js';
 import { toBusError } from './error-reply.js';
@@ -209,6 +210,9 @@ interface Node {
   children: string[];
 }
 
+/** A signal emitted and not yet marshalled (ObjectServer.emitSignal). */
+interface QueuedSignal { path: string; iface: string; member: string; signature: string; body: unknown[] }
+
 export class ObjectServer implements ObjectRegistry {
   readonly log: Logger;
   private readonly objects = new Map<string, ExportedObject>();
@@ -219,8 +223,7 @@ export class ObjectServer implements ObjectRegistry {
   private closedLogged = false;
   private stopped = false;
   /** Signals emitted and not yet sent (emitSignal). */
-  private queued: { path: string; iface: string; member: string; signature: string; body: unknown[] }[] = [];
-  private flushTimer: NodeJS.Immediate | null = null;
+  private readonly queued = new TurnQueue<QueuedSignal>((signals) => this.sendSignals(signals));
 
   constructor(private readonly conn: BusConnection, logger: Logger, opts: ObjectServerOptions = {}) {
     this.log = logger;
@@ -283,22 +286,16 @@ export class ObjectServer implements ObjectRegistry {
       return false;
     }
     this.queued.push({ path, iface, member, signature, body });
-    this.flushTimer ??= setImmediate(() => {
-      this.flushTimer = null;
-      this.flushSignals();
-    });
     return true;
   }
 
   /** Send every queued signal now, in order. */
   flushSignals(): void {
-    if (this.flushTimer !== null) {
-      clearImmediate(this.flushTimer);
-      this.flushTimer = null;
-    }
-    const queued = this.queued;
-    this.queued = [];
-    for (const { path, iface, member, signature, body } of queued) {
+    this.queued.flush();
+  }
+
+  private sendSignals(signals: QueuedSignal[]): void {
+    for (const { path, iface, member, signature, body } of signals) {
       if (this.conn.closed) {
         this.noteClosed();
         return;

@@ -17,6 +17,7 @@
 import stringify from 'safe-stable-stringify';
 import winston from 'winston';
 import type { Logger, LogFields } from '../model/logger.js';
+import { TurnQueue } from '../model/turn-queue.js';
 
 export type LogFormat = 'text' | 'json';
 export type LogLevel = 'error' | 'warn' | 'info' | 'debug';
@@ -80,27 +81,21 @@ export function createLogger(opts: { format: LogFormat; level: LogLevel; journal
       } catch { /* stderr is gone too */ }
     }
   };
-  let queued: [LogLevel, string, Record<string, unknown>][] = [];
-  let flushing: NodeJS.Immediate | null = null;
-  const flush = () => {
-    if (flushing !== null) clearImmediate(flushing);
-    flushing = null;
-    const batch = queued;
-    queued = [];
-    for (const [level, message, fields] of batch) write(level, message, fields);
-  };
+  const queued = new TurnQueue<[LogLevel, string, Record<string, unknown>]>((lines) => {
+    for (const [level, message, fields] of lines) write(level, message, fields);
+  });
+  const flush = () => queued.flush();
   exitFlushes.add(flush);
-  const at = (level: LogLevel) => LOG_LEVELS.indexOf(level) > shown
-    ? () => {}
-    : level === 'error'
-      ? (message: string, fields?: LogFields) => {
+  const at = (level: LogLevel): ((message: string, fields?: LogFields) => void) => {
+    if (LOG_LEVELS.indexOf(level) > shown) return () => {};
+    if (level === 'error') {
+      return (message, fields) => {
         flush();
-        write(level, message, { ...fields });
-      }
-      : (message: string, fields?: LogFields) => {
-        queued.push([level, message, { ...fields, timestamp: Date.now() }]);
-        flushing ??= setImmediate(flush);
+        write(level, message, fields ?? {});
       };
+    }
+    return (message, fields) => queued.push([level, message, { ...fields, timestamp: Date.now() }]);
+  };
   return {
     error: at('error'), warn: at('warn'), info: at('info'), debug: at('debug'),
     close: () => {
