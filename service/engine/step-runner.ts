@@ -117,7 +117,9 @@ class StepRun implements RunningStep {
   private readonly sink: StepSink;
   private readonly graceMs: number;
   private readonly t0 = performance.now();
-  /** The step's pipes, in fd order, once started: STREAMS, or SHARED_STREAMS for StepSpec.stderr 'stdout'. */
+  /** The pipes asked for, in fd order: STREAMS, or SHARED_STREAMS for StepSpec.stderr 'stdout'. */
+  private readonly wanted: readonly StreamName[];
+  /** The step's readers, in order, once started: `wanted`, or STREAMS on Node's socket pairs. */
   private streams: readonly StreamName[] = STREAMS;
   /** Where pipes are made: $TMPDIR when runStep was called (the start itself is asynchronous). */
   private readonly tmp = tmpdir();
@@ -153,6 +155,7 @@ class StepRun implements RunningStep {
   constructor(spec: StepSpec, sink: StepSink) {
     this.spec = spec;
     this.sink = sink;
+    this.wanted = spec.stderr === 'stdout' ? SHARED_STREAMS : STREAMS;
     this.graceMs = spec.killGraceMs ?? DEFAULT_KILL_GRACE_MS;
     this.deadline = spec.timeoutMs === null ? null : this.t0 + spec.timeoutMs;
     this.done = new Promise((resolve) => { this.resolveDone = resolve; });
@@ -191,14 +194,12 @@ class StepRun implements RunningStep {
   }
 
   private async startWithHelper(helper: Spawner): Promise<void> {
-    const share = this.spec.stderr === 'stdout';
-    const streams = share ? SHARED_STREAMS : STREAMS;
     const started: Spawned = await helper.spawn(this.spec.argv, Object.fromEntries(Object.entries(this.spec.env)),
-      streams.length, (status) => this.onHelperExit(status), this.spec.beforeExec, share);
+      this.wanted.length, (status) => this.onHelperExit(status), this.spec.beforeExec, this.wanted === SHARED_STREAMS);
     this.pid = started.pid;
     this.startTime = started.startTime;
-    this.streams = streams;
-    this.attachReaders(started.fds.map((fd, i) => this.fdReader(fd, streams[i]!)), false);
+    this.streams = this.wanted;
+    this.attachReaders(started.fds.map((fd, i) => this.fdReader(fd, this.streams[i]!)), false);
     this.afterStart();
     const early = this.earlyExit;
     this.earlyExit = null;
@@ -214,18 +215,17 @@ class StepRun implements RunningStep {
       return;
     }
     let pipes: PipePair[] | null = null;
-    const share = spec.stderr === 'stdout';
     if (spec.channels !== 'socket') {
-      const p = pipePool.take(share ? SHARED_STREAMS.length : STREAMS.length, this.tmp);
+      const p = pipePool.take(this.wanted.length, this.tmp);
       if (typeof p === 'string') this.warn(`could not create output pipes (${p}); using socket pairs, so the step cannot reopen /dev/stdout or /dev/stderr`);
       else pipes = p;
     }
+    this.streams = pipes === null ? STREAMS : this.wanted;
     const stdio: StdioOptions = pipes === null
       ? ['ignore', 'pipe', 'pipe', 'pipe']
-      : share
+      : this.streams === SHARED_STREAMS
         ? ['ignore', pipes[0]!.write, pipes[0]!.write, pipes[1]!.write]
         : ['ignore', pipes[0]!.write, pipes[1]!.write, pipes[2]!.write];
-    this.streams = pipes !== null && share ? SHARED_STREAMS : STREAMS;
 
     let child: ChildProcess;
     try {
