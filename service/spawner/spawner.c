@@ -39,9 +39,10 @@
  *                       read before it can be reaped; 0 if unknown) or, for
  *                       -errno, what failed (0 the exec or the pipes, 1 the
  *                       sync, 2 the directory), then for a started child
- *                       npipes u32: our fds of the pipes' read ends. The daemon needs the start time to tell the step
- *                       from a later process that reuses its pid, and a fast
- *                       step is gone by the time the daemon could read it.
+ *                       npipes u32: our fds of the pipes' read ends. The
+ *                       daemon needs the start time to tell the step from a
+ *                       later process that reuses its pid, and a fast step
+ *                       is gone by the time the daemon could read it.
  *   request 'C' close:  u32 id (unused), u32 n, then n u32 fds: read ends the
  *                       daemon has opened through /proc/<pid>/fd/; we close
  *                       ours. Only fds we hold are closed. No event answers it.
@@ -235,15 +236,19 @@ static void child(char **argv, char **envp, const int *out, uint32_t nout, int s
     int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (null < 0) goto fail;
     if (dup2(null, 0) < 0) goto fail;
-    /* out[] are all >= HIGH_FD, so dup2 onto 1..top cannot clobber a source. */
+    /*
+     * Pipe i on fd i + 1, or with `share` on fd 1 and 2 for the first and
+     * i + 2 for the others. out[] are all >= HIGH_FD, so dup2 onto 1..top
+     * cannot clobber a source.
+     */
     int top = 0;
     for (uint32_t i = 0; i < nout; i++) {
-        top = share && i > 0 ? (int)i + 2 : (int)i + 1;
+        top = (int)i + 1 + (share && i > 0);
         if (dup2(out[i], top) < 0) goto fail;
-        if (share && i == 0) {
-            if (dup2(out[0], 2) < 0) goto fail;
-            top = 2;
-        }
+    }
+    if (share && nout > 0) {
+        if (dup2(out[0], 2) < 0) goto fail;
+        if (top < 2) top = 2;
     }
     /* Without pipes, stdout and stderr are /dev/null too, never ours. */
     for (int fd = top + 1; fd <= 2; fd++) {
